@@ -14,7 +14,8 @@ pub const SOURCE_PATH: &str = "nodewave.io/source-path";
 pub const SOURCE_FILE: &str = "nodewave.io/source-file";
 pub const APPLIED_COMMIT: &str = "nodewave.io/applied-commit";
 pub const APPLIED_AT: &str = "nodewave.io/applied-at";
-pub const DESIRED_COMMIT: &str = "nodewave.io/desired-commit";
+/// Hash of the desired content last applied (to recognise a failed change again).
+pub const DESIRED_HASH: &str = "nodewave.io/desired-hash";
 pub const LAST_GOOD_COMMIT: &str = "nodewave.io/last-good-commit";
 pub const FAILED_COMMITS: &str = "nodewave.io/failed-commits";
 pub const SYNC_STATUS: &str = "nodewave.io/sync-status";
