@@ -1,1 +1,433 @@
-//! TODO: cluster
+//! Everything nodewave does to the Kubernetes API: server-side apply (and its dry
+//! run for diffs), reading DaemonSets, their pods, revisions and nodes, deleting
+//! pods with a UID precondition, state annotations, and Events. Thin on purpose:
+//! decisions are made in `rollout` and `reconciler`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
+use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Config, Resource, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::keys;
+use crate::manifest::ObjectKey;
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("cannot load Kubernetes configuration: {0}")]
+    Config(String),
+    #[error("Kubernetes API {verb} {what} failed: {source}")]
+    Api {
+        verb: &'static str,
+        what: String,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ClusterError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Config(_) => "kube_config",
+            Self::Api { .. } => "kube_api",
+            Self::Invalid(_) => "invalid_object",
+        }
+    }
+
+    /// True when the API server answered 404.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::Api { source, .. } if is_status(source, 404))
+    }
+}
+
+fn is_status(e: &kube::Error, code: u16) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == code)
+}
+
+pub type Result<T, E = ClusterError> = std::result::Result<T, E>;
+
+/// Builds a client from an explicit kubeconfig, or the usual inference
+/// (`KUBECONFIG`, `~/.kube/config`, in-cluster service account).
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| ClusterError::Config(format!("{}: {e}", path.display())))?;
+            Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| ClusterError::Config(format!("{}: {e}", path.display())))?
+        }
+        None => Config::infer()
+            .await
+            .map_err(|e| ClusterError::Config(e.to_string()))?,
+    };
+    Client::try_from(config).map_err(|e| ClusterError::Config(e.to_string()))
+}
+
+/// The pod of one DaemonSet as nodewave sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodView {
+    pub name: String,
+    pub uid: String,
+    pub node: String,
+    pub revision: String,
+    pub ready: bool,
+    pub restarts: u32,
+    /// Current waiting reason, else the last termination reason, of any container.
+    pub reason: Option<String>,
+    pub terminating: bool,
+}
+
+impl PodView {
+    pub fn from_pod(p: &Pod) -> Option<Self> {
+        let node = p.spec.as_ref()?.node_name.clone()?;
+        let status = p.status.as_ref();
+        let ready = status
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        let statuses = status
+            .and_then(|s| s.container_statuses.clone())
+            .unwrap_or_default();
+        let restarts = statuses
+            .iter()
+            .map(|c| u32::try_from(c.restart_count).unwrap_or(0))
+            .sum();
+        let reason = statuses.iter().find_map(|c| {
+            let st = c.state.as_ref()?;
+            st.waiting
+                .as_ref()
+                .and_then(|w| w.reason.clone())
+                .or_else(|| st.terminated.as_ref().and_then(|t| t.reason.clone()))
+        });
+        let reason = reason.or_else(|| {
+            statuses.iter().find_map(|c| {
+                let t = c.last_state.as_ref()?.terminated.as_ref()?;
+                (t.reason.as_deref() == Some("OOMKilled")).then(|| "OOMKilled".to_string())
+            })
+        });
+        Some(Self {
+            name: p.name_any(),
+            uid: p.metadata.uid.clone().unwrap_or_default(),
+            node,
+            revision: p
+                .labels()
+                .get(keys::REVISION_HASH_LABEL)
+                .cloned()
+                .unwrap_or_default(),
+            ready,
+            restarts,
+            reason,
+            terminating: p.metadata.deletion_timestamp.is_some(),
+        })
+    }
+}
+
+/// A node as the planner needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeView {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone)]
+pub struct Cluster {
+    client: Client,
+    metrics: Metrics,
+    recorder: Recorder,
+}
+
+impl Cluster {
+    pub fn new(client: Client, metrics: Metrics) -> Self {
+        let reporter = Reporter {
+            controller: "nodewave".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        let recorder = Recorder::new(client.clone(), reporter);
+        Self {
+            client,
+            metrics,
+            recorder,
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn record<T>(&self, verb: &'static str, r: &std::result::Result<T, kube::Error>) {
+        let ok = match r {
+            Ok(_) => true,
+            Err(e) => is_status(e, 404) || is_status(e, 409),
+        };
+        self.metrics.kube_request(verb, ok);
+    }
+
+    fn daemonsets(&self, ns: &str) -> Api<DaemonSet> {
+        Api::namespaced(self.client.clone(), ns)
+    }
+
+    pub async fn get_daemonset(&self, key: &ObjectKey) -> Result<Option<DaemonSet>> {
+        let r = self.daemonsets(&key.namespace).get_opt(&key.name).await;
+        self.record("get", &r);
+        r.map_err(|e| api_err("get", format!("DaemonSet {key}"), e))
+    }
+
+    /// Every DaemonSet nodewave manages, in all namespaces.
+    pub async fn managed_daemonsets(&self) -> Result<Vec<DaemonSet>> {
+        let api: Api<DaemonSet> = Api::all(self.client.clone());
+        let lp = ListParams::default().labels(&format!(
+            "{}={}",
+            keys::MANAGED_BY_LABEL,
+            keys::MANAGED_BY_VALUE
+        ));
+        let r = api.list(&lp).await;
+        self.record("list", &r);
+        Ok(r.map_err(|e| api_err("list", "managed DaemonSets".into(), e))?.items)
+    }
+
+    /// Server-side apply as field manager `nodewave`, forced. With `dry_run` the
+    /// API server computes the result (defaulting, admission) without storing it.
+    pub async fn apply(&self, obj: &Value, dry_run: bool) -> Result<Value> {
+        let (ns, name) = namespace_and_name(obj)?;
+        let mut pp = PatchParams::apply(keys::FIELD_MANAGER).force();
+        pp.field_validation = Some(kube::api::ValidationDirective::Strict);
+        if dry_run {
+            pp = pp.dry_run();
+        }
+        let r = self
+            .daemonsets(&ns)
+            .patch(&name, &pp, &Patch::Apply(obj))
+            .await;
+        let verb = if dry_run { "dry_run_apply" } else { "apply" };
+        self.record(verb, &r);
+        let ds = r.map_err(|e| api_err(verb, format!("DaemonSet {ns}/{name}"), e))?;
+        serde_json::to_value(ds).map_err(|e| ClusterError::Invalid(e.to_string()))
+    }
+
+    /// Sets (Some) or removes (None) annotations with a JSON merge patch, leaving the
+    /// applied fields to server-side apply.
+    pub async fn annotate(
+        &self,
+        key: &ObjectKey,
+        annotations: &BTreeMap<&str, Option<String>>,
+    ) -> Result<()> {
+        let patch = json!({"metadata": {"annotations": annotations}});
+        let pp = PatchParams {
+            field_manager: Some(format!("{}-state", keys::FIELD_MANAGER)),
+            ..PatchParams::default()
+        };
+        let r = self
+            .daemonsets(&key.namespace)
+            .patch(&key.name, &pp, &Patch::Merge(&patch))
+            .await;
+        self.record("patch", &r);
+        r.map(|_| ())
+            .map_err(|e| api_err("annotate", format!("DaemonSet {key}"), e))
+    }
+
+    pub async fn delete_daemonset(&self, key: &ObjectKey) -> Result<()> {
+        let r = self
+            .daemonsets(&key.namespace)
+            .delete(&key.name, &DeleteParams::background())
+            .await;
+        self.record("delete", &r);
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, 404) => Ok(()),
+            Err(e) => Err(api_err("delete", format!("DaemonSet {key}"), e)),
+        }
+    }
+
+    /// The revision hash new pods of `ds` get: the newest ControllerRevision the
+    /// DaemonSet controller made for it. Waits (up to `timeout`) until the controller
+    /// has observed the DaemonSet's current generation.
+    pub async fn update_revision(&self, key: &ObjectKey, timeout: Duration) -> Result<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(ds) = self.get_daemonset(key).await? {
+                let generation = ds.metadata.generation.unwrap_or(0);
+                let observed = ds
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.observed_generation)
+                    .unwrap_or(0);
+                if observed >= generation {
+                    if let Some(hash) = self.newest_revision(&ds).await? {
+                        return Ok(hash);
+                    }
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(ClusterError::Invalid(format!(
+                    "the DaemonSet controller did not record a revision for {key} within {timeout:?}; \
+                     is kube-controller-manager running?"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn newest_revision(&self, ds: &DaemonSet) -> Result<Option<String>> {
+        let ns = ds.namespace().unwrap_or_default();
+        let uid = ds.metadata.uid.clone().unwrap_or_default();
+        let api: Api<ControllerRevision> = Api::namespaced(self.client.clone(), &ns);
+        let r = api.list(&ListParams::default()).await;
+        self.record("list", &r);
+        let list = r.map_err(|e| api_err("list", format!("ControllerRevisions in {ns}"), e))?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter(|cr| {
+                cr.metadata
+                    .owner_references
+                    .as_ref()
+                    .is_some_and(|o| o.iter().any(|o| o.uid == uid))
+            })
+            .max_by_key(|cr| cr.revision)
+            .and_then(|cr| cr.labels().get(keys::REVISION_HASH_LABEL).cloned()))
+    }
+
+    /// Pods owned by the DaemonSet.
+    pub async fn pods_of(&self, ds: &DaemonSet) -> Result<Vec<PodView>> {
+        let ns = ds.namespace().unwrap_or_default();
+        let uid = ds.metadata.uid.clone().unwrap_or_default();
+        let selector = ds
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.match_labels.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        let r = api.list(&ListParams::default().labels(&selector)).await;
+        self.record("list", &r);
+        let list = r.map_err(|e| api_err("list", format!("pods in {ns}"), e))?;
+        Ok(list
+            .items
+            .iter()
+            .filter(|p| {
+                p.metadata
+                    .owner_references
+                    .as_ref()
+                    .is_some_and(|o| o.iter().any(|o| o.uid == uid))
+            })
+            .filter_map(PodView::from_pod)
+            .collect())
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<NodeView>> {
+        let api: Api<Node> = Api::all(self.client.clone());
+        let r = api.list(&ListParams::default()).await;
+        self.record("list", &r);
+        let list = r.map_err(|e| api_err("list", "nodes".into(), e))?;
+        Ok(list
+            .items
+            .into_iter()
+            .map(|n| NodeView {
+                name: n.name_any(),
+                labels: n.metadata.labels.unwrap_or_default(),
+            })
+            .collect())
+    }
+
+    /// Deletes a pod only if it is still the one nodewave decided to replace.
+    /// Already gone or already replaced counts as done.
+    pub async fn delete_pod(&self, namespace: &str, name: &str, uid: &str) -> Result<()> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let dp = DeleteParams::default().preconditions(Preconditions {
+            uid: Some(uid.to_string()),
+            resource_version: None,
+        });
+        let r = api.delete(name, &dp).await;
+        self.record("delete", &r);
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
+            Err(e) => Err(api_err("delete", format!("pod {namespace}/{name}"), e)),
+        }
+    }
+
+    pub async fn namespace_exists(&self, ns: &str) -> Result<bool> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let r = api.get_opt(ns).await;
+        self.record("get", &r);
+        Ok(r.map_err(|e| api_err("get", format!("namespace {ns}"), e))?
+            .is_some())
+    }
+
+    pub async fn create_namespace(&self, ns: &str) -> Result<()> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns,
+            "labels": {keys::MANAGED_BY_LABEL: keys::MANAGED_BY_VALUE}}});
+        let r = api
+            .patch(ns, &PatchParams::apply(keys::FIELD_MANAGER), &Patch::Apply(&obj))
+            .await;
+        self.record("apply", &r);
+        r.map(|_| ())
+            .map_err(|e| api_err("create", format!("namespace {ns}"), e))
+    }
+
+    /// Publishes a Kubernetes Event about a DaemonSet. Failures are logged, never
+    /// fatal: an Event is a report, not state.
+    pub async fn event(&self, key: &ObjectKey, uid: Option<&str>, warning: bool, reason: &str, note: &str) {
+        let reference = ObjectReference {
+            api_version: Some(DaemonSet::api_version(&()).into_owned()),
+            kind: Some(DaemonSet::kind(&()).into_owned()),
+            name: Some(key.name.clone()),
+            namespace: Some(key.namespace.clone()),
+            uid: uid.map(String::from),
+            ..ObjectReference::default()
+        };
+        let mut note = note.to_string();
+        if note.len() > 1000 {
+            let mut cut = 997;
+            while !note.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            note.truncate(cut);
+            note.push_str("...");
+        }
+        let ev = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.to_string(),
+            note: Some(note),
+            action: reason.to_string(),
+            secondary: None,
+        };
+        let r = self.recorder.publish(&ev, &reference).await;
+        self.record("event", &r);
+        if let Err(e) = r {
+            tracing::warn!(daemonset = %key, reason, error = %e, "could not publish Event");
+        }
+    }
+}
+
+fn api_err(verb: &'static str, what: String, e: kube::Error) -> ClusterError {
+    ClusterError::Api {
+        verb,
+        what,
+        source: Box::new(e),
+    }
+}
+
+fn namespace_and_name(obj: &Value) -> Result<(String, String)> {
+    let ns = obj
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ClusterError::Invalid("object has no metadata.namespace".into()))?;
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ClusterError::Invalid("object has no metadata.name".into()))?;
+    Ok((ns.to_string(), name.to_string()))
+}
