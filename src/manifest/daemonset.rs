@@ -38,10 +38,16 @@ pub(crate) fn check(
         Err(json_error) => {
             // serde_json knows no positions; deserializing the YAML text again yields
             // the line of the offending value.
-            let (line, message) = match serde_saphyr::from_str::<DaemonSet>(&doc.source.text) {
-                Err(e) => saphyr_error(&e),
-                Ok(_) => (None, json_error.to_string()),
+            // serde_json's message names the offending value; the YAML one only its type.
+            let line = match serde_saphyr::from_str::<DaemonSet>(&doc.source.text) {
+                Err(e) => saphyr_error(&e).0,
+                Ok(_) => None,
             };
+            let json_message = json_error.to_string();
+            let json_message = json_message
+                .strip_suffix(" at line 0 column 0")
+                .unwrap_or(&json_message);
+            let message = doc.with_field(line, json_message);
             let mut location = doc.location(&Path::root());
             location.line = line.or(location.line);
             report.add(

@@ -318,6 +318,15 @@ impl LineIndex {
         }
     }
 
+    /// The deepest path that starts on `line`, to name the field a parser error is about.
+    pub fn path_at(&self, line: usize) -> Option<&Path> {
+        self.lines
+            .iter()
+            .filter(|(_, l)| **l == line)
+            .map(|(path, _)| path)
+            .max_by_key(|path| path.0.len())
+    }
+
     /// Line of `path` only if that exact path exists.
     pub fn exact_line(&self, path: &Path) -> Option<usize> {
         self.lines.get(path).copied()
@@ -368,6 +377,11 @@ mod tests {
             Some(7)
         );
         assert_eq!(idx.exact_line(&Path::parse("spec.nothing")), None);
+        assert_eq!(
+            idx.path_at(7),
+            Some(&Path::parse("spec.containers[1].name"))
+        );
+        assert_eq!(idx.path_at(1), None);
     }
 
     #[test]

@@ -216,6 +216,14 @@ impl Doc<'_> {
     }
 
     /// `Kind namespace/name` as far as the document says, for findings.
+    /// Names the field on `line` in front of a parser message, which often lacks it.
+    pub fn with_field(&self, line: Option<usize>, message: &str) -> String {
+        match line.and_then(|l| self.index.path_at(l)) {
+            Some(path) => format!("{path}: {message}"),
+            None => message.to_string(),
+        }
+    }
+
     pub fn object_label(&self, kind: &str, namespace: &str) -> String {
         match self.str_at("metadata.name") {
             Some(name) => format!("{kind} {namespace}/{name}"),

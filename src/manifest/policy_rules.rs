@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use serde_json::Value;
+
 use super::daemonset::{dns_label, dns_subdomain};
 use super::findings::{INVALID_OBJECT, INVALID_POLICY, NAMESPACE_NOT_ALLOWED, UNKNOWN_FIELD};
 use super::lines::Path;
@@ -31,17 +33,38 @@ pub(crate) fn check(
     let label = doc.object_label("RolloutPolicy", &namespace);
     let object = Some(label.as_str());
 
-    // Deserializing the YAML text (not the JSON value) keeps the error's line.
+    // serde names a missing field but not the mapping that lacks it, so required
+    // fields are checked on the document first.
+    let missing = missing_fields(&doc.value);
+    for (parent, field) in &missing {
+        report.add(
+            INVALID_OBJECT,
+            doc.location(parent),
+            object,
+            format!("{} is missing: add it", parent.key(*field)),
+        );
+    }
+    if !missing.is_empty() {
+        return None;
+    }
+
+    // Deserializing the YAML text (not the JSON value) yields the error's line;
+    // serde_json's message is the more telling one (it quotes the bad value).
     let mut policy: RolloutPolicy = match serde_saphyr::from_str(&doc.source.text) {
         Ok(policy) => policy,
         Err(e) => {
-            let (line, message) = saphyr_error(&e);
+            let (line, yaml_message) = saphyr_error(&e);
+            let message = match serde_json::from_value::<RolloutPolicy>(doc.value.clone()) {
+                Err(json_error) => json_error.to_string(),
+                Ok(_) => yaml_message,
+            };
+            let message = doc.with_field(line, &message);
             let mut location = doc.location(&Path::root());
             location.line = line.or(location.line);
             let (check, fix) = if message.contains("unknown field") {
                 (UNKNOWN_FIELD, "fix its spelling or remove it")
             } else {
-                (INVALID_OBJECT, "fix the value or add the missing field")
+                (INVALID_OBJECT, "fix the value")
             };
             report.add(
                 check,
@@ -101,6 +124,62 @@ pub(crate) fn check(
     })
 }
 
+/// Fields the policy model requires, as (parent, field); `[]` stands for every item.
+const REQUIRED: &[(&str, &str)] = &[
+    ("", "metadata"),
+    ("metadata", "name"),
+    ("", "spec"),
+    ("spec", "target"),
+    ("spec.target", "name"),
+    ("spec.stages[]", "name"),
+    ("spec.stages[]", "pools"),
+    ("spec.health.prometheus", "url"),
+    ("spec.health.prometheus", "checks"),
+    ("spec.health.prometheus.checks[]", "name"),
+    ("spec.health.prometheus.checks[]", "query"),
+];
+
+/// Required fields absent from mappings that exist; absent parents are reported at
+/// their own level.
+fn missing_fields(doc: &Value) -> Vec<(Path, &'static str)> {
+    let mut missing = Vec::new();
+    for (parent, field) in REQUIRED {
+        let mut nodes = vec![(Path::root(), doc)];
+        for part in parent.split('.').filter(|p| !p.is_empty()) {
+            let (key, each) = match part.strip_suffix("[]") {
+                Some(key) => (key, true),
+                None => (part, false),
+            };
+            let mut next = Vec::new();
+            for (path, value) in nodes {
+                let Some(child) = value.get(key) else {
+                    continue;
+                };
+                let path = path.key(key);
+                if each {
+                    if let Some(items) = child.as_array() {
+                        next.extend(
+                            items
+                                .iter()
+                                .enumerate()
+                                .map(|(i, item)| (path.index(i), item)),
+                        );
+                    }
+                } else {
+                    next.push((path, child));
+                }
+            }
+            nodes = next;
+        }
+        for (path, value) in nodes {
+            if value.as_object().is_some_and(|m| !m.contains_key(*field)) {
+                missing.push((path, *field));
+            }
+        }
+    }
+    missing
+}
+
 /// Inconsistencies the serde model cannot express, each with the path to point at.
 fn semantic_errors(policy: &RolloutPolicy) -> Vec<(Path, String)> {
     let mut errors = Vec::new();
@@ -115,7 +194,8 @@ fn semantic_errors(policy: &RolloutPolicy) -> Vec<(Path, String)> {
     let stages = Path::parse("spec.stages");
     let last = spec.stages.len().saturating_sub(1);
     let mut stage_names: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut pools: BTreeMap<&str, (usize, &str)> = BTreeMap::new();
+    // pool -> (stage index, stage name, whether that stage updates the whole pool)
+    let mut pools: BTreeMap<&str, (usize, &str, bool)> = BTreeMap::new();
     for (i, stage) in spec.stages.iter().enumerate() {
         let here = stages.index(i);
         if stage.name.trim().is_empty() {
@@ -162,19 +242,24 @@ fn semantic_errors(policy: &RolloutPolicy) -> Vec<(Path, String)> {
                 ));
                 continue;
             }
-            if let Some((first_stage, first_name)) = pools.insert(pool, (i, &stage.name)) {
-                let message = if first_stage == i {
+            // A canary stage (with `nodes`) updates only part of its pools, so a later
+            // stage naming the same pool finishes it; any other repeat is a mistake.
+            let full = stage.nodes.is_none();
+            match pools.get(pool.as_str()) {
+                Some(&(first_stage, _, _)) if first_stage == i => errors.push((
+                    pool_path,
+                    format!("pool {pool:?} is listed twice in stage {:?}: remove one", stage.name),
+                )),
+                Some(&(_, first_name, true)) => errors.push((
+                    pool_path,
                     format!(
-                        "pool {pool:?} is listed twice in stage {:?}: remove one",
+                        "pool {pool:?} is already rolled out completely by stage {first_name:?} and again named in stage {:?}: remove it from one of them (only a canary stage with nodes may share its pools with a later stage)",
                         stage.name
-                    )
-                } else {
-                    format!(
-                        "pool {pool:?} is in stage {first_name:?} and again in stage {:?}: a pool belongs to exactly one stage",
-                        stage.name
-                    )
-                };
-                errors.push((pool_path, message));
+                    ),
+                )),
+                _ => {
+                    pools.insert(pool, (i, &stage.name, full));
+                }
             }
         }
     }

@@ -448,9 +448,19 @@ fn policy_semantics() {
         "not the last stage",
     );
     check(
-        POLICY.replace("pools: [\"*\"]", "pools: [canary]"),
-        43,
-        "again in stage",
+        POLICY
+            .replace("      nodes: 1\n", "")
+            .replace("pools: [\"*\"]", "pools: [canary]"),
+        42,
+        "already rolled out completely",
+    );
+    // A canary stage shares its pool with the stage that finishes it.
+    none(
+        &run(&format!(
+            "{base}{}",
+            POLICY.replace("pools: [\"*\"]", "pools: [canary]")
+        )),
+        "invalid-policy",
     );
     check(
         POLICY.replace("pools: [canary]", "pools: [a, a]"),
@@ -686,4 +696,59 @@ fn read_dir_finds_yaml_recursively_and_skips_hidden() {
     let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(paths, vec!["a.yaml", "b/c/x.yml"]);
     assert_eq!(files[1].contents, "x");
+}
+
+#[test]
+fn parser_messages_name_the_field() {
+    let r = run(&DS.replace(
+        "port: 2020}\n          readinessProbe",
+        "port: 2020}\n          readinessProbe:\n            periodSeconds: often\n          startupProbe",
+    ));
+    let f = one(&r, "invalid-object", 28);
+    assert!(
+        f.message.contains("spec.template.spec.containers[0].readinessProbe.periodSeconds: invalid type: string \"often\", expected i32"),
+        "{f}"
+    );
+    let r = run(&format!(
+        "{DS}---\n{}",
+        POLICY.replace("      nodes: 1\n", "      nodes: many\n")
+    ));
+    let f = one(&r, "invalid-object", 41);
+    assert!(
+        f.message
+            .contains("spec.stages[0].nodes: invalid type: string \"many\""),
+        "{f}"
+    );
+}
+
+#[test]
+fn missing_policy_fields_point_at_their_parent() {
+    let r = run(&format!(
+        "{DS}---\n{}",
+        POLICY.replace("  target:\n    name: fluent-bit\n", "")
+    ));
+    let f = one(&r, "invalid-object", 35);
+    assert_eq!(f.message, "spec.target is missing: add it");
+    let r = run(&format!(
+        "{DS}---\n{}",
+        POLICY.replace(
+            "          query: sum(rate(fluentbit_output_errors_total[5m]))\n",
+            ""
+        )
+    ));
+    let f = one(&r, "invalid-object", 48);
+    assert_eq!(
+        f.message,
+        "spec.health.prometheus.checks[0].query is missing: add it"
+    );
+}
+
+#[test]
+fn duplicate_keys_are_syntax_errors() {
+    let r = run(&DS.replace(
+        "  name: fluent-bit\n",
+        "  name: fluent-bit\n  name: again\n",
+    ));
+    let f = one(&r, "yaml-syntax", 5);
+    assert!(f.message.contains("duplicate mapping key"), "{f}");
 }
