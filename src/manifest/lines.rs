@@ -328,6 +328,7 @@ impl LineIndex {
     }
 
     /// Line of `path` only if that exact path exists.
+    #[cfg(test)]
     pub fn exact_line(&self, path: &Path) -> Option<usize> {
         self.lines.get(path).copied()
     }

@@ -3,7 +3,7 @@
 
 mod daemonset;
 mod findings;
-pub mod lines;
+mod lines;
 pub mod policy;
 mod policy_rules;
 
