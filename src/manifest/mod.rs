@@ -388,8 +388,16 @@ fn unsupported_kind(doc: &Doc<'_>, api_version: &str, kind: &str, report: &mut R
             ),
         )
     };
-    let label = (!kind.is_empty())
-        .then(|| doc.object_label(kind, doc.str_at("metadata.namespace").unwrap_or("-")));
+    let label = match (
+        kind,
+        doc.str_at("metadata.namespace"),
+        doc.str_at("metadata.name"),
+    ) {
+        ("", ..) => None,
+        (kind, Some(namespace), _) => Some(doc.object_label(kind, namespace)),
+        (kind, None, Some(name)) => Some(format!("{kind} {name}")),
+        (kind, None, None) => Some(kind.to_string()),
+    };
     report.add(
         UNSUPPORTED_KIND,
         doc.location(&path),

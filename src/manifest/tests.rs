@@ -752,3 +752,30 @@ fn duplicate_keys_are_syntax_errors() {
     let f = one(&r, "yaml-syntax", 5);
     assert!(f.message.contains("duplicate mapping key"), "{f}");
 }
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Whatever a commit contains, validation answers instead of panicking, and
+        /// every finding points into the file.
+        #[test]
+        fn load_never_panics(contents in "[a-z:\\-\\[\\]{}#&*!|>'\" \n]{0,200}") {
+            let lines = contents.lines().count().max(1);
+            if let Err(rejected) = run(&contents) {
+                for f in rejected.errors.iter().chain(&rejected.warnings) {
+                    prop_assert!(f.location.line.is_some_and(|l| l >= 1 && l <= lines + 1), "{f}");
+                }
+            }
+        }
+
+        /// Cutting the compliant DaemonSet anywhere never panics either.
+        #[test]
+        fn truncated_manifests_never_panic(cut in 0usize..DS.len()) {
+            let _ = run(&DS[..cut]);
+        }
+    }
+}
