@@ -1,9 +1,21 @@
 //! Reading a commit's manifests: YAML parsing, the DaemonSet and RolloutPolicy model,
 //! validation and best-practice checks. Pure: files in, desired state or errors out.
 
+mod daemonset;
+mod findings;
+mod lines;
 pub mod policy;
+mod policy_rules;
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::path::Path as FsPath;
+
+use serde_json::Value;
+
+pub use findings::{CHECKS, CheckInfo, Finding, Location, Severity, check_info};
+use findings::{DUPLICATE_NAME, POLICY_TARGET_MISSING, UNSUPPORTED_KIND, YAML_SYNTAX};
+use lines::{DocumentSource, LineIndex, Path};
 
 /// One file of a commit, path relative to the repository root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,7 +25,9 @@ pub struct ManifestFile {
 }
 
 /// Namespace and name of an object.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct ObjectKey {
     pub namespace: String,
     pub name: String,
@@ -33,3 +47,515 @@ impl fmt::Display for ObjectKey {
         write!(f, "{}/{}", self.namespace, self.name)
     }
 }
+
+/// How a commit is validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Namespaces objects may live in; empty allows any.
+    pub allowed_namespaces: Vec<String>,
+    /// Namespace of documents that name none.
+    pub default_namespace: String,
+    /// Check id to severity; only best-practice checks can be changed.
+    pub severity_overrides: BTreeMap<String, Severity>,
+    /// Turns `image-digest` on (as an error) unless an override says otherwise.
+    pub require_digest: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            allowed_namespaces: Vec::new(),
+            default_namespace: "default".to_string(),
+            severity_overrides: BTreeMap::new(),
+            require_digest: false,
+        }
+    }
+}
+
+impl LoadOptions {
+    /// The severity `check` has under these options.
+    pub fn severity(&self, check: &str) -> Severity {
+        let Some(info) = check_info(check) else {
+            return Severity::Error;
+        };
+        if !info.overridable {
+            return Severity::Error;
+        }
+        if let Some(severity) = self.severity_overrides.get(check) {
+            return *severity;
+        }
+        if check == findings::IMAGE_DIGEST && self.require_digest {
+            return Severity::Error;
+        }
+        info.default_severity
+    }
+
+    fn namespace_allowed(&self, namespace: &str) -> bool {
+        self.allowed_namespaces.is_empty() || self.allowed_namespaces.iter().any(|n| n == namespace)
+    }
+}
+
+/// A DaemonSet as the commit defines it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredDaemonSet {
+    pub key: ObjectKey,
+    /// The document exactly as written (nodewave applies it with server-side apply),
+    /// with `metadata.namespace` set to the effective namespace.
+    pub manifest: Value,
+    pub location: Location,
+}
+
+/// Everything a valid commit asks for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DesiredState {
+    pub daemonsets: BTreeMap<ObjectKey, DesiredDaemonSet>,
+    /// Keyed by the DaemonSet the policy targets.
+    pub policies: BTreeMap<ObjectKey, policy::RolloutPolicy>,
+    pub warnings: Vec<Finding>,
+}
+
+/// Why a commit was rejected: at least one error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub errors: Vec<Finding>,
+    pub warnings: Vec<Finding>,
+}
+
+impl Rejected {
+    /// Check id of the first error; bounded, so usable as a metric label.
+    pub fn reason(&self) -> &'static str {
+        self.errors
+            .first()
+            .map_or(INVALID_OBJECT_FALLBACK, |f| f.check)
+    }
+}
+
+const INVALID_OBJECT_FALLBACK: &str = findings::INVALID_OBJECT;
+
+impl fmt::Display for Rejected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        write!(
+            f,
+            "commit rejected: {n} error{}",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for finding in self.errors.iter().chain(&self.warnings) {
+            write!(f, "\n{finding}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Rejected {}
+
+/// Collects findings, dropping those whose check is off.
+pub(crate) struct Report<'o> {
+    opts: &'o LoadOptions,
+    findings: Vec<Finding>,
+}
+
+impl<'o> Report<'o> {
+    fn new(opts: &'o LoadOptions) -> Self {
+        Self {
+            opts,
+            findings: Vec::new(),
+        }
+    }
+
+    pub(crate) fn add(
+        &mut self,
+        check: &'static str,
+        location: Location,
+        object: Option<&str>,
+        message: impl Into<String>,
+    ) {
+        let severity = self.opts.severity(check);
+        if severity == Severity::Off {
+            return;
+        }
+        self.findings.push(Finding {
+            check,
+            severity,
+            location,
+            object: object.map(str::to_string),
+            message: message.into(),
+        });
+    }
+
+    pub(crate) fn enabled(&self, check: &str) -> bool {
+        self.opts.severity(check) != Severity::Off
+    }
+}
+
+/// One parsed document with what is needed to point at its lines.
+pub(crate) struct Doc<'a> {
+    pub file: &'a str,
+    pub source: DocumentSource,
+    pub index: LineIndex,
+    pub value: Value,
+}
+
+impl Doc<'_> {
+    /// Location of `path`, falling back to its closest ancestor and then to the
+    /// document's first line.
+    pub fn location(&self, path: &Path) -> Location {
+        let line = self.index.line_of(path).unwrap_or(self.source.first_line);
+        Location::new(self.file, Some(line))
+    }
+
+    pub fn str_at(&self, dotted: &str) -> Option<&str> {
+        Path::parse(dotted)
+            .0
+            .iter()
+            .try_fold(&self.value, |v, seg| match seg {
+                lines::Seg::Key(k) => v.get(k),
+                lines::Seg::Index(i) => v.get(i),
+            })
+            .and_then(Value::as_str)
+    }
+
+    /// `Kind namespace/name` as far as the document says, for findings.
+    /// Names the field on `line` in front of a parser message, which often lacks it.
+    pub fn with_field(&self, line: Option<usize>, message: &str) -> String {
+        match line.and_then(|l| self.index.path_at(l)) {
+            Some(path) => format!("{path}: {message}"),
+            None => message.to_string(),
+        }
+    }
+
+    pub fn object_label(&self, kind: &str, namespace: &str) -> String {
+        match self.str_at("metadata.name") {
+            Some(name) => format!("{kind} {namespace}/{name}"),
+            None => kind.to_string(),
+        }
+    }
+}
+
+/// Line and message of a serde-saphyr error, without its source snippet (findings
+/// carry the location separately).
+pub(crate) fn saphyr_error(e: &serde_saphyr::Error) -> (Option<usize>, String) {
+    let mut render = serde_saphyr::RenderOptions::new(&serde_saphyr::UserMessageFormatter);
+    render.snippets = serde_saphyr::SnippetMode::Off;
+    let mut message = e.render_with_options(render);
+    if let Some(at) = message.rfind(" at line ") {
+        message.truncate(at);
+    }
+    let line = e
+        .location()
+        .map(|l| l.line())
+        .filter(|l| *l > 0)
+        .and_then(|l| usize::try_from(l).ok());
+    (line, message)
+}
+
+/// Validates a commit's files and builds the desired state. Any finding of severity
+/// `Error` rejects the whole commit; the result does not depend on the order of `files`.
+pub fn load(files: &[ManifestFile], opts: &LoadOptions) -> Result<DesiredState, Rejected> {
+    let mut sorted: Vec<&ManifestFile> = files.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+
+    let mut report = Report::new(opts);
+    let mut daemonsets: Vec<DesiredDaemonSet> = Vec::new();
+    let mut policies: Vec<policy_rules::LoadedPolicy> = Vec::new();
+
+    for file in sorted {
+        for source in lines::split_documents(&file.contents) {
+            let Some(doc) = parse_document(&file.path, source, &mut report) else {
+                continue;
+            };
+            let api_version = doc.str_at("apiVersion").unwrap_or_default();
+            let kind = doc.str_at("kind").unwrap_or_default();
+            match (api_version, kind) {
+                ("apps/v1", "DaemonSet") => {
+                    if let Some(ds) = daemonset::check(&doc, &mut report, opts) {
+                        daemonsets.push(ds);
+                    }
+                }
+                (policy::API_VERSION, policy::KIND) => {
+                    if let Some(p) = policy_rules::check(&doc, &mut report, opts) {
+                        policies.push(p);
+                    }
+                }
+                _ => unsupported_kind(&doc, api_version, kind, &mut report),
+            }
+        }
+    }
+
+    let daemonsets = index_daemonsets(daemonsets, &mut report);
+    let policies = attach_policies(policies, &daemonsets, &mut report);
+
+    let mut findings = report.findings;
+    findings.sort_by(|a, b| a.location.cmp(&b.location));
+    let (errors, warnings): (Vec<Finding>, Vec<Finding>) = findings
+        .into_iter()
+        .partition(|f| f.severity == Severity::Error);
+    if errors.is_empty() {
+        Ok(DesiredState {
+            daemonsets,
+            policies,
+            warnings,
+        })
+    } else {
+        Err(Rejected { errors, warnings })
+    }
+}
+
+/// Parses one document; `None` for empty documents and for syntax errors (reported).
+fn parse_document<'a>(
+    file: &'a str,
+    source: DocumentSource,
+    report: &mut Report<'_>,
+) -> Option<Doc<'a>> {
+    let index = match LineIndex::build(&source.text) {
+        Ok(index) => index,
+        Err(e) => {
+            report.add(
+                YAML_SYNTAX,
+                Location::new(file, Some(e.line.max(source.first_line))),
+                None,
+                format!(
+                    "invalid YAML: {}; fix the syntax (indentation, quoting, unclosed brackets)",
+                    e.message
+                ),
+            );
+            return None;
+        }
+    };
+    // Documents with only comments or a bare `---` are no objects.
+    index.root_line()?;
+    let value = match serde_saphyr::from_str::<Value>(&source.text) {
+        Ok(value) => value,
+        Err(e) => {
+            let (line, message) = saphyr_error(&e);
+            report.add(
+                YAML_SYNTAX,
+                Location::new(file, line.or(index.root_line())),
+                None,
+                format!("invalid YAML: {message}"),
+            );
+            return None;
+        }
+    };
+    if value.is_null() {
+        return None;
+    }
+    Some(Doc {
+        file,
+        source,
+        index,
+        value,
+    })
+}
+
+fn unsupported_kind(doc: &Doc<'_>, api_version: &str, kind: &str, report: &mut Report<'_>) {
+    let supported = "a commit may contain only apps/v1 DaemonSet and nodewave.io/v1alpha1 RolloutPolicy documents";
+    let (path, message) = if !doc.value.is_object() {
+        (
+            Path::root(),
+            format!("the document is not a mapping: {supported}"),
+        )
+    } else if api_version.is_empty() || kind.is_empty() {
+        let missing = match (api_version.is_empty(), kind.is_empty()) {
+            (true, true) => "apiVersion and kind",
+            (true, false) => "apiVersion",
+            _ => "kind",
+        };
+        (
+            Path::root(),
+            format!("the document has no {missing}: {supported}; add them"),
+        )
+    } else if kind == "DaemonSet" {
+        (
+            Path::parse("apiVersion"),
+            format!(
+                "DaemonSet with apiVersion {api_version} is not supported: use apiVersion: apps/v1"
+            ),
+        )
+    } else if kind == policy::KIND {
+        (
+            Path::parse("apiVersion"),
+            format!(
+                "RolloutPolicy with apiVersion {api_version} is not supported: use apiVersion: {}",
+                policy::API_VERSION
+            ),
+        )
+    } else {
+        (
+            Path::parse("kind"),
+            format!(
+                "{api_version} {kind} is not supported: {supported}; manage other objects with another tool or move them out of the watched path"
+            ),
+        )
+    };
+    let label = match (
+        kind,
+        doc.str_at("metadata.namespace"),
+        doc.str_at("metadata.name"),
+    ) {
+        ("", ..) => None,
+        (kind, Some(namespace), _) => Some(doc.object_label(kind, namespace)),
+        (kind, None, Some(name)) => Some(format!("{kind} {name}")),
+        (kind, None, None) => Some(kind.to_string()),
+    };
+    report.add(
+        UNSUPPORTED_KIND,
+        doc.location(&path),
+        label.as_deref(),
+        message,
+    );
+}
+
+fn index_daemonsets(
+    all: Vec<DesiredDaemonSet>,
+    report: &mut Report<'_>,
+) -> BTreeMap<ObjectKey, DesiredDaemonSet> {
+    let mut by_key: BTreeMap<ObjectKey, Vec<DesiredDaemonSet>> = BTreeMap::new();
+    for ds in all {
+        by_key.entry(ds.key.clone()).or_default().push(ds);
+    }
+    let mut out = BTreeMap::new();
+    for (key, mut group) in by_key {
+        if group.len() > 1 {
+            let label = format!("DaemonSet {key}");
+            let places: Vec<Location> = group.iter().map(|d| d.location.clone()).collect();
+            report_duplicates(
+                &label,
+                &places,
+                "keep one definition and delete the others",
+                report,
+            );
+        }
+        out.insert(key, group.swap_remove(0));
+    }
+    out
+}
+
+fn report_duplicates(label: &str, places: &[Location], fix: &str, report: &mut Report<'_>) {
+    for (i, here) in places.iter().enumerate() {
+        let others: Vec<String> = places
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, l)| l.to_string())
+            .collect();
+        report.add(
+            DUPLICATE_NAME,
+            here.clone(),
+            Some(label),
+            format!(
+                "defined {} times in this commit, also at {}: {fix}",
+                places.len(),
+                others.join(", ")
+            ),
+        );
+    }
+}
+
+fn attach_policies(
+    all: Vec<policy_rules::LoadedPolicy>,
+    daemonsets: &BTreeMap<ObjectKey, DesiredDaemonSet>,
+    report: &mut Report<'_>,
+) -> BTreeMap<ObjectKey, policy::RolloutPolicy> {
+    let mut by_key: BTreeMap<ObjectKey, Vec<policy_rules::LoadedPolicy>> = BTreeMap::new();
+    for p in all {
+        by_key.entry(p.key.clone()).or_default().push(p);
+    }
+    let mut by_target: BTreeMap<ObjectKey, Vec<policy_rules::LoadedPolicy>> = BTreeMap::new();
+    for (key, mut group) in by_key {
+        if group.len() > 1 {
+            let places: Vec<Location> = group.iter().map(|p| p.location.clone()).collect();
+            report_duplicates(
+                &format!("RolloutPolicy {key}"),
+                &places,
+                "keep one policy and delete the others",
+                report,
+            );
+        }
+        let p = group.swap_remove(0);
+        if daemonsets.contains_key(&p.target) {
+            by_target.entry(p.target.clone()).or_default().push(p);
+        } else {
+            report.add(
+                POLICY_TARGET_MISSING,
+                p.target_location.clone(),
+                Some(&format!("RolloutPolicy {key}")),
+                format!(
+                    "spec.target.name {:?} names no DaemonSet of this commit in namespace {}: fix the name or add the DaemonSet (a policy only applies to a DaemonSet in its own namespace)",
+                    p.target.name, p.target.namespace
+                ),
+            );
+        }
+    }
+    let mut out = BTreeMap::new();
+    for (target, mut group) in by_target {
+        if group.len() > 1 {
+            let names: Vec<String> = group.iter().map(|p| p.key.name.clone()).collect();
+            for p in &group {
+                report.add(
+                    DUPLICATE_NAME,
+                    p.target_location.clone(),
+                    Some(&format!("RolloutPolicy {}", p.key)),
+                    format!(
+                        "DaemonSet {target} is targeted by {} RolloutPolicies ({}): a DaemonSet takes at most one policy; merge them into one",
+                        group.len(),
+                        names.join(", ")
+                    ),
+                );
+            }
+        }
+        out.insert(target, group.swap_remove(0).policy);
+    }
+    out
+}
+
+/// Every `*.yaml` / `*.yml` file below `dir`, recursively, sorted by path. Paths are
+/// relative to `dir` with `/` separators; hidden files and directories (`.git`) and
+/// symlinked directories are skipped.
+pub fn read_dir(dir: &FsPath) -> std::io::Result<Vec<ManifestFile>> {
+    let mut files = Vec::new();
+    walk(dir, "", &mut files)?;
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+fn walk(dir: &FsPath, prefix: &str, out: &mut Vec<ManifestFile>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        let rel = if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let file_type = entry.file_type()?;
+        let path = entry.path();
+        if file_type.is_dir() {
+            walk(&path, &rel, out)?;
+        } else if is_yaml(&path) && std::fs::metadata(&path)?.is_file() {
+            let contents = std::fs::read_to_string(&path).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("reading {}: {e}", path.display()))
+            })?;
+            out.push(ManifestFile {
+                path: rel,
+                contents,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn is_yaml(path: &FsPath) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
+}
+
+#[cfg(test)]
+mod tests;

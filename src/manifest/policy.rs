@@ -3,7 +3,7 @@
 //! A policy lives in Git next to its DaemonSet and is read by nodewave, never applied
 //! to the cluster. Unknown fields are errors, like everywhere else in a commit.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -123,7 +123,7 @@ impl Default for HealthSpec {
 }
 
 fn default_ready_timeout() -> Duration {
-    Duration::from_secs(300)
+    Duration::from_mins(5)
 }
 fn default_max_restarts() -> u32 {
     1
@@ -159,7 +159,7 @@ fn default_prom_interval() -> Duration {
     Duration::from_secs(30)
 }
 fn default_prom_grace() -> Duration {
-    Duration::from_secs(120)
+    Duration::from_mins(2)
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -265,9 +265,9 @@ pub fn parse_int_or_percent(s: &str) -> Result<IntOrPercent, String> {
         }
         Ok(IntOrPercent::Percent(v))
     } else {
-        let v: u32 = t
-            .parse()
-            .map_err(|_| format!("invalid value {s:?}: expected a count like 2 or a percentage like \"25%\""))?;
+        let v: u32 = t.parse().map_err(|_| {
+            format!("invalid value {s:?}: expected a count like 2 or a percentage like \"25%\"")
+        })?;
         Ok(IntOrPercent::Count(v))
     }
 }
@@ -288,13 +288,17 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .find(|c: char| !c.is_ascii_digit())
             .ok_or_else(|| format!("duration {s:?} lacks a unit (use ms, s, m or h)"))?;
         if num_end == 0 {
-            return Err(format!("invalid duration {s:?}: expected e.g. 30s, 5m, 1h30m"));
+            return Err(format!(
+                "invalid duration {s:?}: expected e.g. 30s, 5m, 1h30m"
+            ));
         }
         let n: u64 = rest[..num_end]
             .parse()
             .map_err(|_| format!("invalid duration {s:?}"))?;
         rest = &rest[num_end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_end];
         rest = &rest[unit_end..];
         let d = match unit {
@@ -302,7 +306,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n * 60),
             "h" => Duration::from_secs(n * 3600),
-            _ => return Err(format!("invalid duration unit {unit:?} in {s:?} (use ms, s, m or h)")),
+            _ => {
+                return Err(format!(
+                    "invalid duration unit {unit:?} in {s:?} (use ms, s, m or h)"
+                ));
+            }
         };
         total += d;
     }
@@ -315,7 +323,7 @@ pub fn format_duration(d: Duration) -> String {
     if ms == 0 {
         return "0s".into();
     }
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let mut secs = d.as_secs();
@@ -325,13 +333,13 @@ pub fn format_duration(d: Duration) -> String {
     let m = secs / 60;
     secs %= 60;
     if h > 0 {
-        out.push_str(&format!("{h}h"));
+        let _ = write!(out, "{h}h");
     }
     if m > 0 {
-        out.push_str(&format!("{m}m"));
+        let _ = write!(out, "{m}m");
     }
     if secs > 0 {
-        out.push_str(&format!("{secs}s"));
+        let _ = write!(out, "{secs}s");
     }
     out
 }
@@ -377,7 +385,7 @@ mod tests {
             assert_eq!(parse_duration(s).unwrap(), Duration::from_secs(secs), "{s}");
         }
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
+        assert_eq!(format_duration(Duration::from_mins(90)), "1h30m");
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("5 minutes").is_err());
         assert!(parse_duration("m").is_err());
@@ -391,6 +399,9 @@ mod tests {
         assert_eq!(IntOrPercent::Count(0).resolve(2), 1);
         assert!(parse_int_or_percent("0%").is_err());
         assert!(parse_int_or_percent("150%").is_err());
-        assert_eq!(parse_int_or_percent("50%").unwrap(), IntOrPercent::Percent(50));
+        assert_eq!(
+            parse_int_or_percent("50%").unwrap(),
+            IntOrPercent::Percent(50)
+        );
     }
 }

@@ -1,0 +1,77 @@
+//! The manifest fixtures that `nodewave validate` documents: the valid directory loads
+//! cleanly, and every `invalid/<check-id>/` directory yields findings of exactly that
+//! check, rendered as in its `expected.txt`. Set `NODEWAVE_BLESS=1` to rewrite those
+//! files after an intended message change.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use nodewave::manifest::{self, CHECKS, LoadOptions, ObjectKey, Severity};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/manifests")
+}
+
+/// The options each fixture is documented with in the fixtures' README.
+fn options_for(check: &str) -> LoadOptions {
+    let mut opts = LoadOptions::default();
+    match check {
+        "namespace-not-allowed" => opts.allowed_namespaces = vec!["monitoring".to_string()],
+        "image-digest" => opts.require_digest = true,
+        _ => {}
+    }
+    opts
+}
+
+#[test]
+fn valid_fixture_loads_without_findings() {
+    let files = manifest::read_dir(&fixtures().join("valid")).unwrap();
+    let state = manifest::load(&files, &LoadOptions::default()).unwrap();
+    assert!(state.warnings.is_empty(), "{:#?}", state.warnings);
+    let key = ObjectKey::new("logging", "fluent-bit");
+    assert!(state.daemonsets.contains_key(&key));
+    assert_eq!(state.policies[&key].spec.stages.len(), 3);
+}
+
+#[test]
+fn every_check_has_an_invalid_fixture_with_its_documented_output() {
+    let bless = std::env::var_os("NODEWAVE_BLESS").is_some();
+    for check in CHECKS {
+        let dir = fixtures().join("invalid").join(check.id);
+        let files = manifest::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        assert!(!files.is_empty(), "no fixture for {}", check.id);
+        let findings = match manifest::load(&files, &options_for(check.id)) {
+            Ok(state) => state.warnings,
+            Err(rejected) => {
+                assert_eq!(rejected.reason(), check.id);
+                rejected
+                    .errors
+                    .into_iter()
+                    .chain(rejected.warnings)
+                    .collect()
+            }
+        };
+        assert!(!findings.is_empty(), "{}: no findings", check.id);
+        for finding in &findings {
+            assert_eq!(
+                finding.check, check.id,
+                "{}: unrelated finding {finding}",
+                check.id
+            );
+            assert_ne!(finding.severity, Severity::Off);
+            assert!(finding.location.line.is_some(), "{finding}");
+        }
+        let rendered: String = findings.iter().fold(String::new(), |mut out, f| {
+            let _ = writeln!(out, "{f}");
+            out
+        });
+        let expected_path = dir.join("expected.txt");
+        if bless {
+            std::fs::write(&expected_path, &rendered).unwrap();
+        } else {
+            let expected = std::fs::read_to_string(&expected_path)
+                .unwrap_or_else(|e| panic!("{}: {e}", expected_path.display()));
+            assert_eq!(rendered, expected, "{}", check.id);
+        }
+    }
+}
