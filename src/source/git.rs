@@ -258,7 +258,9 @@ pub enum SourceError {
         "no known_hosts file is configured, so the SSH host key of {host} cannot be verified; configure a known_hosts file (for example from `ssh-keyscan {host}`)"
     )]
     NoKnownHosts { host: String },
-    #[error("host key for {host} is not in {known_hosts} (server offered {key_type} {fingerprint}); {hint}")]
+    #[error(
+        "host key for {host} is not in {known_hosts} (server offered {key_type} {fingerprint}); {hint}"
+    )]
     HostKeyUnknown {
         host: String,
         known_hosts: String,
@@ -296,7 +298,9 @@ pub enum SourceError {
     },
     #[error("path {path} not found at commit {commit}")]
     PathNotFound { path: String, commit: String },
-    #[error("commit {commit} is not in the local clone (it was never fetched, or the cache was deleted)")]
+    #[error(
+        "commit {commit} is not in the local clone (it was never fetched, or the cache was deleted)"
+    )]
     CommitNotFound { commit: String },
     #[error("{path} at commit {commit}: {reason}")]
     InvalidFile {
@@ -394,10 +398,10 @@ impl GitSource {
         let repo = open_or_init(&cfg.checkout_dir)?;
         remove_stale_locks(&cfg.checkout_dir);
         let source = Self {
+            cfg,
             url,
             subpath,
             repo,
-            cfg,
         };
         source.check_tracked_source()?;
         Ok(source)
@@ -470,6 +474,16 @@ impl GitSource {
             state: RefCell::new(CallbackState::default()),
         });
 
+        // libgit2 reports a missing local path as "unsupported URL protocol".
+        if self.url.transport == Transport::Local
+            && !self.url.libgit2_url.starts_with("file://")
+            && !Path::new(&self.url.libgit2_url).exists()
+        {
+            return Err(SourceError::Unreachable {
+                url: self.url.display.clone(),
+                cause: "no such file or directory".to_owned(),
+            });
+        }
         let mut remote = self
             .repo
             .remote_anonymous(&self.url.libgit2_url)
@@ -502,15 +516,22 @@ impl GitSource {
                 .prune(FetchPrune::Off);
             let refspec = format!("+{remote_ref}:{FETCHED_REF}");
             conn.remote()
-                .fetch(&[refspec.as_str()], Some(&mut opts), Some("nodewave: fetch"))
+                .fetch(
+                    &[refspec.as_str()],
+                    Some(&mut opts),
+                    Some("nodewave: fetch"),
+                )
                 .map_err(|e| ctx.network_error(&e))?;
         }
         drop(conn);
 
-        let object = self.repo.find_object(target, None).map_err(|_| SourceError::Git {
-            context: format!("fetching {} from {}", self.cfg.reference, self.url.display),
-            cause: format!("the remote advertised {target} but did not send it"),
-        })?;
+        let object = self
+            .repo
+            .find_object(target, None)
+            .map_err(|_| SourceError::Git {
+                context: format!("fetching {} from {}", self.cfg.reference, self.url.display),
+                cause: format!("the remote advertised {target} but did not send it"),
+            })?;
         let commit = object.peel_to_commit().map_err(|_| SourceError::Git {
             context: format!("fetching {} from {}", self.cfg.reference, self.url.display),
             cause: format!(
@@ -728,8 +749,9 @@ impl GitSource {
 }
 
 fn is_yaml(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    lower.ends_with(".yaml") || lower.ends_with(".yml")
+    Path::new(name)
+        .extension()
+        .is_some_and(|ext| ext.eq_ignore_ascii_case("yaml") || ext.eq_ignore_ascii_case("yml"))
 }
 
 fn validate_ref(reference: &GitRef) -> Result<(), SourceError> {
@@ -1001,7 +1023,9 @@ impl CallbackCtx {
 
         if allowed.contains(CredentialType::USERNAME) {
             if state.tried_username {
-                return Err(auth(format!("the server rejected the user name {ssh_user}")));
+                return Err(auth(format!(
+                    "the server rejected the user name {ssh_user}"
+                )));
             }
             state.tried_username = true;
             return Cred::username(ssh_user).map_err(|e| auth(e.message().to_owned()));
@@ -1031,7 +1055,13 @@ impl CallbackCtx {
                 key,
                 passphrase.as_ref().map(|s| s.0.as_str()),
             )
-            .map_err(|e| auth(format!("cannot use SSH key {}: {}", key.display(), e.message())));
+            .map_err(|e| {
+                auth(format!(
+                    "cannot use SSH key {}: {}",
+                    key.display(),
+                    e.message()
+                ))
+            });
         }
         if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
             let env = |name: &str| std::env::var(name).ok();
@@ -1165,8 +1195,16 @@ mod tests {
             ..Credentials::default()
         };
         let auth = creds.https_auth(None, &env).unwrap().unwrap();
-        assert_eq!((auth.username.as_str(), auth.secret.0.as_str()), ("u", "pw"));
-        assert!(Credentials::default().https_auth(None, &no_env).unwrap().is_none());
+        assert_eq!(
+            (auth.username.as_str(), auth.secret.0.as_str()),
+            ("u", "pw")
+        );
+        assert!(
+            Credentials::default()
+                .https_auth(None, &no_env)
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
@@ -1180,7 +1218,10 @@ mod tests {
                 ..Credentials::default()
             };
             let err = creds.https_auth(None, &no_env).unwrap_err();
-            assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+            assert!(
+                err.to_string().contains(&path.display().to_string()),
+                "{err}"
+            );
         }
     }
 
@@ -1222,7 +1263,10 @@ mod tests {
             name: "main".into(),
             url: "https://github.com/o/r".into(),
         };
-        assert_eq!(e.to_string(), "branch main not found on remote https://github.com/o/r");
+        assert_eq!(
+            e.to_string(),
+            "branch main not found on remote https://github.com/o/r"
+        );
         assert_eq!(e.metric_label(), "ref_not_found");
     }
 

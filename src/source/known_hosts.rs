@@ -268,13 +268,20 @@ mod tests {
     }
 
     fn line(names: &str, key_type: &str, seed: u8) -> String {
-        format!("{names} {key_type} {}", STANDARD.encode(blob(key_type, seed)))
+        format!(
+            "{names} {key_type} {}",
+            STANDARD.encode(blob(key_type, seed))
+        )
     }
 
     fn hashed_name(name: &str, salt: &[u8]) -> String {
         let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, salt);
         let tag = ring::hmac::sign(&key, name.as_bytes());
-        format!("|1|{}|{}", STANDARD.encode(salt), STANDARD.encode(tag.as_ref()))
+        format!(
+            "|1|{}|{}",
+            STANDARD.encode(salt),
+            STANDARD.encode(tag.as_ref())
+        )
     }
 
     const ED: &str = "ssh-ed25519";
@@ -324,12 +331,19 @@ mod tests {
         let text = format!("{}\n{}\n", line("h", RSA, 1), line("h", ED, 2));
         let kh = KnownHosts::parse(&text);
         assert_eq!(kh.check("h", 22, ED, &blob(ED, 2)), HostKeyStatus::Trusted);
-        assert_eq!(kh.check("h", 22, RSA, &blob(RSA, 1)), HostKeyStatus::Trusted);
+        assert_eq!(
+            kh.check("h", 22, RSA, &blob(RSA, 1)),
+            HostKeyStatus::Trusted
+        );
     }
 
     #[test]
     fn comma_separated_hosts_and_ports() {
-        let kh = KnownHosts::parse(&line("git.example.com,10.0.0.5,[git.example.com]:2222", ED, 7));
+        let kh = KnownHosts::parse(&line(
+            "git.example.com,10.0.0.5,[git.example.com]:2222",
+            ED,
+            7,
+        ));
         let key = blob(ED, 7);
         assert_eq!(kh.check("10.0.0.5", 22, ED, &key), HostKeyStatus::Trusted);
         assert_eq!(
@@ -407,7 +421,10 @@ mod tests {
             kh.check("evil.example.com", 22, ED, &key),
             HostKeyStatus::Unknown
         );
-        assert_eq!(kh.check("example.org", 22, ED, &key), HostKeyStatus::Unknown);
+        assert_eq!(
+            kh.check("example.org", 22, ED, &key),
+            HostKeyStatus::Unknown
+        );
         assert!(glob("git?.example.com", "git1.example.com"));
         assert!(!glob("git?.example.com", "git12.example.com"));
         assert!(glob("*", "anything"));

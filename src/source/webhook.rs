@@ -118,8 +118,7 @@ pub fn authenticate(
     body: &[u8],
     secret: &[u8],
 ) -> Result<PushEvent, WebhookError> {
-    let provider = if headers.contains_key(GITHUB_EVENT) || headers.contains_key(GITHUB_SIGNATURE)
-    {
+    let provider = if headers.contains_key(GITHUB_EVENT) || headers.contains_key(GITHUB_SIGNATURE) {
         Provider::GitHub
     } else if headers.contains_key(GITLAB_EVENT) || headers.contains_key(GITLAB_TOKEN) {
         Provider::GitLab
@@ -135,8 +134,7 @@ pub fn authenticate(
             verify_hmac(sig, body, secret)?;
         }
         Provider::Generic => {
-            let sig =
-                header(headers, NODEWAVE_SIGNATURE)?.ok_or(WebhookError::MissingSignature)?;
+            let sig = header(headers, NODEWAVE_SIGNATURE)?.ok_or(WebhookError::MissingSignature)?;
             verify_hmac(sig, body, secret)?;
         }
         Provider::GitLab => {
@@ -320,7 +318,8 @@ mod tests {
             ("X-GitHub-Event", "push"),
             ("X-Hub-Signature-256", &sign(PUSH, SECRET)),
         ]);
-        let tampered = br#"{"ref":"refs/heads/main","after":"ffffffffffffffffffffffffffffffffffffffff"}"#;
+        let tampered =
+            br#"{"ref":"refs/heads/main","after":"ffffffffffffffffffffffffffffffffffffffff"}"#;
         assert_eq!(
             authenticate(&h, tampered, SECRET).unwrap_err(),
             WebhookError::BadSignature
@@ -475,7 +474,10 @@ mod tests {
                 ("X-Hub-Signature-256", &sign(body, SECRET)),
             ]);
             let err = authenticate(&h, body, SECRET).unwrap_err();
-            assert!(matches!(err, WebhookError::BadRequest(_)), "{body:?}: {err}");
+            assert!(
+                matches!(err, WebhookError::BadRequest(_)),
+                "{body:?}: {err}"
+            );
             assert_eq!(err.metric_label(), "bad_request");
         }
         // A push without a ref authenticates but concerns nothing.
@@ -488,7 +490,10 @@ mod tests {
     #[test]
     fn unauthenticated_bodies_are_not_parsed() {
         // Bad signature wins over a malformed body.
-        let h = headers(&[("X-GitHub-Event", "push"), ("X-Hub-Signature-256", "sha256=00")]);
+        let h = headers(&[
+            ("X-GitHub-Event", "push"),
+            ("X-Hub-Signature-256", "sha256=00"),
+        ]);
         assert_eq!(
             authenticate(&h, b"not json", SECRET).unwrap_err(),
             WebhookError::BadSignature

@@ -158,6 +158,7 @@ fn run(
 /// Delay before retry number `attempt` (0-based) after a failed fetch:
 /// 1 s, 2 s, 4 s, ... capped at 5 minutes. Pure; callers may add jitter.
 pub fn backoff(attempt: u32) -> Duration {
+    // 5 minutes.
     const CAP_SECS: u64 = 300;
     let secs = 1u64.checked_shl(attempt).unwrap_or(u64::MAX).min(CAP_SECS);
     Duration::from_secs(secs)
@@ -173,10 +174,10 @@ mod tests {
         assert_eq!(backoff(1), Duration::from_secs(2));
         assert_eq!(backoff(3), Duration::from_secs(8));
         assert_eq!(backoff(8), Duration::from_secs(256));
-        assert_eq!(backoff(9), Duration::from_secs(300));
-        assert_eq!(backoff(63), Duration::from_secs(300));
-        assert_eq!(backoff(64), Duration::from_secs(300));
-        assert_eq!(backoff(u32::MAX), Duration::from_secs(300));
+        assert_eq!(backoff(9), Duration::from_mins(5));
+        assert_eq!(backoff(63), Duration::from_mins(5));
+        assert_eq!(backoff(64), Duration::from_mins(5));
+        assert_eq!(backoff(u32::MAX), Duration::from_mins(5));
         for n in 0..100 {
             assert!(backoff(n) <= backoff(n + 1));
         }
