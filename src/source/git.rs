@@ -1270,6 +1270,107 @@ mod tests {
         assert_eq!(e.metric_label(), "ref_not_found");
     }
 
+    fn ssh_ctx(known_hosts: Option<PathBuf>, accept_new: bool) -> CallbackCtx {
+        CallbackCtx {
+            url: RemoteUrl::parse("ssh://git@git.example.com:2222/org/repo.git").unwrap(),
+            credentials: Credentials {
+                known_hosts_file: known_hosts,
+                accept_new_host_keys: accept_new,
+                ..Credentials::default()
+            },
+            state: RefCell::new(CallbackState::default()),
+        }
+    }
+
+    const KEY: &[u8] = b"\0\0\0\x0bssh-ed25519\0\0\0\x20aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const OTHER_KEY: &[u8] = b"\0\0\0\x0bssh-ed25519\0\0\0\x20bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
+
+    #[test]
+    fn host_key_verification_decisions() {
+        let dir = tempfile::tempdir().unwrap();
+        let kh = dir.path().join("known_hosts");
+
+        // No file configured: refused.
+        let err = ssh_ctx(None, true)
+            .verify_host_key("ssh-ed25519", KEY)
+            .unwrap_err();
+        assert_eq!(err.metric_label(), "no_known_hosts");
+        assert!(err.to_string().contains("[git.example.com]:2222"), "{err}");
+
+        // Unknown host, file missing: refused with an ssh-keyscan hint.
+        let err = ssh_ctx(Some(kh.clone()), false)
+            .verify_host_key("ssh-ed25519", KEY)
+            .unwrap_err();
+        assert_eq!(err.metric_label(), "host_key_unknown");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!(
+                "host key for [git.example.com]:2222 is not in {}",
+                kh.display()
+            )),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("ssh-keyscan -t ssh-ed25519 -p 2222 git.example.com"),
+            "{msg}"
+        );
+        assert!(msg.contains("--git-accept-new-host-keys"), "{msg}");
+        assert!(!kh.exists());
+
+        // accept_new: recorded, then trusted without accept_new.
+        ssh_ctx(Some(kh.clone()), true)
+            .verify_host_key("ssh-ed25519", KEY)
+            .unwrap();
+        assert!(
+            fs::read_to_string(&kh)
+                .unwrap()
+                .starts_with("[git.example.com]:2222 ssh-ed25519 ")
+        );
+        ssh_ctx(Some(kh.clone()), false)
+            .verify_host_key("ssh-ed25519", KEY)
+            .unwrap();
+
+        // Changed key: refused even with accept_new, file untouched.
+        let before = fs::read_to_string(&kh).unwrap();
+        let err = ssh_ctx(Some(kh.clone()), true)
+            .verify_host_key("ssh-ed25519", OTHER_KEY)
+            .unwrap_err();
+        assert_eq!(err.metric_label(), "host_key_changed");
+        assert!(err.to_string().contains("CHANGED"), "{err}");
+        assert_eq!(fs::read_to_string(&kh).unwrap(), before);
+
+        // A new key type for a known host is not trust-on-first-use.
+        let err = ssh_ctx(Some(kh.clone()), true)
+            .verify_host_key("ecdsa-sha2-nistp256", b"\0\0\0\x13ecdsa-sha2-nistp256xyz")
+            .unwrap_err();
+        assert_eq!(err.metric_label(), "host_key_unknown");
+        assert_eq!(fs::read_to_string(&kh).unwrap(), before);
+    }
+
+    #[test]
+    fn credentials_callback_gives_up_after_one_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("id_ed25519");
+        fs::write(&key, "not really a key").unwrap();
+        let mut ctx = ssh_ctx(None, false);
+        ctx.credentials.ssh_key_file = Some(key);
+        let allowed = CredentialType::SSH_KEY;
+        assert!(ctx.credentials_for(Some("git"), allowed).is_ok());
+        let Err(err) = ctx.credentials_for(Some("git"), allowed) else {
+            panic!("a second SSH key attempt must fail");
+        };
+        assert!(
+            err.message().contains("rejected the SSH key"),
+            "{}",
+            err.message()
+        );
+        let recorded = ctx.state.borrow_mut().auth_error.take().unwrap();
+        assert_eq!(recorded.metric_label(), "auth");
+        // The first username request is answered, a repeat is refused.
+        assert!(ctx.credentials_for(None, CredentialType::USERNAME).is_ok());
+        assert!(ctx.credentials_for(None, CredentialType::USERNAME).is_err());
+    }
+
     #[test]
     fn appending_known_hosts_adds_missing_newline() {
         let dir = tempfile::tempdir().unwrap();
