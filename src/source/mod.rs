@@ -1,1 +1,22 @@
 //! The Git source: clone, fetch, read a commit's files, and push webhooks.
+//!
+//! - [`git`]: blocking access to a bare local clone cache ([`GitSource`]).
+//! - [`worker`]: an async, cloneable handle that runs a [`GitSource`] on its
+//!   own thread ([`SourceWorker`]), plus the retry [`backoff`].
+//! - [`webhook`]: push-webhook authentication and parsing (pure).
+//! - [`known_hosts`]: SSH host-key verification (pure).
+//! - [`url`]: URL classification and [`redact_url`].
+
+pub mod git;
+pub mod known_hosts;
+pub mod url;
+pub mod webhook;
+pub mod worker;
+
+pub use git::{
+    CommitInfo, Credentials, FetchOutcome, GitRef, GitSource, GitSourceConfig, PASSWORD_ENV,
+    SourceError, TOKEN_ENV,
+};
+pub use url::redact_url;
+pub use webhook::{Provider, PushEvent, WebhookError};
+pub use worker::{SourceWorker, backoff};

@@ -1,0 +1,185 @@
+//! Async handle to a [`GitSource`] running on its own thread.
+//!
+//! libgit2 calls block (network, disk) and its objects are not `Send`/`Sync`
+//! friendly, so one dedicated `std::thread` owns the source and serves
+//! requests from a channel; async callers await a oneshot reply. Requests are
+//! served in order, one at a time, so a fetch never races another fetch or a
+//! read. Fetch requests that queue up while the thread is busy (a webhook
+//! arriving during a poll) are answered together by a single fetch.
+//!
+//! The thread ends when the last handle is dropped.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::git::{CommitInfo, FetchOutcome, GitSource, GitSourceConfig, SourceError};
+use crate::manifest::ManifestFile;
+
+/// Requests queued beyond this make callers wait (backpressure) rather than
+/// grow memory without bound.
+const QUEUE_DEPTH: usize = 64;
+
+type Reply<T> = oneshot::Sender<Result<T, SourceError>>;
+
+enum Request {
+    Fetch(Reply<FetchOutcome>),
+    FilesAt(String, Reply<Vec<ManifestFile>>),
+    CommitInfo(String, Reply<CommitInfo>),
+    IsAncestor(String, String, Reply<bool>),
+}
+
+/// Cloneable async handle; see the module docs.
+#[derive(Clone, Debug)]
+pub struct SourceWorker {
+    tx: mpsc::Sender<Request>,
+    head: watch::Receiver<Option<String>>,
+}
+
+impl SourceWorker {
+    /// Opens the clone cache (no network) and starts the worker thread.
+    pub fn open(cfg: GitSourceConfig) -> Result<Self, SourceError> {
+        Self::spawn(GitSource::open(cfg)?)
+    }
+
+    /// Starts the worker thread around an opened source.
+    pub fn spawn(source: GitSource) -> Result<Self, SourceError> {
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (head_tx, head_rx) = watch::channel(source.head());
+        std::thread::Builder::new()
+            .name("nodewave-git".to_owned())
+            .spawn(move || run(source, rx, &head_tx))
+            .map_err(|e| SourceError::Git {
+                context: "cannot start the git worker thread".to_owned(),
+                cause: e.to_string(),
+            })?;
+        Ok(Self { tx, head: head_rx })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, SourceError> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.tx
+            .send(make(reply_tx))
+            .await
+            .map_err(|_| SourceError::WorkerGone)?;
+        reply_rx.await.map_err(|_| SourceError::WorkerGone)?
+    }
+
+    pub async fn fetch(&self) -> Result<FetchOutcome, SourceError> {
+        self.call(Request::Fetch).await
+    }
+
+    pub async fn files_at(&self, commit: String) -> Result<Vec<ManifestFile>, SourceError> {
+        self.call(|r| Request::FilesAt(commit, r)).await
+    }
+
+    pub async fn commit_info(&self, commit: String) -> Result<CommitInfo, SourceError> {
+        self.call(|r| Request::CommitInfo(commit, r)).await
+    }
+
+    pub async fn is_ancestor(
+        &self,
+        ancestor: String,
+        descendant: String,
+    ) -> Result<bool, SourceError> {
+        self.call(|r| Request::IsAncestor(ancestor, descendant, r))
+            .await
+    }
+
+    /// Last fetched head (from the clone cache at start, then after every
+    /// successful fetch). Does not wait for the worker.
+    pub fn head(&self) -> Option<String> {
+        self.head.borrow().clone()
+    }
+
+    /// Watch the head: changes after each fetch that moved it.
+    pub fn subscribe_head(&self) -> watch::Receiver<Option<String>> {
+        self.head.clone()
+    }
+}
+
+fn run(
+    mut source: GitSource,
+    mut rx: mpsc::Receiver<Request>,
+    head_tx: &watch::Sender<Option<String>>,
+) {
+    let mut deferred: VecDeque<Request> = VecDeque::new();
+    loop {
+        let request = match deferred.pop_front() {
+            Some(r) => r,
+            None => match rx.blocking_recv() {
+                Some(r) => r,
+                None => break,
+            },
+        };
+        match request {
+            Request::Fetch(first) => {
+                // Coalesce fetches already queued: they would see the same
+                // remote state. Other requests keep their order after it.
+                let mut waiters = vec![first];
+                while let Ok(next) = rx.try_recv() {
+                    match next {
+                        Request::Fetch(r) => waiters.push(r),
+                        other => deferred.push_back(other),
+                    }
+                }
+                let result = source.fetch();
+                if let Ok(outcome) = &result {
+                    head_tx.send_if_modified(|h| {
+                        let new = Some(outcome.head.clone());
+                        if *h == new {
+                            false
+                        } else {
+                            *h = new;
+                            true
+                        }
+                    });
+                }
+                for waiter in waiters {
+                    // A caller that gave up (timeout, shutdown) is fine.
+                    let _ = waiter.send(result.clone());
+                }
+            }
+            Request::FilesAt(commit, reply) => {
+                let _ = reply.send(source.files_at(&commit));
+            }
+            Request::CommitInfo(commit, reply) => {
+                let _ = reply.send(source.commit_info(&commit));
+            }
+            Request::IsAncestor(ancestor, descendant, reply) => {
+                let _ = reply.send(source.is_ancestor(&ancestor, &descendant));
+            }
+        }
+    }
+    tracing::debug!("git worker stopped: all handles dropped");
+}
+
+/// Delay before retry number `attempt` (0-based) after a failed fetch:
+/// 1 s, 2 s, 4 s, ... capped at 5 minutes. Pure; callers may add jitter.
+pub fn backoff(attempt: u32) -> Duration {
+    // 5 minutes.
+    const CAP_SECS: u64 = 300;
+    let secs = 1u64.checked_shl(attempt).unwrap_or(u64::MAX).min(CAP_SECS);
+    Duration::from_secs(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(0), Duration::from_secs(1));
+        assert_eq!(backoff(1), Duration::from_secs(2));
+        assert_eq!(backoff(3), Duration::from_secs(8));
+        assert_eq!(backoff(8), Duration::from_secs(256));
+        assert_eq!(backoff(9), Duration::from_mins(5));
+        assert_eq!(backoff(63), Duration::from_mins(5));
+        assert_eq!(backoff(64), Duration::from_mins(5));
+        assert_eq!(backoff(u32::MAX), Duration::from_mins(5));
+        for n in 0..100 {
+            assert!(backoff(n) <= backoff(n + 1));
+        }
+    }
+}
