@@ -89,6 +89,9 @@ pub struct Replacement {
     /// the DaemonSet controller already created a target pod there (eviction, new
     /// node). Tracked anyway so the ready timeout covers it.
     pub old_pod_uid: String,
+    /// Start of the ready timeout: when nodewave asked for the deletion, moved
+    /// forward while the old pod is still seen running (a deletion lost in a
+    /// crash or held back by a pause must not eat into the timeout).
     pub deleted_at_ms: i64,
 }
 

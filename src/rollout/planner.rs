@@ -285,8 +285,13 @@ impl Planner<'_> {
 
     /// Nodes pods appeared on that no stage knows: the DaemonSet now runs there, so
     /// they join the last stage, which is still ahead or current as long as the
-    /// rollout is not finished.
+    /// rollout is not finished. A rollback adopts nothing: its stage deliberately
+    /// omits nodes already on the good revision, and pods on new nodes come from
+    /// the good template anyway.
     fn adopt_new_nodes(&mut self) {
+        if self.r.is_rollback() {
+            return;
+        }
         let unknown: Vec<&str> = self
             .view
             .by_node
@@ -446,6 +451,12 @@ impl Planner<'_> {
                     && !olds.iter().any(|p| p.uid == rep.old_pod_uid)
                 {
                     rep.old_pod_uid.clone_from(&first.uid);
+                }
+                if !olds.is_empty() {
+                    // The deletion has not taken effect yet (lost in a crash, or
+                    // paused before it was re-issued): the ready timeout measures
+                    // the replacement, so its clock starts when the old pod goes.
+                    rep.deleted_at_ms = now;
                 }
                 redeletes.extend(olds.iter().map(|p| delete(p)));
             } else if olds.is_empty() && self.view.target_live(&n) {

@@ -300,12 +300,16 @@ fn crash_restart_reissues_only_missing_deletes() {
     pods[0].terminating = true;
     let d2 = step(&persisted, &obs(5000, pods.clone()), &rules());
     assert_eq!(deleted(&d2.actions), vec!["n2"], "re-issued, no budget spent twice");
-    assert_eq!(d2.rollout.replacing["n2"].deleted_at_ms, 0);
+    assert_eq!(d2.rollout.replacing["n1"].deleted_at_ms, 0);
+    assert_eq!(
+        d2.rollout.replacing["n2"].deleted_at_ms, 5000,
+        "the ready timeout starts when the deletion takes effect"
+    );
     assert!(events(&d2.actions).is_empty());
     // Same again: still idempotent.
     let d3 = step(&d2.rollout, &obs(6000, pods), &rules());
     assert_eq!(d3.actions, d2.actions);
-    assert_eq!(d3.rollout, d2.rollout);
+    assert_eq!(d3.rollout.replacing.keys().collect::<Vec<_>>(), vec!["n1", "n2"]);
 }
 
 #[test]
