@@ -51,7 +51,10 @@ pub enum PromOutcome {
     NotConfigured,
     Values(Vec<CheckValue>),
     /// `since_ms`: when the first of the current run of failed queries happened.
-    Unreachable { since_ms: i64, error: String },
+    Unreachable {
+        since_ms: i64,
+        error: String,
+    },
 }
 
 /// One evaluated Prometheus check.
@@ -161,10 +164,21 @@ pub(crate) fn evaluate(
     if !fatal.is_empty() {
         let detail = fatal
             .iter()
-            .map(|p| format!("{} on {}: {}", p.name, p.node, p.reason.as_deref().unwrap_or("")))
+            .map(|p| {
+                format!(
+                    "{} on {}: {}",
+                    p.name,
+                    p.node,
+                    p.reason.as_deref().unwrap_or("")
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ");
-        return Verdict::Fail(pod_failure(Gate::FatalReason, format!("fatal container state: {detail}"), &fatal));
+        return Verdict::Fail(pod_failure(
+            Gate::FatalReason,
+            format!("fatal container state: {detail}"),
+            &fatal,
+        ));
     }
 
     let restarting: Vec<&PodObservation> = pods
@@ -189,7 +203,9 @@ pub(crate) fn evaluate(
     let late: Vec<&str> = rollout
         .replacing
         .iter()
-        .filter(|(n, r)| scope.contains(n.as_str()) && obs.now_ms.saturating_sub(r.deleted_at_ms) > timeout)
+        .filter(|(n, r)| {
+            scope.contains(n.as_str()) && obs.now_ms.saturating_sub(r.deleted_at_ms) > timeout
+        })
         .map(|(n, _)| n.as_str())
         .collect();
     if !late.is_empty() {
@@ -263,7 +279,9 @@ fn prometheus_verdict(
                     pods: Vec::new(),
                 })
             } else {
-                Ok(Some(format!("prometheus unreachable (within grace): {error}")))
+                Ok(Some(format!(
+                    "prometheus unreachable (within grace): {error}"
+                )))
             }
         }
         PromOutcome::Values(values) => {

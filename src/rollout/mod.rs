@@ -37,7 +37,10 @@ pub enum RolloutKind {
     /// Going back to the last good revision. Ignores approval and abort, and never
     /// fails a gate: there is nothing better to go back to.
     #[serde(rename_all = "camelCase")]
-    Rollback { failed_commit: String, reason: String },
+    Rollback {
+        failed_commit: String,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,12 +56,18 @@ pub enum Phase {
     Updating,
     /// Every pod of the stage is Ready on the target revision; soaking.
     #[serde(rename_all = "camelCase")]
-    Baking { since_ms: i64 },
+    Baking {
+        since_ms: i64,
+    },
     /// No deletions and no gates until un-paused; then back to `resume_to`.
     #[serde(rename_all = "camelCase")]
-    Paused { resume_to: Box<Phase> },
+    Paused {
+        resume_to: Box<Phase>,
+    },
     Succeeded,
-    Failed { failure: GateFailure },
+    Failed {
+        failure: GateFailure,
+    },
 }
 
 impl Phase {
@@ -170,7 +179,11 @@ pub struct Observation {
 pub enum Action {
     /// Delete the pod by name with a UID precondition; a 404 or a precondition
     /// conflict means it is already gone and is not an error.
-    DeletePod { node: String, name: String, uid: String },
+    DeletePod {
+        node: String,
+        name: String,
+        uid: String,
+    },
     Event(RolloutEvent),
     /// Re-apply the last good template, then persist `Rollout::rollback`.
     RollBack(GateFailure),
@@ -181,18 +194,38 @@ pub enum Action {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum RolloutEvent {
-    StageStarted { stage: usize, name: String, nodes: usize },
-    AwaitingApproval { stage: usize, name: String },
+    StageStarted {
+        stage: usize,
+        name: String,
+        nodes: usize,
+    },
+    AwaitingApproval {
+        stage: usize,
+        name: String,
+    },
     #[serde(rename_all = "camelCase")]
-    BakeStarted { stage: usize, name: String, bake_ms: u64 },
-    StagePassed { stage: usize, name: String },
+    BakeStarted {
+        stage: usize,
+        name: String,
+        bake_ms: u64,
+    },
+    StagePassed {
+        stage: usize,
+        name: String,
+    },
     GateFailed(GateFailure),
     Paused,
     Resumed,
     #[serde(rename_all = "camelCase")]
-    RollbackStarted { failed_commit: String, reason: String, nodes: usize },
+    RollbackStarted {
+        failed_commit: String,
+        reason: String,
+        nodes: usize,
+    },
     #[serde(rename_all = "camelCase")]
-    RollbackFinished { failed_commit: String },
+    RollbackFinished {
+        failed_commit: String,
+    },
 }
 
 impl RolloutEvent {
@@ -226,7 +259,11 @@ impl RolloutEvent {
                 "stage {} ({name}) awaits approval: nodewave rollout approve --stage {stage}",
                 stage + 1
             ),
-            Self::BakeStarted { stage, name, bake_ms } => format!(
+            Self::BakeStarted {
+                stage,
+                name,
+                bake_ms,
+            } => format!(
                 "stage {} ({name}) is Ready on every node, baking for {}s",
                 stage + 1,
                 bake_ms / 1000

@@ -47,7 +47,8 @@ impl<'a> View<'a> {
     }
 
     fn target_ready(&self, node: &str) -> bool {
-        self.live(node).any(|p| p.ready && p.revision == self.target)
+        self.live(node)
+            .any(|p| p.ready && p.revision == self.target)
     }
 
     fn target_live(&self, node: &str) -> bool {
@@ -56,7 +57,9 @@ impl<'a> View<'a> {
 
     /// Live pods on another revision: the ones that still need deleting.
     fn old_live(&self, node: &str) -> Vec<&'a PodObservation> {
-        self.live(node).filter(|p| p.revision != self.target).collect()
+        self.live(node)
+            .filter(|p| p.revision != self.target)
+            .collect()
     }
 
     fn has_old(&self, node: &str) -> bool {
@@ -84,8 +87,11 @@ impl Rollout {
     ) -> Rollout {
         let target_revision = target_revision.into();
         let view = View::new(obs, &target_revision);
-        let baseline_unready =
-            view.unready_nodes(stages.iter().flat_map(|s| s.nodes.iter().map(String::as_str)));
+        let baseline_unready = view.unready_nodes(
+            stages
+                .iter()
+                .flat_map(|s| s.nodes.iter().map(String::as_str)),
+        );
         Rollout {
             commit: commit.into(),
             kind: RolloutKind::Forward,
@@ -367,7 +373,13 @@ impl Planner<'_> {
         self.r.stage_started_at_ms = self.now();
         let nodes = self.counted_nodes().len();
         let e = match (&self.r.kind, self.r.current_stage()) {
-            (RolloutKind::Rollback { failed_commit, reason }, _) => RolloutEvent::RollbackStarted {
+            (
+                RolloutKind::Rollback {
+                    failed_commit,
+                    reason,
+                },
+                _,
+            ) => RolloutEvent::RollbackStarted {
                 failed_commit: failed_commit.clone(),
                 reason: reason.clone(),
                 nodes,

@@ -186,7 +186,10 @@ impl Sim {
             None => true,
         });
         for n in self.nodes.clone() {
-            let live = self.pods.iter().any(|p| p.node == n && p.terminating.is_none());
+            let live = self
+                .pods
+                .iter()
+                .any(|p| p.node == n && p.terminating.is_none());
             if live {
                 continue;
             }
@@ -357,9 +360,10 @@ fn run(sc: &Scenario) -> Result<Outcome, TestCaseError> {
         if !rolled_back && d.rollout.stage > rollout.stage {
             for s in rollout.stage..d.rollout.stage.min(d.rollout.stages.len()) {
                 for n in &d.rollout.stages[s].nodes {
-                    let ok = obs.pods.iter().any(|p| {
-                        &p.node == n && p.revision == NEW && p.ready && !p.terminating
-                    });
+                    let ok = obs
+                        .pods
+                        .iter()
+                        .any(|p| &p.node == n && p.revision == NEW && p.ready && !p.terminating);
                     prop_assert!(ok, "stage {s} passed without {n} Ready on target");
                 }
             }
@@ -369,7 +373,10 @@ fn run(sc: &Scenario) -> Result<Outcome, TestCaseError> {
         let (persist, executed) = if rng.pct(sc.crash_pct) {
             match rng.below(3) {
                 0 => (false, 0),
-                1 => (true, usize::try_from(rng.below(d.actions.len() as u64 + 1)).unwrap_or(0)),
+                1 => (
+                    true,
+                    usize::try_from(rng.below(d.actions.len() as u64 + 1)).unwrap_or(0),
+                ),
                 _ => (true, d.actions.len()),
             }
         } else {
@@ -378,7 +385,8 @@ fn run(sc: &Scenario) -> Result<Outcome, TestCaseError> {
         if !persist {
             continue;
         }
-        let json = serde_json::to_string(&d.rollout).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let json =
+            serde_json::to_string(&d.rollout).map_err(|e| TestCaseError::fail(e.to_string()))?;
         rollout = serde_json::from_str(&json).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(&rollout, &d.rollout);
 
@@ -478,7 +486,7 @@ fn run(sc: &Scenario) -> Result<Outcome, TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
 
     #[test]
     fn simulated_rollouts_are_safe_and_end_well(sc in arb_scenario()) {
@@ -486,6 +494,11 @@ proptest! {
         let want = if sc.behaviour == Behaviour::Healthy { Outcome::Succeeded } else { Outcome::RolledBack };
         prop_assert_eq!(outcome, want);
     }
+
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     #[test]
     fn stages_partition_the_nodes(
@@ -533,4 +546,3 @@ proptest! {
         prop_assert_eq!(resolve_stages(&spec, &infos, &restart_map), out, "deterministic");
     }
 }
-

@@ -44,7 +44,9 @@ pub struct Stage {
 
 impl Stage {
     pub fn contains(&self, node: &str) -> bool {
-        self.nodes.binary_search_by(|n| n.as_str().cmp(node)).is_ok()
+        self.nodes
+            .binary_search_by(|n| n.as_str().cmp(node))
+            .is_ok()
     }
 
     /// Keeps `nodes` sorted so `contains` can binary-search.
@@ -100,7 +102,13 @@ pub fn resolve_stages(
     if spec.stages.is_empty() {
         for (pool, members) in &by_pool {
             claimed.extend(members.iter().copied());
-            stages.push(make_stage((*pool).to_string(), members.clone(), 1, 0, false));
+            stages.push(make_stage(
+                (*pool).to_string(),
+                members.clone(),
+                1,
+                0,
+                false,
+            ));
         }
     } else {
         for s in &spec.stages {

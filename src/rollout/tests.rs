@@ -103,6 +103,13 @@ fn spec_stage(name: &str, pools: &[&str]) -> StageSpec {
     }
 }
 
+fn with_stages(stages: Vec<StageSpec>) -> RolloutPolicySpec {
+    RolloutPolicySpec {
+        stages,
+        ..RolloutPolicySpec::default()
+    }
+}
+
 fn names(s: &Stage) -> Vec<&str> {
     s.nodes.iter().map(String::as_str).collect()
 }
@@ -141,12 +148,11 @@ fn first_stage_claiming_a_node_wins_and_star_takes_the_rest() {
         node("c1", Some("c")),
         node("x", None),
     ];
-    let mut spec = RolloutPolicySpec::default();
-    spec.stages = vec![
+    let spec = with_stages(vec![
         spec_stage("first", &["b"]),
         spec_stage("again", &["b"]),
         spec_stage("all", &["*"]),
-    ];
+    ]);
     let stages = resolve_stages(&spec, &nodes, &BTreeMap::new());
     let got: Vec<(&str, Vec<&str>)> = stages.iter().map(|s| (s.name.as_str(), names(s))).collect();
     assert_eq!(
@@ -174,14 +180,13 @@ fn canary_spreads_round_robin_fewest_restarts_first() {
         .into_iter()
         .map(|(n, r)| (n.to_string(), r))
         .collect();
-    let mut spec = RolloutPolicySpec::default();
     let mut canary = spec_stage("canary", &["a", "b"]);
     canary.nodes = Some(3);
     canary.approval = Some(Approval::Manual);
     canary.bake = Some(Duration::from_secs(90));
     let mut rest = spec_stage("rest", &["*"]);
     rest.max_unavailable = IntOrPercent::Percent(50);
-    spec.stages = vec![canary, rest];
+    let spec = with_stages(vec![canary, rest]);
     let stages = resolve_stages(&spec, &nodes, &restarts);
     // Round 1: a2 (0 restarts, before a3 by name), b2 (0); round 2: a3.
     assert_eq!(names(&stages[0]), vec!["a2", "a3", "b2"]);
@@ -195,10 +200,9 @@ fn canary_spreads_round_robin_fewest_restarts_first() {
 #[test]
 fn canary_larger_than_pools_takes_what_exists() {
     let nodes = [node("a1", Some("a")), node("b1", Some("b"))];
-    let mut spec = RolloutPolicySpec::default();
     let mut canary = spec_stage("canary", &["a", "b", "missing"]);
     canary.nodes = Some(10);
-    spec.stages = vec![canary];
+    let spec = with_stages(vec![canary]);
     let stages = resolve_stages(&spec, &nodes, &BTreeMap::new());
     assert_eq!(stages.len(), 1);
     assert_eq!(names(&stages[0]), vec!["a1", "b1"]);
@@ -206,11 +210,12 @@ fn canary_larger_than_pools_takes_what_exists() {
 
 #[test]
 fn max_unavailable_percent_resolves_against_stage_size() {
-    let nodes: Vec<NodeInfo> = (0..10).map(|i| node(&format!("n{i:02}"), Some("p"))).collect();
-    let mut spec = RolloutPolicySpec::default();
+    let nodes: Vec<NodeInfo> = (0..10)
+        .map(|i| node(&format!("n{i:02}"), Some("p")))
+        .collect();
     let mut s = spec_stage("all", &["p"]);
     s.max_unavailable = IntOrPercent::Percent(25);
-    spec.stages = vec![s];
+    let spec = with_stages(vec![s]);
     let stages = resolve_stages(&spec, &nodes, &BTreeMap::new());
     assert_eq!(stages[0].max_unavailable, 2);
 }
@@ -282,7 +287,11 @@ fn baseline_unready_nodes_do_not_consume_budget() {
     let r = Rollout::start("c1", NEW, vec![stage("s", &nodes, 1)], &o);
     assert_eq!(r.baseline_unready, BTreeSet::from(["n2".to_string()]));
     let d = step(&r, &o, &rules());
-    assert_eq!(deleted(&d.actions), vec!["n2", "n1"], "unready first, then one healthy");
+    assert_eq!(
+        deleted(&d.actions),
+        vec!["n2", "n1"],
+        "unready first, then one healthy"
+    );
 }
 
 #[test]
@@ -299,7 +308,11 @@ fn crash_restart_reissues_only_missing_deletes() {
     assert_eq!(persisted, d.rollout);
     pods[0].terminating = true;
     let d2 = step(&persisted, &obs(5000, pods.clone()), &rules());
-    assert_eq!(deleted(&d2.actions), vec!["n2"], "re-issued, no budget spent twice");
+    assert_eq!(
+        deleted(&d2.actions),
+        vec!["n2"],
+        "re-issued, no budget spent twice"
+    );
     assert_eq!(d2.rollout.replacing["n1"].deleted_at_ms, 0);
     assert_eq!(
         d2.rollout.replacing["n2"].deleted_at_ms, 5000,
@@ -309,7 +322,10 @@ fn crash_restart_reissues_only_missing_deletes() {
     // Same again: still idempotent.
     let d3 = step(&d2.rollout, &obs(6000, pods), &rules());
     assert_eq!(d3.actions, d2.actions);
-    assert_eq!(d3.rollout.replacing.keys().collect::<Vec<_>>(), vec!["n1", "n2"]);
+    assert_eq!(
+        d3.rollout.replacing.keys().collect::<Vec<_>>(),
+        vec!["n1", "n2"]
+    );
 }
 
 #[test]
@@ -398,14 +414,20 @@ fn manual_approval_waits_and_announces_once() {
     let o = obs(0, pods.clone());
     let r = Rollout::start("c1", NEW, vec![s0, s1], &o);
     let d = step(&r, &o, &rules());
-    assert_eq!(events(&d.actions), vec!["StageStarted", "StagePassed", "AwaitingApproval"]);
+    assert_eq!(
+        events(&d.actions),
+        vec!["StageStarted", "StagePassed", "AwaitingApproval"]
+    );
     assert_eq!(d.rollout.phase, Phase::AwaitingApproval);
     assert!(deleted(&d.actions).is_empty());
 
     let mut o2 = obs(1000, pods.clone());
     o2.control.approved_stage = Some(0);
     let d = step(&d.rollout, &o2, &rules());
-    assert!(d.actions.is_empty(), "approval of an earlier stage does not count");
+    assert!(
+        d.actions.is_empty(),
+        "approval of an earlier stage does not count"
+    );
 
     o2.control.approved_stage = Some(1);
     let d = step(&d.rollout, &o2, &rules());
@@ -486,7 +508,11 @@ fn one_replaced(p: PodObservation, now: i64) -> Decision {
     let r = Rollout::start("c1", NEW, vec![stage("s", &nodes, 1)], &o);
     let d = step(&r, &o, &rules());
     assert_eq!(deleted(&d.actions), vec!["a"]);
-    step(&d.rollout, &obs(now, vec![p, pod("b", OLD, true)]), &rules())
+    step(
+        &d.rollout,
+        &obs(now, vec![p, pod("b", OLD, true)]),
+        &rules(),
+    )
 }
 
 #[test]
@@ -518,14 +544,20 @@ fn too_many_restarts_fail() {
     p.restarts = 2;
     assert_eq!(failure(&one_replaced(p.clone(), 1000).actions), None);
     p.restarts = 3;
-    assert_eq!(failure(&one_replaced(p, 1000).actions), Some(Gate::Restarts));
+    assert_eq!(
+        failure(&one_replaced(p, 1000).actions),
+        Some(Gate::Restarts)
+    );
 }
 
 #[test]
 fn ready_timeout_fails_only_after_the_timeout() {
     let p = pod("a", NEW, false);
     assert_eq!(failure(&one_replaced(p.clone(), 60_000).actions), None);
-    assert_eq!(failure(&one_replaced(p, 60_001).actions), Some(Gate::ReadyTimeout));
+    assert_eq!(
+        failure(&one_replaced(p, 60_001).actions),
+        Some(Gate::ReadyTimeout)
+    );
 }
 
 #[test]
@@ -559,7 +591,12 @@ fn later_stage_pods_are_not_blamed() {
     let mut pods = vec![pod("a", OLD, true), pod("b", NEW, false)];
     pods[1].reason = Some("CrashLoopBackOff".into());
     let o = obs(0, pods);
-    let r = Rollout::start("c1", NEW, vec![stage("s0", &["a"], 1), stage("s1", &["b"], 1)], &o);
+    let r = Rollout::start(
+        "c1",
+        NEW,
+        vec![stage("s0", &["a"], 1), stage("s1", &["b"], 1)],
+        &o,
+    );
     let d = step(&r, &o, &rules());
     assert_eq!(failure(&d.actions), None);
     assert_eq!(deleted(&d.actions), vec!["a"]);
@@ -586,14 +623,21 @@ fn check(value: Option<f64>, max: Option<f64>, min: Option<f64>) -> PromOutcome 
 #[test]
 fn prometheus_checks() {
     assert_eq!(failure(&prom(PromOutcome::NotConfigured, 0).actions), None);
-    assert_eq!(failure(&prom(check(Some(0.5), Some(1.0), Some(0.0)), 0).actions), None);
+    assert_eq!(
+        failure(&prom(check(Some(0.5), Some(1.0), Some(0.0)), 0).actions),
+        None
+    );
     for bad in [
         check(Some(1.5), Some(1.0), None),
         check(Some(-1.0), None, Some(0.0)),
         check(None, Some(1.0), None),
         check(Some(f64::NAN), Some(1.0), None),
     ] {
-        assert_eq!(failure(&prom(bad.clone(), 0).actions), Some(Gate::Prometheus), "{bad:?}");
+        assert_eq!(
+            failure(&prom(bad.clone(), 0).actions),
+            Some(Gate::Prometheus),
+            "{bad:?}"
+        );
     }
 }
 
@@ -608,7 +652,10 @@ fn prometheus_unreachable_has_a_grace() {
     let gate = d.rollout.last_gate.unwrap();
     assert!(gate.passed);
     assert!(gate.message.contains("unreachable"), "{}", gate.message);
-    assert_eq!(failure(&prom(un(0), 30_001).actions), Some(Gate::Prometheus));
+    assert_eq!(
+        failure(&prom(un(0), 30_001).actions),
+        Some(Gate::Prometheus)
+    );
 }
 
 #[test]
@@ -642,7 +689,12 @@ fn removed_node_is_dropped_and_stage_completes_without_it() {
 fn new_node_is_adopted_into_the_last_stage() {
     let pods = all_old(&["a", "b"]);
     let o = obs(0, pods.clone());
-    let r = Rollout::start("c1", NEW, vec![stage("s0", &["a"], 1), stage("s1", &["b"], 1)], &o);
+    let r = Rollout::start(
+        "c1",
+        NEW,
+        vec![stage("s0", &["a"], 1), stage("s1", &["b"], 1)],
+        &o,
+    );
     let mut pods2 = pods;
     pods2.push(pod("c", OLD, true));
     let d = step(&r, &obs(1000, pods2), &rules());
@@ -654,7 +706,12 @@ fn new_node_is_adopted_into_the_last_stage() {
 fn evicted_pod_is_not_waited_for_until_it_comes_back() {
     let nodes = ["a", "b"];
     let o = obs(0, vec![pod("a", NEW, true), pod("b", NEW, true)]);
-    let r = Rollout::start("c1", NEW, vec![stage("s", &nodes, 1), stage("t", &["c"], 1)], &o);
+    let r = Rollout::start(
+        "c1",
+        NEW,
+        vec![stage("s", &nodes, 1), stage("t", &["c"], 1)],
+        &o,
+    );
     // b's pod was evicted and not yet recreated; c keeps the rollout from finishing.
     let mut now = obs(0, vec![pod("a", NEW, true), pod("c", OLD, true)]);
     now.nodes.insert("b".into());
@@ -668,7 +725,11 @@ fn target_pod_created_by_controller_gets_a_ready_deadline() {
     let nodes = ["a", "b"];
     let o = obs(0, vec![pod("a", NEW, false), pod("b", OLD, true)]);
     let r = Rollout::start("c1", NEW, vec![stage("s", &nodes, 1)], &o);
-    let d = step(&r, &obs(1000, vec![pod("a", NEW, false), pod("b", OLD, true)]), &rules());
+    let d = step(
+        &r,
+        &obs(1000, vec![pod("a", NEW, false), pod("b", OLD, true)]),
+        &rules(),
+    );
     assert_eq!(
         d.rollout.replacing["a"],
         Replacement {
@@ -676,8 +737,15 @@ fn target_pod_created_by_controller_gets_a_ready_deadline() {
             deleted_at_ms: 1000
         }
     );
-    assert!(deleted(&d.actions).is_empty(), "a's unready target pod uses the budget");
-    let d = step(&d.rollout, &obs(61_001, vec![pod("a", NEW, false), pod("b", OLD, true)]), &rules());
+    assert!(
+        deleted(&d.actions).is_empty(),
+        "a's unready target pod uses the budget"
+    );
+    let d = step(
+        &d.rollout,
+        &obs(61_001, vec![pod("a", NEW, false), pod("b", OLD, true)]),
+        &rules(),
+    );
     assert_eq!(failure(&d.actions), Some(Gate::ReadyTimeout));
 }
 
@@ -700,7 +768,12 @@ fn rollback_replaces_bad_pods_and_never_fails() {
     let mut bad_a = pod("a", NEW, false);
     bad_a.reason = Some("CrashLoopBackOff".into());
     bad_a.restarts = 9;
-    let pods = vec![bad_a, pod("b", NEW, true), pod("c", NEW, true), pod("d", OLD, true)];
+    let pods = vec![
+        bad_a,
+        pod("b", NEW, true),
+        pod("c", NEW, true),
+        pod("d", OLD, true),
+    ];
     let mut o = obs(1000, pods);
     o.control.abort = true;
     let rb = Rollout::rollback(
@@ -719,17 +792,31 @@ fn rollback_replaces_bad_pods_and_never_fails() {
 
     let d = step(&rb, &o, &rules());
     assert_eq!(events(&d.actions), vec!["RollbackStarted"]);
-    assert_eq!(deleted(&d.actions), vec!["a", "b"], "crashing pod free, then budget 1");
+    assert_eq!(
+        deleted(&d.actions),
+        vec!["a", "b"],
+        "crashing pod free, then budget 1"
+    );
     assert_eq!(failure(&d.actions), None);
 
     // The replacement on a never becomes Ready: reported, never failed.
-    let pods = vec![pod("a", OLD, false), pod("b", OLD, true), pod("c", NEW, true), pod("d", OLD, true)];
+    let pods = vec![
+        pod("a", OLD, false),
+        pod("b", OLD, true),
+        pod("c", NEW, true),
+        pod("d", OLD, true),
+    ];
     let d = step(&d.rollout, &obs(100_000, pods), &rules());
     assert_eq!(failure(&d.actions), None);
     assert!(!d.rollout.last_gate.as_ref().unwrap().passed);
     assert!(deleted(&d.actions).is_empty(), "a is still unavailable");
 
-    let pods = vec![pod("a", OLD, true), pod("b", OLD, true), pod("c", NEW, true), pod("d", OLD, true)];
+    let pods = vec![
+        pod("a", OLD, true),
+        pod("b", OLD, true),
+        pod("c", NEW, true),
+        pod("d", OLD, true),
+    ];
     let d = step(&d.rollout, &obs(101_000, pods), &rules());
     assert_eq!(deleted(&d.actions), vec!["c"]);
     let pods = all_old(&nodes);
@@ -747,7 +834,15 @@ fn rollback_carries_pending_replacements() {
     // a's old pod is gone, no replacement yet.
     let mut o = obs(1000, vec![pod("b", OLD, true)]);
     o.nodes.insert("a".into());
-    let rb = Rollout::rollback(&d.rollout, "good", "bad", "x", OLD, &o, IntOrPercent::Count(1));
+    let rb = Rollout::rollback(
+        &d.rollout,
+        "good",
+        "bad",
+        "x",
+        OLD,
+        &o,
+        IntOrPercent::Count(1),
+    );
     assert_eq!(names(&rb.stages[0]), vec!["a"]);
     assert!(rb.replacing.contains_key("a"));
     let d = step(&rb, &o, &rules());
@@ -788,7 +883,9 @@ fn rollout_round_trips_through_json_in_every_phase() {
             resume_to: Box::new(Phase::Baking { since_ms: 3 }),
         },
         Phase::Succeeded,
-        Phase::Failed { failure: failure.clone() },
+        Phase::Failed {
+            failure: failure.clone(),
+        },
     ] {
         r.phase = phase;
         let back: Rollout = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
@@ -839,5 +936,87 @@ fn events_have_reasons_and_messages() {
         assert!(!e.message().is_empty());
         assert!(e.reason().chars().next().unwrap().is_ascii_uppercase());
     }
-    assert_eq!(all[1].message(), "stage 2 (rest) awaits approval: nodewave rollout approve --stage 1");
+    assert_eq!(
+        all[1].message(),
+        "stage 2 (rest) awaits approval: nodewave rollout approve --stage 1"
+    );
+}
+
+#[test]
+fn rollback_leaves_nodes_on_the_good_revision_alone() {
+    let nodes = ["a", "b", "c"];
+    let o = obs(0, all_old(&nodes));
+    let forward = Rollout::start("bad", NEW, vec![stage("s", &nodes, 1)], &o);
+    // c's old pod is unready for reasons of its own; rollback must not wait for it.
+    let mut stuck = pod("c", OLD, false);
+    stuck.reason = Some("CrashLoopBackOff".into());
+    let o = obs(1000, vec![pod("a", NEW, true), pod("b", OLD, true), stuck]);
+    let rb = Rollout::rollback(
+        &forward,
+        "good",
+        "bad",
+        "r",
+        OLD,
+        &o,
+        IntOrPercent::Count(1),
+    );
+    let d = step(&rb, &o, &rules());
+    assert_eq!(names(&d.rollout.stages[0]), vec!["a"]);
+    assert_eq!(deleted(&d.actions), vec!["a"]);
+    let mut stuck = pod("c", OLD, false);
+    stuck.reason = Some("CrashLoopBackOff".into());
+    let o = obs(2000, vec![pod("a", OLD, true), pod("b", OLD, true), stuck]);
+    let d = step(&d.rollout, &o, &rules());
+    assert_eq!(d.rollout.phase, Phase::Succeeded);
+}
+
+#[test]
+fn a_lost_delete_held_back_by_a_pause_does_not_time_out() {
+    let nodes = ["a", "b"];
+    let o = obs(0, all_old(&nodes));
+    let r = Rollout::start("c1", NEW, vec![stage("s", &nodes, 1)], &o);
+    let d = step(&r, &o, &rules());
+    assert_eq!(deleted(&d.actions), vec!["a"]);
+    // Killed before deleting; then paused for longer than the ready timeout.
+    let mut paused = obs(1000, all_old(&nodes));
+    paused.control.paused = true;
+    let d = step(&d.rollout, &paused, &rules());
+    paused.now_ms = 500_000;
+    let d = step(&d.rollout, &paused, &rules());
+    let d = step(&d.rollout, &obs(501_000, all_old(&nodes)), &rules());
+    assert_eq!(failure(&d.actions), None);
+    assert_eq!(deleted(&d.actions), vec!["a"], "re-issued after the pause");
+    assert_eq!(d.rollout.replacing["a"].deleted_at_ms, 501_000);
+}
+
+#[test]
+fn rollback_ignores_approval_and_gates_but_honours_pause() {
+    let nodes = ["a"];
+    let mut s = stage("s", &nodes, 1);
+    s.manual_approval = true;
+    let o = obs(0, all_old(&nodes));
+    let forward = Rollout::start("bad", NEW, vec![s], &o);
+    let mut bad = pod("a", NEW, true);
+    bad.restarts = 99;
+    let mut o = obs(1000, vec![bad]);
+    o.control.paused = true;
+    let rb = Rollout::rollback(
+        &forward,
+        "good",
+        "bad",
+        "r",
+        OLD,
+        &o,
+        IntOrPercent::Count(1),
+    );
+    let d = step(&rb, &o, &rules());
+    assert_eq!(events(&d.actions), vec!["RolloutPaused"]);
+    o.control.paused = false;
+    let d = step(&d.rollout, &o, &rules());
+    assert_eq!(
+        events(&d.actions),
+        vec!["RolloutResumed", "RollbackStarted"]
+    );
+    assert_eq!(deleted(&d.actions), vec!["a"]);
+    assert_eq!(failure(&d.actions), None);
 }
