@@ -42,6 +42,8 @@ struct Scenario {
     /// Percent of nodes whose old pod is unready from the start.
     unready_pct: u64,
     pauses: bool,
+    /// Someone else evicts pods, nodes come and go.
+    churn: bool,
 }
 
 fn arb_budget() -> impl Strategy<Value = IntOrPercent> {
@@ -89,8 +91,9 @@ prop_compose! {
         stale_pct in prop_oneof![Just(0u64), 1u64..20],
         unready_pct in prop_oneof![Just(0u64), 1u64..25],
         pauses in any::<bool>(),
+        churn in any::<bool>(),
     ) -> Scenario {
-        Scenario { pool_sizes, poolless, stages, behaviour, rollback_budget, seed, crash_pct, stale_pct, unready_pct, pauses }
+        Scenario { pool_sizes, poolless, stages, behaviour, rollback_budget, seed, crash_pct, stale_pct, unready_pct, pauses, churn }
     }
 }
 
@@ -228,6 +231,32 @@ impl Sim {
         }
     }
 
+    /// An eviction by someone else: the pod is gone at once.
+    fn evict(&mut self, pick: u64) -> Option<String> {
+        let live: Vec<usize> = (0..self.pods.len())
+            .filter(|i| self.pods[*i].terminating.is_none())
+            .collect();
+        let i = *live.get(usize::try_from(pick).ok()? % live.len().max(1))?;
+        Some(self.pods.remove(i).node)
+    }
+
+    fn remove_node(&mut self, pick: u64) {
+        if self.nodes.len() > 1 {
+            let i = usize::try_from(pick).unwrap_or(0) % self.nodes.len();
+            let n = self.nodes.remove(i);
+            self.pods.retain(|p| p.node != n);
+            self.pending.remove(&n);
+        }
+    }
+
+    fn add_node(&mut self, name: String) {
+        self.nodes.push(name);
+    }
+
+    fn has_ready_pod(&self, node: &str) -> bool {
+        self.pods.iter().any(|p| p.node == node && self.is_ready(p))
+    }
+
     fn observe(&self, control: &Control) -> Observation {
         let pods = self
             .pods
@@ -325,9 +354,30 @@ fn run(sc: &Scenario) -> Result<Outcome, TestCaseError> {
     let mut prev_pods = first.pods;
     let mut rng = Rng(sc.seed ^ 0x5555);
     let mut rolled_back = false;
+    let mut evicted: BTreeSet<String> = BTreeSet::new();
+    let mut added = 0;
 
     while sim.tick < MAX_TICKS {
         sim.advance();
+        if sc.churn {
+            if rng.pct(2)
+                && let Some(n) = sim.evict(rng.next())
+            {
+                evicted.insert(n);
+            }
+            if rng.pct(1) {
+                sim.remove_node(rng.next());
+            }
+            if rng.pct(1) {
+                added += 1;
+                let n = format!("new-{added}");
+                // Its first pod coming up is the controller's business.
+                evicted.insert(n.clone());
+                sim.add_node(n);
+            }
+        }
+        // Down because of someone else, until Ready again.
+        evicted.retain(|n| sim.nodes.contains(n) && !sim.has_ready_pod(n));
         if sc.pauses && rng.pct(4) {
             control.paused = !control.paused;
         }
@@ -360,6 +410,10 @@ fn run(sc: &Scenario) -> Result<Outcome, TestCaseError> {
         if !rolled_back && d.rollout.stage > rollout.stage {
             for s in rollout.stage..d.rollout.stage.min(d.rollout.stages.len()) {
                 for n in &d.rollout.stages[s].nodes {
+                    // Gone nodes and nodes without any pod need nothing.
+                    if !obs.nodes.contains(n) || !obs.pods.iter().any(|p| &p.node == n) {
+                        continue;
+                    }
                     let ok = obs
                         .pods
                         .iter()
@@ -395,8 +449,17 @@ fn run(sc: &Scenario) -> Result<Outcome, TestCaseError> {
             match a {
                 Action::DeletePod { node, uid, .. } => {
                     if !rolled_back {
+                        let st = match stage_of.get(node) {
+                            Some(st) => Some(*st),
+                            None => {
+                                // Adopted: only ever into the last stage.
+                                let st = rollout.stages.iter().position(|s| s.contains(node));
+                                prop_assert_eq!(st, Some(rollout.stages.len() - 1));
+                                st
+                            }
+                        };
                         prop_assert_eq!(
-                            stage_of.get(node).copied(),
+                            st,
                             Some(rollout.stage),
                             "deleted a pod outside the current stage"
                         );
@@ -435,7 +498,7 @@ fn run(sc: &Scenario) -> Result<Outcome, TestCaseError> {
             let ours: Vec<&String> = stage
                 .nodes
                 .iter()
-                .filter(|n| down.contains(*n) && !excused.contains(*n))
+                .filter(|n| down.contains(*n) && !excused.contains(*n) && !evicted.contains(*n))
                 .collect();
             prop_assert!(
                 ours.len() <= stage.max_unavailable,
@@ -454,7 +517,7 @@ fn run(sc: &Scenario) -> Result<Outcome, TestCaseError> {
                 sim.advance();
             }
             let want = if rolled_back { OLD } else { NEW };
-            for n in &nodes {
+            for n in &sim.nodes {
                 let revs: Vec<&str> = sim
                     .pods
                     .iter()
