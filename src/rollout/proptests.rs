@@ -449,14 +449,13 @@ fn run(sc: &Scenario) -> Result<Outcome, TestCaseError> {
             match a {
                 Action::DeletePod { node, uid, .. } => {
                     if !rolled_back {
-                        let st = match stage_of.get(node) {
-                            Some(st) => Some(*st),
-                            None => {
-                                // Adopted: only ever into the last stage.
-                                let st = rollout.stages.iter().position(|s| s.contains(node));
-                                prop_assert_eq!(st, Some(rollout.stages.len() - 1));
-                                st
-                            }
+                        let st = if let Some(st) = stage_of.get(node) {
+                            Some(*st)
+                        } else {
+                            // Adopted: only ever into the last stage.
+                            let st = rollout.stages.iter().position(|s| s.contains(node));
+                            prop_assert_eq!(st, Some(rollout.stages.len() - 1));
+                            st
                         };
                         prop_assert_eq!(
                             st,
