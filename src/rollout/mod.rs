@@ -49,8 +49,8 @@ pub enum Phase {
     /// The stage `Rollout::stage` was selected but not begun; the next `step`
     /// announces it and moves to `AwaitingApproval` or `Updating` at once.
     Pending,
-    /// The stage needs `control.approved_stage >= Some(stage)`. Gates keep being
-    /// evaluated for the stages already rolled out.
+    /// The stage needs `control.approved_stage >= Some(stage)`. Pod gates keep being
+    /// evaluated for the stages already rolled out (Prometheus is not).
     AwaitingApproval,
     /// Replacing old pods of the current stage within its budget.
     Updating,
@@ -157,7 +157,8 @@ pub struct PodObservation {
 pub struct Control {
     pub paused: bool,
     pub abort: bool,
-    /// Highest stage index (0-based) a user approved.
+    /// Highest stage index (0-based) a user approved. Stages up to it start without
+    /// waiting, so the reconciler must clear it when a new rollout starts.
     pub approved_stage: Option<usize>,
 }
 
@@ -166,7 +167,10 @@ pub struct Control {
 #[serde(rename_all = "camelCase")]
 pub struct Observation {
     pub now_ms: i64,
-    /// Nodes that exist now.
+    /// Nodes that exist now. Best: only those the DaemonSet can run on (selector,
+    /// affinity, taints), since a node leaving this set is treated like a removed
+    /// one, while an existing node whose replacement never comes fails the ready
+    /// timeout.
     pub nodes: BTreeSet<String>,
     /// This DaemonSet's pods, any order.
     pub pods: Vec<PodObservation>,

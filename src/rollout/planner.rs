@@ -363,8 +363,10 @@ impl Planner<'_> {
             return true;
         }
         // Earlier stages keep being watched: nobody should approve a stage while the
-        // canary crashes, and waiting for approval can take hours.
-        let _ = self.check_gates();
+        // canary crashes, and waiting for approval can take hours. Prometheus is
+        // left out: its queries cover the waiting stage, which still runs the old
+        // revision, so a failure there says nothing about the new one.
+        let _ = self.check_gates(false);
         false
     }
 
@@ -398,7 +400,7 @@ impl Planner<'_> {
     /// loop should go on with the next one.
     fn drive(&mut self) -> bool {
         let redeletes = self.track();
-        if !self.check_gates() {
+        if !self.check_gates(true) {
             return false;
         }
         self.actions.extend(redeletes);
@@ -526,10 +528,10 @@ impl Planner<'_> {
     }
 
     /// Evaluates the gates. Returns false when the rollout failed (forward only);
-    /// a rollback only records the verdict.
-    fn check_gates(&mut self) -> bool {
+    /// a rollback only records the verdict and ignores Prometheus.
+    fn check_gates(&mut self, with_prometheus: bool) -> bool {
         let forward = !self.r.is_rollback();
-        match gates::evaluate(&self.r, self.obs, self.rules, forward) {
+        match gates::evaluate(&self.r, self.obs, self.rules, forward && with_prometheus) {
             Verdict::Pass(message) => {
                 self.note_gate(true, message);
                 true

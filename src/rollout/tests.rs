@@ -1020,3 +1020,21 @@ fn rollback_ignores_approval_and_gates_but_honours_pause() {
     assert_eq!(deleted(&d.actions), vec!["a"]);
     assert_eq!(failure(&d.actions), None);
 }
+
+#[test]
+fn prometheus_is_not_judged_while_awaiting_approval() {
+    let mut s1 = stage("rest", &["b"], 1);
+    s1.manual_approval = true;
+    let pods = vec![pod("a", NEW, true), pod("b", OLD, true)];
+    let mut o = obs(0, pods);
+    let r = Rollout::start("c1", NEW, vec![stage("canary", &["a"], 1), s1], &o);
+    let d = step(&r, &o, &rules());
+    assert_eq!(d.rollout.phase, Phase::AwaitingApproval);
+    // Queries now cover the waiting stage, which still runs the old revision.
+    o.prometheus = check(None, Some(1.0), None);
+    let d = step(&d.rollout, &o, &rules());
+    assert_eq!(failure(&d.actions), None);
+    o.control.approved_stage = Some(1);
+    let d = step(&d.rollout, &o, &rules());
+    assert_eq!(failure(&d.actions), Some(Gate::Prometheus));
+}
