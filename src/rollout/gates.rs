@@ -162,18 +162,14 @@ pub(crate) fn evaluate(
         })
         .collect();
     if !fatal.is_empty() {
-        let detail = fatal
-            .iter()
-            .map(|p| {
-                format!(
-                    "{} on {}: {}",
-                    p.name,
-                    p.node,
-                    p.reason.as_deref().unwrap_or("")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
+        let detail = summarize(fatal.iter().map(|p| {
+            format!(
+                "{} on {}: {}",
+                p.name,
+                p.node,
+                p.reason.as_deref().unwrap_or("")
+            )
+        }));
         return Verdict::Fail(pod_failure(
             Gate::FatalReason,
             format!("fatal container state: {detail}"),
@@ -187,11 +183,11 @@ pub(crate) fn evaluate(
         .filter(|p| p.restarts > rules.max_restarts)
         .collect();
     if !restarting.is_empty() {
-        let detail = restarting
-            .iter()
-            .map(|p| format!("{} on {}: {} restarts", p.name, p.node, p.restarts))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let detail = summarize(
+            restarting
+                .iter()
+                .map(|p| format!("{} on {}: {} restarts", p.name, p.node, p.restarts)),
+        );
         return Verdict::Fail(pod_failure(
             Gate::Restarts,
             format!("more than {} restarts: {detail}", rules.max_restarts),
@@ -220,7 +216,7 @@ pub(crate) fn evaluate(
                 "no Ready pod on revision {} within {}s on {}",
                 rollout.target_revision,
                 rules.ready_timeout_ms / 1000,
-                late.join(", ")
+                summarize(late.iter().map(|n| (*n).to_string()))
             ),
             nodes: late.iter().map(|n| (*n).to_string()).collect(),
             pods: late_pods,
@@ -238,6 +234,23 @@ pub(crate) fn evaluate(
         }
     }
     Verdict::Pass(message)
+}
+
+/// Items for a message; long lists are cut so Events and the state annotation
+/// stay small (the full lists are in `GateFailure::nodes`/`pods`).
+fn summarize(items: impl Iterator<Item = String>) -> String {
+    const SHOWN: usize = 5;
+    let items: Vec<String> = items.collect();
+    let mut out = items
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if items.len() > SHOWN {
+        let _ = write!(out, " and {} more", items.len() - SHOWN);
+    }
+    out
 }
 
 fn pod_failure(gate: Gate, message: String, pods: &[&PodObservation]) -> GateFailure {

@@ -244,8 +244,13 @@ impl Planner<'_> {
                 };
                 self.event(RolloutEvent::Paused);
             }
-            // Keep `replacing`/`updated` current, but deleting is exactly what a pause stops.
-            let _ = self.track();
+            // Keep `replacing`/`updated` current, but deleting is exactly what a pause
+            // stops. A stage that has not started yet is left alone.
+            if let Phase::Paused { resume_to } = &self.r.phase
+                && matches!(**resume_to, Phase::Updating | Phase::Baking { .. })
+            {
+                let _ = self.track();
+            }
             return;
         }
         if let Phase::Paused { resume_to } = &self.r.phase {

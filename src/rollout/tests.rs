@@ -1038,3 +1038,32 @@ fn prometheus_is_not_judged_while_awaiting_approval() {
     let d = step(&d.rollout, &o, &rules());
     assert_eq!(failure(&d.actions), Some(Gate::Prometheus));
 }
+
+#[test]
+fn long_failure_lists_are_cut_in_the_message_only() {
+    let nodes: Vec<String> = (0..8).map(|i| format!("n{i}")).collect();
+    let refs: Vec<&str> = nodes.iter().map(String::as_str).collect();
+    let o = obs(0, all_old(&refs));
+    let r = Rollout::start("c1", NEW, vec![stage("s", &refs, 8)], &o);
+    let d = step(&r, &o, &rules());
+    assert_eq!(deleted(&d.actions).len(), 8);
+    let crashing: Vec<PodObservation> = refs
+        .iter()
+        .map(|n| {
+            let mut p = pod(n, NEW, false);
+            p.reason = Some("CrashLoopBackOff".into());
+            p
+        })
+        .collect();
+    let d = step(&d.rollout, &obs(1000, crashing), &rules());
+    let Phase::Failed { failure } = &d.rollout.phase else {
+        panic!("not failed");
+    };
+    assert_eq!(failure.gate, Gate::FatalReason);
+    assert_eq!(failure.nodes.len(), 8);
+    assert!(
+        failure.message.ends_with(" and 3 more"),
+        "{}",
+        failure.message
+    );
+}
