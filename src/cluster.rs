@@ -190,7 +190,10 @@ impl Cluster {
         ));
         let r = api.list(&lp).await;
         self.record("list", &r);
-        Ok(r.map_err(|e| api_err("list", "managed DaemonSets".into(), e))?.items)
+        Ok(
+            r.map_err(|e| api_err("list", "managed DaemonSets".into(), e))?
+                .items,
+        )
     }
 
     /// Server-side apply as field manager `nodewave`, forced. With `dry_run` the
@@ -259,10 +262,10 @@ impl Cluster {
                     .as_ref()
                     .and_then(|s| s.observed_generation)
                     .unwrap_or(0);
-                if observed >= generation {
-                    if let Some(hash) = self.newest_revision(&ds).await? {
-                        return Ok(hash);
-                    }
+                if observed >= generation
+                    && let Some(hash) = self.newest_revision(&ds).await?
+                {
+                    return Ok(hash);
                 }
             }
             if tokio::time::Instant::now() > deadline {
@@ -370,7 +373,11 @@ impl Cluster {
         let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns,
             "labels": {keys::MANAGED_BY_LABEL: keys::MANAGED_BY_VALUE}}});
         let r = api
-            .patch(ns, &PatchParams::apply(keys::FIELD_MANAGER), &Patch::Apply(&obj))
+            .patch(
+                ns,
+                &PatchParams::apply(keys::FIELD_MANAGER),
+                &Patch::Apply(&obj),
+            )
             .await;
         self.record("apply", &r);
         r.map(|_| ())
@@ -379,7 +386,14 @@ impl Cluster {
 
     /// Publishes a Kubernetes Event about a DaemonSet. Failures are logged, never
     /// fatal: an Event is a report, not state.
-    pub async fn event(&self, key: &ObjectKey, uid: Option<&str>, warning: bool, reason: &str, note: &str) {
+    pub async fn event(
+        &self,
+        key: &ObjectKey,
+        uid: Option<&str>,
+        warning: bool,
+        reason: &str,
+        note: &str,
+    ) {
         let reference = ObjectReference {
             api_version: Some(DaemonSet::api_version(&()).into_owned()),
             kind: Some(DaemonSet::kind(&()).into_owned()),
@@ -398,7 +412,11 @@ impl Cluster {
             note.push_str("...");
         }
         let ev = Event {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: reason.to_string(),
             note: Some(note),
             action: reason.to_string(),

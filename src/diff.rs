@@ -36,6 +36,7 @@ const BOOKKEEPING_ANNOTATIONS: &[&str] = &[
     keys::SYNC_STATUS,
     keys::SYNC_MESSAGE,
     keys::ROLLOUT_STATE,
+    keys::POOL_LABEL,
     keys::CONTROL_PAUSED,
     keys::CONTROL_ABORT,
     keys::CONTROL_APPROVED_STAGE,
@@ -70,7 +71,9 @@ pub fn normalise(obj: &Value) -> Value {
 
 /// The part of a DaemonSet whose change needs pods replaced: the pod template.
 pub fn pod_template(obj: &Value) -> Value {
-    obj.pointer("/spec/template").cloned().unwrap_or(Value::Null)
+    obj.pointer("/spec/template")
+        .cloned()
+        .unwrap_or(Value::Null)
 }
 
 /// One difference between desired and live.
@@ -97,8 +100,16 @@ impl Difference {
 /// Compares normalised `live` and `desired` (either may be `Value::Null` for
 /// "does not exist"). `name` labels the unified diff's headers.
 pub fn compare(name: &str, live: &Value, desired: &Value) -> Difference {
-    let live = if live.is_null() { Value::Null } else { normalise(live) };
-    let desired = if desired.is_null() { Value::Null } else { normalise(desired) };
+    let live = if live.is_null() {
+        Value::Null
+    } else {
+        normalise(live)
+    };
+    let desired = if desired.is_null() {
+        Value::Null
+    } else {
+        normalise(desired)
+    };
     let mut paths = BTreeSet::new();
     changed_paths(&live, &desired, String::new(), &mut paths);
     let unified = if paths.is_empty() {
@@ -141,7 +152,11 @@ fn changed_paths(a: &Value, b: &Value, prefix: String, out: &mut BTreeSet<String
         }
         _ if a == b => {}
         _ => {
-            out.insert(if prefix.is_empty() { ".".into() } else { prefix });
+            out.insert(if prefix.is_empty() {
+                ".".into()
+            } else {
+                prefix
+            });
         }
     }
 }

@@ -20,6 +20,8 @@ pub const LAST_GOOD_COMMIT: &str = "nodewave.io/last-good-commit";
 pub const FAILED_COMMITS: &str = "nodewave.io/failed-commits";
 pub const SYNC_STATUS: &str = "nodewave.io/sync-status";
 pub const SYNC_MESSAGE: &str = "nodewave.io/sync-message";
+/// Node label the current rollout groups pools by.
+pub const POOL_LABEL: &str = "nodewave.io/pool-label";
 /// JSON of the rollout in progress (see `rollout::Rollout`).
 pub const ROLLOUT_STATE: &str = "nodewave.io/rollout";
 

@@ -10,12 +10,12 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
-// pub mod cluster;
+pub mod cluster;
 pub mod diff;
 pub mod keys;
 pub mod manifest;
 pub mod metrics;
-// pub mod reconciler;
+pub mod reconciler;
 pub mod rollout;
 pub mod server;
 pub mod source;

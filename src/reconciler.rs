@@ -25,7 +25,7 @@ use crate::diff;
 use crate::keys;
 use crate::manifest::policy::{RolloutPolicySpec, WELL_KNOWN_POOL_LABELS};
 use crate::manifest::{self, DesiredState, LoadOptions, ObjectKey};
-use crate::metrics::{Metrics, SyncStatus};
+use crate::metrics::{FetchResult, Metrics, PoolPodCounts, RolloutOutcome, SyncStatus};
 use crate::rollout::{
     self, Action, Control, HealthRules, NodeInfo, Observation, Phase, PodObservation, Rollout,
     RolloutKind,
@@ -122,7 +122,7 @@ impl Reconciler {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         // A restarted nodewave knows what it last fetched: load it before touching
         // the network so rollouts (and rollbacks) continue while the remote is away.
-        if let Some(head) = self.source.head().await {
+        if let Some(head) = self.source.head() {
             info!(commit = %short(&head), "loaded the last fetched commit from the local clone");
             self.load_commit(&head).await;
         }
@@ -160,12 +160,16 @@ impl Reconciler {
     async fn fetch(&mut self) -> Duration {
         let started = std::time::Instant::now();
         let result = self.source.fetch().await;
-        self.metrics
-            .git_fetch_observed(result.is_ok(), started.elapsed().as_secs_f64());
+        self.metrics.observe_git_fetch_duration(started.elapsed());
+        self.metrics.git_fetch_result(if result.is_ok() {
+            FetchResult::Success
+        } else {
+            FetchResult::Error
+        });
         match result {
             Ok(outcome) => {
                 self.fetch_failures = 0;
-                self.metrics.git_head(&outcome.head);
+                self.metrics.set_git_head(&outcome.head);
                 if outcome.forced {
                     self.metrics.git_force_push();
                     warn!(
@@ -191,7 +195,8 @@ impl Reconciler {
             }
             Err(e) => {
                 self.fetch_failures += 1;
-                let delay = crate::source::backoff(self.fetch_failures).min(self.settings.poll_interval);
+                let delay =
+                    crate::source::backoff(self.fetch_failures).min(self.settings.poll_interval);
                 error!(error = %e, retry_in = ?delay, "git fetch failed; keeping what is deployed");
                 self.metrics.reconcile_error("git_fetch");
                 self.status.write().await.last_fetch_error = Some(e.to_string());
@@ -211,7 +216,7 @@ impl Reconciler {
                 return;
             }
         };
-                match manifest::load(&files, &self.settings.load) {
+        match manifest::load(&files, &self.settings.load) {
             Ok(state) => {
                 for w in &state.warnings {
                     warn!(commit = %short(commit), finding = %w, "best-practice warning");
@@ -247,8 +252,17 @@ impl Reconciler {
         let summary = format!(
             "commit {} rejected, nothing applied: {}{}",
             short(commit),
-            errors.iter().take(3).cloned().collect::<Vec<_>>().join("; "),
-            if errors.len() > 3 { format!(" (+{} more)", errors.len() - 3) } else { String::new() }
+            errors
+                .iter()
+                .take(3)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; "),
+            if errors.len() > 3 {
+                format!(" (+{} more)", errors.len() - 3)
+            } else {
+                String::new()
+            }
         );
         {
             let mut st = self.status.write().await;
@@ -260,7 +274,13 @@ impl Reconciler {
             for ds in list.iter().filter(|d| self.owns(d)) {
                 let key = key_of(ds);
                 self.cluster
-                    .event(&key, ds.metadata.uid.as_deref(), true, "CommitRejected", &summary)
+                    .event(
+                        &key,
+                        ds.metadata.uid.as_deref(),
+                        true,
+                        "CommitRejected",
+                        &summary,
+                    )
                     .await;
             }
         }
@@ -270,8 +290,7 @@ impl Reconciler {
         let ann = ds.annotations();
         ds.labels().get(keys::MANAGED_BY_LABEL).map(String::as_str) == Some(keys::MANAGED_BY_VALUE)
             && ann.get(keys::SOURCE_REPO) == Some(&self.settings.repo_display)
-            && ann.get(keys::SOURCE_PATH).map(String::as_str).unwrap_or("")
-                == self.settings.path.as_str()
+            && ann.get(keys::SOURCE_PATH).map_or("", String::as_str) == self.settings.path.as_str()
     }
 
     /// Brings every DaemonSet of the desired state toward Git, and prunes.
@@ -303,7 +322,11 @@ impl Reconciler {
                     info!(daemonset = %key, commit = %short(&commit), "DaemonSet removed from Git: pruning");
                     self.cluster.delete_daemonset(&key).await?;
                     self.metrics.forget_daemonset(&key.namespace, &key.name);
-                    self.status.write().await.daemonsets.remove(&key.to_string());
+                    self.status
+                        .write()
+                        .await
+                        .daemonsets
+                        .remove(&key.to_string());
                 }
             }
         }
@@ -316,23 +339,13 @@ impl Reconciler {
     }
 
     fn desired_object(&self, manifest: &Value, file: &str, commit: &str) -> Value {
-        let mut obj = manifest.clone();
-        let meta = &mut obj["metadata"];
-        if !meta["labels"].is_object() {
-            meta["labels"] = json!({});
-        }
-        meta["labels"][keys::MANAGED_BY_LABEL] = json!(keys::MANAGED_BY_VALUE);
-        if !meta["annotations"].is_object() {
-            meta["annotations"] = json!({});
-        }
-        let ann = &mut meta["annotations"];
-        ann[keys::SOURCE_REPO] = json!(self.settings.repo_display);
-        ann[keys::SOURCE_PATH] = json!(self.settings.path);
-        ann[keys::SOURCE_FILE] = json!(file);
-        ann[keys::APPLIED_COMMIT] = json!(commit);
-        // nodewave drives every update itself: the controller only replaces pods we delete.
-        obj["spec"]["updateStrategy"] = json!({"type": "OnDelete"});
-        obj
+        decorate(
+            manifest,
+            file,
+            commit,
+            &self.settings.repo_display,
+            &self.settings.path,
+        )
     }
 
     async fn sync_daemonset(
@@ -348,12 +361,16 @@ impl Reconciler {
         let desired = self.desired_object(manifest, file, commit);
         let content = state::content_hash(&desired);
 
-        if let Some(r) = &state.rollout {
-            if !r.is_finished() {
+        if let Some(r) = &state.rollout
+            && !r.phase.is_terminal()
+        {
+            {
                 match r.kind {
                     // A rollback finishes first; the next commit is looked at after it.
                     RolloutKind::Rollback { .. } => return Ok(()),
-                    RolloutKind::Forward if state.desired_hash.as_deref() == Some(content.as_str()) => {
+                    RolloutKind::Forward
+                        if state.desired_hash.as_deref() == Some(content.as_str()) =>
+                    {
                         return Ok(());
                     }
                     RolloutKind::Forward => {
@@ -369,7 +386,14 @@ impl Reconciler {
                 short(&f.commit),
                 f.reason
             );
-            self.set_status(key, live.as_ref(), &state, state.status_or(SyncStatus::RolledBack), &msg).await?;
+            self.set_status(
+                key,
+                live.as_ref(),
+                &state,
+                state.status_or(SyncStatus::RolledBack),
+                &msg,
+            )
+            .await?;
             return Ok(());
         }
 
@@ -387,7 +411,9 @@ impl Reconciler {
 
         let dry = self.cluster.apply(&desired, true).await?;
         let live_value = match &live {
-            Some(ds) => serde_json::to_value(ds).map_err(|e| ClusterError::Invalid(e.to_string()))?,
+            Some(ds) => {
+                serde_json::to_value(ds).map_err(|e| ClusterError::Invalid(e.to_string()))?
+            }
             None => Value::Null,
         };
         let difference = diff::compare(&key.to_string(), &live_value, &dry);
@@ -409,7 +435,8 @@ impl Reconciler {
                 last_good: Some(commit.to_string()),
                 ..state.clone()
             };
-            self.set_status(key, live.as_ref(), &st, SyncStatus::Synced, "").await?;
+            self.set_status(key, live.as_ref(), &st, SyncStatus::Synced, "")
+                .await?;
             return Ok(());
         }
 
@@ -418,18 +445,33 @@ impl Reconciler {
             self.metrics.drift_detected(&key.namespace, &key.name);
             warn!(paths = ?difference.paths, diff = %difference.unified, "drift: the live DaemonSet differs from Git");
             let uid = live.as_ref().and_then(|d| d.metadata.uid.clone());
-            let action = if self.settings.self_heal { "re-applying Git's version" } else { "self-heal is off, reporting only" };
+            let action = if self.settings.self_heal {
+                "re-applying Git's version"
+            } else {
+                "self-heal is off, reporting only"
+            };
             self.cluster
                 .event(
                     key,
                     uid.as_deref(),
                     true,
                     "DriftDetected",
-                    &format!("live DaemonSet differs from Git at {}: {}; {action}", short(commit), difference.paths.join(", ")),
+                    &format!(
+                        "live DaemonSet differs from Git at {}: {}; {action}",
+                        short(commit),
+                        difference.paths.join(", ")
+                    ),
                 )
                 .await;
             if !self.settings.self_heal {
-                self.set_status(key, live.as_ref(), &state, SyncStatus::OutOfSync, "drift detected; self-heal is off").await?;
+                self.set_status(
+                    key,
+                    live.as_ref(),
+                    &state,
+                    SyncStatus::OutOfSync,
+                    "drift detected; self-heal is off",
+                )
+                .await?;
                 return Ok(());
             }
         } else {
@@ -449,12 +491,20 @@ impl Reconciler {
                 last_good: Some(commit.to_string()),
                 ..state.clone()
             };
-            self.set_status(key, live.as_ref(), &st, SyncStatus::Synced, "").await?;
+            self.set_status(key, live.as_ref(), &st, SyncStatus::Synced, "")
+                .await?;
             return Ok(());
         }
 
-        self.start_rollout(key, &desired, commit, &content, policy.unwrap_or_default(), &state)
-            .await
+        self.start_rollout(
+            key,
+            &desired,
+            commit,
+            &content,
+            policy.unwrap_or_default(),
+            &state,
+        )
+        .await
     }
 
     async fn start_rollout(
@@ -472,11 +522,17 @@ impl Reconciler {
         ann.insert(keys::APPLIED_AT, Some(timestamp()));
         self.cluster.annotate(key, &ann).await?;
 
-        let target = self.cluster.update_revision(key, Duration::from_secs(30)).await?;
+        let target = self
+            .cluster
+            .update_revision(key, Duration::from_secs(30))
+            .await?;
         let (ds, pods) = self.settled_pods(key).await?;
         let nodes = self.cluster.nodes().await?;
         let pool_label = self.pool_label(&policy, &nodes, &pods);
         let eligible = eligible_nodes(&nodes, &pods, pool_label.as_deref());
+        let mut ann: BTreeMap<&str, Option<String>> = BTreeMap::new();
+        ann.insert(keys::POOL_LABEL, pool_label.clone());
+        self.cluster.annotate(key, &ann).await?;
         let restarts: BTreeMap<String, u32> =
             pods.iter().map(|p| (p.node.clone(), p.restarts)).collect();
         let stages = rollout::resolve_stages(&policy, &eligible, &restarts);
@@ -498,7 +554,11 @@ impl Reconciler {
                     "rolling out commit {} (revision {target}) in {} stage(s): {}",
                     short(commit),
                     r.stages.len(),
-                    r.stages.iter().map(|s| format!("{} ({} nodes)", s.name, s.nodes.len())).collect::<Vec<_>>().join(", ")
+                    r.stages
+                        .iter()
+                        .map(|s| format!("{} ({} nodes)", s.name, s.nodes.len()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             )
             .await;
@@ -506,14 +566,19 @@ impl Reconciler {
             applied_commit: Some(commit.to_string()),
             ..state.clone()
         };
-        self.persist(key, &r, Some(&ds), &st, SyncStatus::Progressing).await?;
-        self.metrics.rollout_stage(&key.namespace, &key.name, 0);
+        self.persist(key, &r, Some(&ds), &st, SyncStatus::Progressing)
+            .await?;
+        self.metrics
+            .set_rollout_stage(&key.namespace, &key.name, Some(0));
         Ok(())
     }
 
     /// Waits briefly until the DaemonSet controller has created a pod on every node
     /// it schedules to, so the rollout counts exactly the nodes this DaemonSet runs on.
-    async fn settled_pods(&self, key: &ObjectKey) -> Result<(DaemonSet, Vec<PodView>), ClusterError> {
+    async fn settled_pods(
+        &self,
+        key: &ObjectKey,
+    ) -> Result<(DaemonSet, Vec<PodView>), ClusterError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let ds = self
@@ -522,21 +587,30 @@ impl Reconciler {
                 .await?
                 .ok_or_else(|| ClusterError::Invalid(format!("DaemonSet {key} disappeared")))?;
             let pods = self.cluster.pods_of(&ds).await?;
-            let want = ds
+            let want = ds.status.as_ref().map_or(0, |s| {
+                usize::try_from(s.desired_number_scheduled).unwrap_or(0)
+            });
+            let observed = ds
                 .status
                 .as_ref()
-                .map_or(0, |s| usize::try_from(s.desired_number_scheduled).unwrap_or(0));
-            let observed = ds.status.as_ref().and_then(|s| s.observed_generation).unwrap_or(0)
+                .and_then(|s| s.observed_generation)
+                .unwrap_or(0)
                 >= ds.metadata.generation.unwrap_or(0);
             let nodes_with_pods: BTreeSet<&str> = pods.iter().map(|p| p.node.as_str()).collect();
-            if (observed && nodes_with_pods.len() >= want) || tokio::time::Instant::now() > deadline {
+            if (observed && nodes_with_pods.len() >= want) || tokio::time::Instant::now() > deadline
+            {
                 return Ok((ds, pods));
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
-    fn pool_label(&self, policy: &RolloutPolicySpec, nodes: &[NodeView], pods: &[PodView]) -> Option<String> {
+    fn pool_label(
+        &self,
+        policy: &RolloutPolicySpec,
+        nodes: &[NodeView],
+        pods: &[PodView],
+    ) -> Option<String> {
         if let Some(l) = &policy.pool_label {
             return Some(l.clone());
         }
@@ -555,6 +629,7 @@ impl Reconciler {
             .map(|l| (*l).to_string())
     }
 
+    #[allow(clippy::unused_self)]
     fn observe(
         &self,
         ds: &DaemonSet,
@@ -594,10 +669,13 @@ impl Reconciler {
     /// Steps every rollout in progress once.
     async fn rollout_pass(&mut self) -> Result<(), ClusterError> {
         let list = self.cluster.managed_daemonsets().await?;
-        for ds in list.into_iter().filter(|d| self.owns(d)) {
+        let owned: Vec<DaemonSet> = list.into_iter().filter(|d| self.owns(d)).collect();
+        for ds in owned {
             let state = DaemonSetState::of(&ds);
-            let Some(r) = state.rollout.clone() else { continue };
-            if r.is_finished() {
+            let Some(r) = state.rollout.clone() else {
+                continue;
+            };
+            if r.phase.is_terminal() {
                 continue;
             }
             let key = key_of(&ds);
@@ -608,7 +686,11 @@ impl Reconciler {
                 commit = %short(&r.commit),
                 stage = %r.stages.get(r.stage).map_or("-", |s| s.name.as_str()),
             );
-            if let Err(e) = self.step_rollout(&key, &ds, &state, &r).instrument(span).await {
+            if let Err(e) = self
+                .step_rollout(&key, &ds, &state, &r)
+                .instrument(span)
+                .await
+            {
                 self.metrics.reconcile_error(e.metric_label());
                 error!(daemonset = %key, error = %e, "rollout step failed; will retry");
             }
@@ -639,7 +721,11 @@ impl Reconciler {
             (RolloutKind::Forward, Some(spec), Some(stage))
                 if matches!(r.phase, Phase::Updating | Phase::Baking { .. }) =>
             {
-                Some(self.prom.evaluate(key, r, spec, &stage.nodes, now_ms()).await)
+                Some(
+                    self.prom
+                        .evaluate(key, r, spec, &stage.nodes, now_ms())
+                        .await,
+                )
             }
             _ => None,
         };
@@ -647,15 +733,22 @@ impl Reconciler {
         let decision = rollout::step(r, &obs, &rules);
         let status = status_of(&decision.rollout);
         if decision.rollout != *r {
-            self.persist(key, &decision.rollout, Some(ds), state, status).await?;
+            self.persist(key, &decision.rollout, Some(ds), state, status)
+                .await?;
         }
         self.record_progress(key, &decision.rollout, &pods, &nodes, &policy);
         let uid = ds.metadata.uid.clone();
         for action in decision.actions {
             match action {
-                Action::DeletePod { node, name, uid: pod_uid } => {
+                Action::DeletePod {
+                    node,
+                    name,
+                    uid: pod_uid,
+                } => {
                     info!(node = %node, pod = %name, "replacing pod");
-                    self.cluster.delete_pod(&key.namespace, &name, &pod_uid).await?;
+                    self.cluster
+                        .delete_pod(&key.namespace, &name, &pod_uid)
+                        .await?;
                 }
                 Action::Event(ev) => {
                     let warning = ev.is_warning();
@@ -665,11 +758,23 @@ impl Reconciler {
                         .await;
                 }
                 Action::RollBack(failure) => {
-                    self.metrics
-                        .gate_failure(&key.namespace, &key.name, failure.gate.metric_label());
+                    self.metrics.gate_failed(
+                        &key.namespace,
+                        &key.name,
+                        failure.gate.metric_label(),
+                    );
                     warn!(gate = failure.gate.metric_label(), nodes = ?failure.nodes, pods = ?failure.pods, "gate failed: {}", failure.message);
-                    self.roll_back(key, ds, state, &decision.rollout, &failure, &policy, &pods, &nodes)
-                        .await?;
+                    self.roll_back(
+                        key,
+                        ds,
+                        state,
+                        &decision.rollout,
+                        &failure,
+                        &policy,
+                        &pods,
+                        &nodes,
+                    )
+                    .await?;
                 }
                 Action::Complete => self.complete(key, ds, state, &decision.rollout).await?,
             }
@@ -714,15 +819,34 @@ impl Reconciler {
             let why = if !(policy.rollback.automatic || aborted) {
                 "automatic rollback is disabled by the policy".to_string()
             } else if last_good.is_none() {
-                "there is no last good commit to roll back to (first rollout of this DaemonSet)".to_string()
+                "there is no last good commit to roll back to (first rollout of this DaemonSet)"
+                    .to_string()
             } else {
                 "the last good commit's manifest could not be read".to_string()
             };
-            let msg = format!("rollout of {} failed: {}; {why}. Rollout paused: fix forward with a new commit or revert in Git", short(&failed.commit), failure.message);
+            let msg = format!(
+                "rollout of {} failed: {}; {why}. Rollout paused: fix forward with a new commit or revert in Git",
+                short(&failed.commit),
+                failure.message
+            );
             error!("{msg}");
-            self.cluster.event(key, ds.metadata.uid.as_deref(), true, "RolloutDegraded", &msg).await;
-            self.metrics.rollout_finished(&key.namespace, &key.name, "failed", elapsed);
-            self.persist(key, failed, Some(ds), &st, SyncStatus::Degraded).await?;
+            self.cluster
+                .event(
+                    key,
+                    ds.metadata.uid.as_deref(),
+                    true,
+                    "RolloutDegraded",
+                    &msg,
+                )
+                .await;
+            self.metrics.rollout_finished(
+                &key.namespace,
+                &key.name,
+                RolloutOutcome::Failed,
+                elapsed,
+            );
+            self.persist(key, failed, Some(ds), &st, SyncStatus::Degraded)
+                .await?;
             self.set_message(key, &msg).await?;
             return Ok(());
         };
@@ -730,11 +854,15 @@ impl Reconciler {
         let rollback_started = std::time::Instant::now();
         let desired = self.desired_object(&good_manifest, &good_file, &good);
         self.cluster.apply(&desired, false).await?;
-        let target = self.cluster.update_revision(key, Duration::from_secs(30)).await?;
+        let target = self
+            .cluster
+            .update_revision(key, Duration::from_secs(30))
+            .await?;
         let obs = self.observe(ds, pods, nodes, None);
         let reason = failure.message.clone();
         let rb = Rollout::rollback(
             failed,
+            good.clone(),
             failed.commit.clone(),
             reason.clone(),
             target,
@@ -747,9 +875,15 @@ impl Reconciler {
         let mut ann: BTreeMap<&str, Option<String>> = BTreeMap::new();
         ann.insert(keys::DESIRED_HASH, st.desired_hash.clone());
         self.cluster.annotate(key, &ann).await?;
-        self.persist(key, &rb, Some(ds), &st, SyncStatus::Progressing).await?;
-        let outcome = if aborted { "aborted" } else { "rolled_back" };
-        self.metrics.rollout_finished(&key.namespace, &key.name, outcome, elapsed);
+        self.persist(key, &rb, Some(ds), &st, SyncStatus::Progressing)
+            .await?;
+        let outcome = if aborted {
+            RolloutOutcome::Aborted
+        } else {
+            RolloutOutcome::RolledBack
+        };
+        self.metrics
+            .rollout_finished(&key.namespace, &key.name, outcome, elapsed);
         let _ = rollback_started;
         let msg = format!(
             "rolling back from {} to last good commit {}: {reason}",
@@ -757,7 +891,6 @@ impl Reconciler {
             short(&good)
         );
         warn!("{msg}");
-        self.cluster.event(key, ds.metadata.uid.as_deref(), true, "RollbackStarted", &msg).await;
         Ok(())
     }
 
@@ -799,25 +932,46 @@ impl Reconciler {
                 let mut ann: BTreeMap<&str, Option<String>> = BTreeMap::new();
                 ann.insert(keys::LAST_GOOD_COMMIT, Some(r.commit.clone()));
                 self.cluster.annotate(key, &ann).await?;
-                self.metrics.rollout_finished(&key.namespace, &key.name, "succeeded", secs);
-                info!(seconds = secs, "rollout succeeded");
+                self.metrics.rollout_finished(
+                    &key.namespace,
+                    &key.name,
+                    RolloutOutcome::Succeeded,
+                    secs,
+                );
+                info!(seconds = secs.as_secs(), "rollout succeeded");
                 self.cluster
-                    .event(key, ds.metadata.uid.as_deref(), false, "RolloutSucceeded", &format!("commit {} rolled out to every stage in {secs:.0}s", short(&r.commit)))
+                    .event(
+                        key,
+                        ds.metadata.uid.as_deref(),
+                        false,
+                        "RolloutSucceeded",
+                        &format!(
+                            "commit {} rolled out to every stage in {}s",
+                            short(&r.commit),
+                            secs.as_secs()
+                        ),
+                    )
                     .await;
-                self.set_status(key, Some(ds), &st, SyncStatus::Synced, "").await?;
+                self.set_status(key, Some(ds), &st, SyncStatus::Synced, "")
+                    .await?;
             }
-            RolloutKind::Rollback { failed_commit, reason } => {
-                self.metrics.rollback_finished(secs);
+            RolloutKind::Rollback {
+                failed_commit,
+                reason,
+            } => {
+                self.metrics.observe_rollback_duration(secs);
                 let msg = format!(
                     "rolled back to {} after commit {} failed: {reason}",
                     st.applied_commit.as_deref().map_or("-", short),
                     short(failed_commit)
                 );
-                info!(seconds = secs, "{msg}");
-                self.set_status(key, Some(ds), &st, SyncStatus::RolledBack, &msg).await?;
+                info!(seconds = secs.as_secs(), "{msg}");
+                self.set_status(key, Some(ds), &st, SyncStatus::RolledBack, &msg)
+                    .await?;
             }
         }
-        self.metrics.rollout_stage(&key.namespace, &key.name, -1);
+        self.metrics
+            .set_rollout_stage(&key.namespace, &key.name, None);
         Ok(())
     }
 
@@ -839,9 +993,12 @@ impl Reconciler {
         self.cluster.annotate(key, &ann).await?;
         self.record_status(key, ds, state, status).await;
         if let Some(stage) = r.stages.get(r.stage) {
-            let idx = if r.is_finished() { -1 } else { i64::try_from(r.stage).unwrap_or(-1) };
-            self.metrics.rollout_stage(&key.namespace, &key.name, idx);
             let _ = stage;
+            self.metrics.set_rollout_stage(
+                &key.namespace,
+                &key.name,
+                (!r.phase.is_terminal()).then_some(r.stage),
+            );
         }
         Ok(())
     }
@@ -875,9 +1032,16 @@ impl Reconciler {
         self.cluster.annotate(key, &ann).await
     }
 
-    async fn record_status(&self, key: &ObjectKey, _ds: Option<&DaemonSet>, state: &DaemonSetState, status: SyncStatus) {
-        self.metrics.sync_status(&key.namespace, &key.name, status);
-        self.metrics.daemonset_info(
+    async fn record_status(
+        &self,
+        key: &ObjectKey,
+        _ds: Option<&DaemonSet>,
+        state: &DaemonSetState,
+        status: SyncStatus,
+    ) {
+        self.metrics
+            .set_sync_status(&key.namespace, &key.name, status);
+        self.metrics.set_daemonset_commits(
             &key.namespace,
             &key.name,
             state.applied_commit.as_deref().unwrap_or(""),
@@ -890,12 +1054,50 @@ impl Reconciler {
             .insert(key.to_string(), status.as_str().to_string());
     }
 
-    fn record_progress(&self, key: &ObjectKey, r: &Rollout, pods: &[PodView], nodes: &[NodeView], policy: &RolloutPolicySpec) {
+    fn record_progress(
+        &self,
+        key: &ObjectKey,
+        r: &Rollout,
+        pods: &[PodView],
+        nodes: &[NodeView],
+        policy: &RolloutPolicySpec,
+    ) {
         let label = self.pool_label(policy, nodes, pods);
         for (pool, p) in progress_by_pool(r, pods, nodes, label.as_deref()) {
-            self.metrics.rollout_pool_pods(&key.namespace, &key.name, &pool, p.updated, p.ready, p.total);
+            self.metrics.set_pool_pods(
+                &key.namespace,
+                &key.name,
+                &pool,
+                PoolPodCounts {
+                    updated: count(p.updated),
+                    ready: count(p.ready),
+                    total: count(p.total),
+                },
+            );
         }
     }
+}
+
+/// The object nodewave applies for a DaemonSet from Git: the manifest as written,
+/// plus the managed-by label, where it came from, and `updateStrategy: OnDelete`.
+pub fn decorate(manifest: &Value, file: &str, commit: &str, repo: &str, path: &str) -> Value {
+    let mut obj = manifest.clone();
+    let meta = &mut obj["metadata"];
+    if !meta["labels"].is_object() {
+        meta["labels"] = json!({});
+    }
+    meta["labels"][keys::MANAGED_BY_LABEL] = json!(keys::MANAGED_BY_VALUE);
+    if !meta["annotations"].is_object() {
+        meta["annotations"] = json!({});
+    }
+    let ann = &mut meta["annotations"];
+    ann[keys::SOURCE_REPO] = json!(repo);
+    ann[keys::SOURCE_PATH] = json!(path);
+    ann[keys::SOURCE_FILE] = json!(file);
+    ann[keys::APPLIED_COMMIT] = json!(commit);
+    // nodewave drives every update itself: the controller only replaces pods we delete.
+    obj["spec"]["updateStrategy"] = json!({"type": "OnDelete"});
+    obj
 }
 
 /// Per-pool progress of a rollout: pods on the target revision, Ready ones among
@@ -924,7 +1126,10 @@ pub fn progress_by_pool(
         .collect();
     let mut out: BTreeMap<String, PoolProgress> = BTreeMap::new();
     for p in pods.iter().filter(|p| !p.terminating) {
-        let pool = pool_of.get(p.node.as_str()).cloned().unwrap_or_else(|| "(none)".into());
+        let pool = pool_of
+            .get(p.node.as_str())
+            .cloned()
+            .unwrap_or_else(|| "(none)".into());
         let e = out.entry(pool).or_default();
         e.total += 1;
         if p.revision == r.target_revision {
@@ -964,11 +1169,15 @@ pub fn key_of(ds: &DaemonSet) -> ObjectKey {
 }
 
 fn timestamp() -> String {
-    jiff::Timestamp::now().round(jiff::Unit::Second).map_or_else(|_| jiff::Timestamp::now().to_string(), |t| t.to_string())
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .map_or_else(|_| jiff::Timestamp::now().to_string(), |t| t.to_string())
 }
 
-fn secs_since(ms: i64) -> f64 {
-    #[allow(clippy::cast_precision_loss)]
-    let s = (now_ms() - ms).max(0) as f64 / 1000.0;
-    s
+fn secs_since(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(now_ms() - ms).unwrap_or(0))
+}
+
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }

@@ -35,7 +35,11 @@ async fn cluster_has_ready_nodes_in_three_pools() {
         .iter()
         .filter_map(|n| n.metadata.labels.as_ref()?.get(POOL_LABEL).cloned())
         .collect();
-    assert!(ready.len() >= 9, "expected >= 9 Ready fake nodes, found {}", ready.len());
+    assert!(
+        ready.len() >= 9,
+        "expected >= 9 Ready fake nodes, found {}",
+        ready.len()
+    );
     assert!(pools.len() >= 3, "expected >= 3 pools, found {pools:?}");
 }
 
@@ -47,20 +51,31 @@ async fn daemonset_gets_one_ready_pod_per_node() {
         .await;
 
     let want: BTreeSet<String> = nodes.iter().cloned().collect();
-    wait_for("one Ready pod on each of the test's 9 nodes", Duration::from_secs(60), || async {
-        let pods = env.pods_by_node("agent").await;
-        let ready: BTreeSet<String> = pods
-            .iter()
-            .filter(|(_, p)| pod_ready(p))
-            .map(|(n, _)| n.clone())
-            .collect();
-        if ready == want { Ok(Some(())) } else { Err(format!("pods:\n  {}", debug_pods(&pods))) }
-    })
+    wait_for(
+        "one Ready pod on each of the test's 9 nodes",
+        Duration::from_mins(1),
+        || async {
+            let pods = env.pods_by_node("agent").await;
+            let ready: BTreeSet<String> = pods
+                .iter()
+                .filter(|(_, p)| pod_ready(p))
+                .map(|(n, _)| n.clone())
+                .collect();
+            if ready == want {
+                Ok(Some(()))
+            } else {
+                Err(format!("pods:\n  {}", debug_pods(&pods)))
+            }
+        },
+    )
     .await;
 
     // Exactly one pod per node: the controller must not create extras.
     let pods: Api<Pod> = env.api();
-    let all = pods.list(&ListParams::default().labels("app=agent")).await.unwrap();
+    let all = pods
+        .list(&ListParams::default().labels("app=agent"))
+        .await
+        .unwrap();
     assert_eq!(all.items.len(), nodes.len(), "one pod per node, no more");
 }
 
@@ -70,15 +85,19 @@ async fn on_delete_updates_only_the_pool_whose_pods_are_deleted() {
     let nodes = env.create_nodes(&POOLS, 3).await;
     env.apply_daemonset(&daemonset(&env, "agent", "registry.example/agent:1.0.0"))
         .await;
-    let old = wait_for("9 Ready pods on one revision", Duration::from_secs(60), || async {
-        let pods = env.pods_by_node("agent").await;
-        let revs: BTreeSet<String> = pods.values().map(pod_revision).collect();
-        if pods.len() == nodes.len() && pods.values().all(pod_ready) && revs.len() == 1 {
-            Ok(Some(revs.into_iter().next().unwrap()))
-        } else {
-            Err(format!("pods:\n  {}", debug_pods(&pods)))
-        }
-    })
+    let old = wait_for(
+        "9 Ready pods on one revision",
+        Duration::from_mins(1),
+        || async {
+            let pods = env.pods_by_node("agent").await;
+            let revs: BTreeSet<String> = pods.values().map(pod_revision).collect();
+            if pods.len() == nodes.len() && pods.values().all(pod_ready) && revs.len() == 1 {
+                Ok(Some(revs.into_iter().next().unwrap()))
+            } else {
+                Err(format!("pods:\n  {}", debug_pods(&pods)))
+            }
+        },
+    )
     .await;
 
     env.apply_daemonset(&daemonset(&env, "agent", "registry.example/agent:1.1.0"))
@@ -86,30 +105,54 @@ async fn on_delete_updates_only_the_pool_whose_pods_are_deleted() {
     // OnDelete: nothing changes until pods are deleted.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pods = env.pods_by_node("agent").await;
-    assert!(pods.values().all(|p| pod_revision(p) == old), "OnDelete must not replace pods by itself:\n  {}", debug_pods(&pods));
+    assert!(
+        pods.values().all(|p| pod_revision(p) == old),
+        "OnDelete must not replace pods by itself:\n  {}",
+        debug_pods(&pods)
+    );
 
-    let pool_a: Vec<String> = nodes.iter().filter(|n| n.contains("-pool-a-")).cloned().collect();
+    let pool_a: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.contains("-pool-a-"))
+        .cloned()
+        .collect();
     let api: Api<Pod> = env.api();
     for (node, pod) in &pods {
         if pool_a.contains(node) {
-            api.delete(pod.metadata.name.as_deref().unwrap(), &DeleteParams::default())
-                .await
-                .unwrap();
+            api.delete(
+                pod.metadata.name.as_deref().unwrap(),
+                &DeleteParams::default(),
+            )
+            .await
+            .unwrap();
         }
     }
-    let pods = wait_for("pool-a back on a new revision", Duration::from_secs(60), || async {
-        let pods = env.pods_by_node("agent").await;
-        let done = pool_a.iter().all(|n| {
-            pods.get(n).is_some_and(|p| pod_revision(p) != old && pod_ready(p))
-        });
-        if done && pods.len() == nodes.len() { Ok(Some(pods)) } else { Err(format!("pods:\n  {}", debug_pods(&pods))) }
-    })
+    let pods = wait_for(
+        "pool-a back on a new revision",
+        Duration::from_mins(1),
+        || async {
+            let pods = env.pods_by_node("agent").await;
+            let done = pool_a.iter().all(|n| {
+                pods.get(n)
+                    .is_some_and(|p| pod_revision(p) != old && pod_ready(p))
+            });
+            if done && pods.len() == nodes.len() {
+                Ok(Some(pods))
+            } else {
+                Err(format!("pods:\n  {}", debug_pods(&pods)))
+            }
+        },
+    )
     .await;
     let new_revs: BTreeSet<String> = pool_a.iter().map(|n| pod_revision(&pods[n])).collect();
     assert_eq!(new_revs.len(), 1, "pool-a on a single new revision");
     for (node, pod) in &pods {
         if !pool_a.contains(node) {
-            assert_eq!(pod_revision(pod), old, "{node} outside pool-a must keep the old revision");
+            assert_eq!(
+                pod_revision(pod),
+                old,
+                "{node} outside pool-a must keep the old revision"
+            );
         }
     }
 }
@@ -118,20 +161,32 @@ async fn on_delete_updates_only_the_pool_whose_pods_are_deleted() {
 async fn crash_marker_crash_loops_and_never_ready_marker_stays_unready() {
     let mut env = TestEnv::new("smoke-markers").await;
     env.create_nodes(&["pool-a"], 1).await;
-    env.apply_daemonset(&daemonset(&env, "crasher", "registry.example/agent:2.0.0-crashloop"))
-        .await;
-    env.apply_daemonset(&daemonset(&env, "sleeper", "registry.example/agent:2.0.0-neverready"))
-        .await;
+    env.apply_daemonset(&daemonset(
+        &env,
+        "crasher",
+        "registry.example/agent:2.0.0-crashloop",
+    ))
+    .await;
+    env.apply_daemonset(&daemonset(
+        &env,
+        "sleeper",
+        "registry.example/agent:2.0.0-neverready",
+    ))
+    .await;
 
-    let first = wait_for("crashloop pod in CrashLoopBackOff", Duration::from_secs(60), || async {
-        let pods = env.pods_by_node("crasher").await;
-        match pods.values().next() {
-            Some(p) if pod_waiting_reason(p).as_deref() == Some("CrashLoopBackOff") => {
-                Ok(Some(pod_restarts(p)))
+    let first = wait_for(
+        "crashloop pod in CrashLoopBackOff",
+        Duration::from_mins(1),
+        || async {
+            let pods = env.pods_by_node("crasher").await;
+            match pods.values().next() {
+                Some(p) if pod_waiting_reason(p).as_deref() == Some("CrashLoopBackOff") => {
+                    Ok(Some(pod_restarts(p)))
+                }
+                _ => Err(format!("pods:\n  {}", debug_pods(&pods))),
             }
-            _ => Err(format!("pods:\n  {}", debug_pods(&pods))),
-        }
-    })
+        },
+    )
     .await;
     wait_for("restart count rising", Duration::from_secs(30), || async {
         let pods = env.pods_by_node("crasher").await;
@@ -142,10 +197,12 @@ async fn crash_marker_crash_loops_and_never_ready_marker_stays_unready() {
     })
     .await;
 
-    wait_for("neverready pod Running", Duration::from_secs(60), || async {
+    wait_for("neverready pod Running", Duration::from_mins(1), || async {
         let pods = env.pods_by_node("sleeper").await;
         match pods.values().next() {
-            Some(p) if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") => Ok(Some(())),
+            Some(p) if p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running") => {
+                Ok(Some(()))
+            }
             _ => Err(format!("pods:\n  {}", debug_pods(&pods))),
         }
     })
@@ -154,8 +211,15 @@ async fn crash_marker_crash_loops_and_never_ready_marker_stays_unready() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let pods = env.pods_by_node("sleeper").await;
     let p = pods.values().next().unwrap();
-    assert!(!pod_ready(p), "neverready pod must stay not Ready:\n  {}", debug_pods(&pods));
-    assert_eq!(p.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Running"));
+    assert!(
+        !pod_ready(p),
+        "neverready pod must stay not Ready:\n  {}",
+        debug_pods(&pods)
+    );
+    assert_eq!(
+        p.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Running")
+    );
 }
 
 #[tokio::test]
@@ -163,20 +227,36 @@ async fn slow_marker_becomes_ready_after_its_delay() {
     let mut env = TestEnv::new("smoke-slow").await;
     env.create_nodes(&["pool-a"], 1).await;
     let mut ds = daemonset(&env, "slow", "registry.example/agent:3.0.0-slowready");
-    ds["spec"]["template"]["metadata"]["annotations"] = json!({"nodewave.io/kwok-ready-delay-ms": "3000"});
+    ds["spec"]["template"]["metadata"]["annotations"] =
+        json!({"nodewave.io/kwok-ready-delay-ms": "3000"});
     env.apply_daemonset(&ds).await;
     let pods: Api<Pod> = env.api();
-    wait_for("slow pod scheduled and not yet Ready", Duration::from_secs(30), || async {
-        let pods = env.pods_by_node("slow").await;
-        match pods.values().next() {
-            Some(p) if !pod_ready(p) => Ok(Some(())),
-            _ => Err(format!("pods:\n  {}", debug_pods(&pods))),
-        }
-    })
+    wait_for(
+        "slow pod scheduled and not yet Ready",
+        Duration::from_secs(30),
+        || async {
+            let pods = env.pods_by_node("slow").await;
+            match pods.values().next() {
+                Some(p) if !pod_ready(p) => Ok(Some(())),
+                _ => Err(format!("pods:\n  {}", debug_pods(&pods))),
+            }
+        },
+    )
     .await;
-    wait_for("slow pod Ready after its delay", Duration::from_secs(30), || async {
-        let list = pods.list(&ListParams::default().labels("app=slow")).await.map_err(|e| e.to_string())?;
-        if list.items.iter().any(pod_ready) { Ok(Some(())) } else { Err(format!("{} pods, none Ready", list.items.len())) }
-    })
+    wait_for(
+        "slow pod Ready after its delay",
+        Duration::from_secs(30),
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels("app=slow"))
+                .await
+                .map_err(|e| e.to_string())?;
+            if list.items.iter().any(pod_ready) {
+                Ok(Some(()))
+            } else {
+                Err(format!("{} pods, none Ready", list.items.len()))
+            }
+        },
+    )
     .await;
 }

@@ -72,7 +72,9 @@ fn values(data: &ApiData) -> Result<Vec<f64>, String> {
             .map(|a| a.iter().filter_map(|s| parse(&s["value"])).collect())
             .unwrap_or_default()),
         "scalar" => Ok(parse(&data.result).into_iter().collect()),
-        other => Err(format!("unsupported result type {other}; use an instant vector or scalar")),
+        other => Err(format!(
+            "unsupported result type {other}; use an instant vector or scalar"
+        )),
     }
 }
 
@@ -93,13 +95,18 @@ impl Gatekeeper {
     ) -> PromOutcome {
         let scope = (r.commit.clone(), r.stage);
         let interval = i64::try_from(spec.interval.as_millis()).unwrap_or(i64::MAX);
-        if let Some(t) = self.last.get(key) {
-            if t.scope == scope && now_ms - t.evaluated_ms < interval {
-                return t.outcome.clone();
-            }
+        if let Some(t) = self.last.get(key)
+            && t.scope == scope
+            && now_ms - t.evaluated_ms < interval
+        {
+            return t.outcome.clone();
         }
         let previous_unreachable = match self.last.get(key) {
-            Some(Tracked { scope: s, outcome: PromOutcome::Unreachable { since_ms, .. }, .. }) if *s == scope => Some(*since_ms),
+            Some(Tracked {
+                scope: s,
+                outcome: PromOutcome::Unreachable { since_ms, .. },
+                ..
+            }) if *s == scope => Some(*since_ms),
             _ => None,
         };
         let outcome = match self.query_all(spec, nodes).await {
@@ -114,22 +121,29 @@ impl Gatekeeper {
         };
         self.last.insert(
             key.clone(),
-            Tracked { scope, evaluated_ms: now_ms, outcome: outcome.clone() },
+            Tracked {
+                scope,
+                evaluated_ms: now_ms,
+                outcome: outcome.clone(),
+            },
         );
         outcome
     }
 
-    async fn query_all(&mut self, spec: &PrometheusSpec, nodes: &[String]) -> Result<Vec<CheckValue>, String> {
-        let http = match &self.http {
-            Some(c) => c.clone(),
-            None => {
-                let c = reqwest::Client::builder()
-                    .timeout(Duration::from_secs(10))
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                self.http = Some(c.clone());
-                c
-            }
+    async fn query_all(
+        &mut self,
+        spec: &PrometheusSpec,
+        nodes: &[String],
+    ) -> Result<Vec<CheckValue>, String> {
+        let http = if let Some(c) = &self.http {
+            c.clone()
+        } else {
+            let c = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .map_err(|e| e.to_string())?;
+            self.http = Some(c.clone());
+            c
         };
         let url = format!("{}/api/v1/query", spec.url.trim_end_matches('/'));
         let mut out = Vec::new();
@@ -142,17 +156,26 @@ impl Gatekeeper {
                 .await
                 .map_err(|e| format!("cannot reach {url}: {e}"))?;
             let status = resp.status();
-            let body: ApiResponse = resp
-                .json()
-                .await
-                .map_err(|e| format!("{url} answered {status} with a body that is not the Prometheus API: {e}"))?;
+            let body: ApiResponse = resp.json().await.map_err(|e| {
+                format!("{url} answered {status} with a body that is not the Prometheus API: {e}")
+            })?;
             if body.status != "success" {
                 // A query error is the check's fault, not Prometheus being away: fail the check.
-                out.push(CheckValue { name: check.name.clone(), value: None, max: check.max, min: check.min });
+                out.push(CheckValue {
+                    name: check.name.clone(),
+                    value: None,
+                    max: check.max,
+                    min: check.min,
+                });
                 tracing::warn!(check = %check.name, error = body.error.as_deref().unwrap_or("unknown"), "Prometheus rejected the query");
                 continue;
             }
-            let vals = body.data.as_ref().map(values).transpose()?.unwrap_or_default();
+            let vals = body
+                .data
+                .as_ref()
+                .map(values)
+                .transpose()?
+                .unwrap_or_default();
             let value = if check.max.is_some() {
                 vals.iter().copied().reduce(f64::max)
             } else {
@@ -160,10 +183,25 @@ impl Gatekeeper {
             };
             if let (Some(max), Some(min)) = (check.max, check.min) {
                 let lo = vals.iter().copied().reduce(f64::min);
-                out.push(CheckValue { name: check.name.clone(), value, max: Some(max), min: None });
-                out.push(CheckValue { name: check.name.clone(), value: lo, max: None, min: Some(min) });
+                out.push(CheckValue {
+                    name: check.name.clone(),
+                    value,
+                    max: Some(max),
+                    min: None,
+                });
+                out.push(CheckValue {
+                    name: check.name.clone(),
+                    value: lo,
+                    max: None,
+                    min: Some(min),
+                });
             } else {
-                out.push(CheckValue { name: check.name.clone(), value, max: check.max, min: check.min });
+                out.push(CheckValue {
+                    name: check.name.clone(),
+                    value,
+                    max: check.max,
+                    min: check.min,
+                });
             }
         }
         Ok(out)
@@ -176,7 +214,10 @@ mod tests {
 
     #[test]
     fn nodes_expand_to_an_escaped_alternation() {
-        let nodes = vec!["kwok-pool-a-1".to_string(), "ip-10-0-0-1.ec2.internal".to_string()];
+        let nodes = vec![
+            "kwok-pool-a-1".to_string(),
+            "ip-10-0-0-1.ec2.internal".to_string(),
+        ];
         assert_eq!(
             expand(r#"up{node=~"{{nodes}}"}"#, &nodes),
             r#"up{node=~"kwok-pool-a-1|ip-10-0-0-1\\.ec2\\.internal"}"#
@@ -188,9 +229,13 @@ mod tests {
         let v: ApiData = serde_json::from_value(serde_json::json!({
             "resultType": "vector",
             "result": [{"metric": {}, "value": [1.0, "2.5"]}, {"metric": {}, "value": [1.0, "0.5"]}]
-        })).unwrap();
+        }))
+        .unwrap();
         assert_eq!(values(&v).unwrap(), vec![2.5, 0.5]);
-        let s: ApiData = serde_json::from_value(serde_json::json!({"resultType": "scalar", "result": [1.0, "7"]})).unwrap();
+        let s: ApiData = serde_json::from_value(
+            serde_json::json!({"resultType": "scalar", "result": [1.0, "7"]}),
+        )
+        .unwrap();
         assert_eq!(values(&s).unwrap(), vec![7.0]);
     }
 }

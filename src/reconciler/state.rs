@@ -49,7 +49,9 @@ impl DaemonSetState {
                 .get(keys::FAILED_COMMITS)
                 .and_then(|s| serde_json::from_str(s).ok())
                 .unwrap_or_default(),
-            status: a.get(keys::SYNC_STATUS).and_then(|s| SyncStatus::parse(s)),
+            status: a
+                .get(keys::SYNC_STATUS)
+                .and_then(|s| SyncStatus::ALL.iter().copied().find(|x| x.as_str() == s)),
             message: get(keys::SYNC_MESSAGE),
             rollout: a
                 .get(keys::ROLLOUT_STATE)
@@ -66,7 +68,8 @@ impl DaemonSetState {
     }
 
     pub fn record_failure(&mut self, f: FailedCommit) {
-        self.failed.retain(|x| x.hash != f.hash || x.commit != f.commit);
+        self.failed
+            .retain(|x| x.hash != f.hash || x.commit != f.commit);
         self.failed.push(f);
         if self.failed.len() > FAILED_HISTORY {
             let excess = self.failed.len() - FAILED_HISTORY;
@@ -105,7 +108,12 @@ mod tests {
     fn failed_history_is_bounded() {
         let mut s = DaemonSetState::default();
         for i in 0..15 {
-            s.record_failure(FailedCommit { commit: format!("c{i}"), hash: format!("h{i}"), reason: "r".into(), at: "t".into() });
+            s.record_failure(FailedCommit {
+                commit: format!("c{i}"),
+                hash: format!("h{i}"),
+                reason: "r".into(),
+                at: "t".into(),
+            });
         }
         assert_eq!(s.failed.len(), FAILED_HISTORY);
         assert_eq!(s.failed[0].commit, "c5");

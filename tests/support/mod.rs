@@ -4,7 +4,13 @@
 //! Each test gets a fresh namespace and, when it needs them, its own fake nodes
 //! (labelled with the test's owner label so its DaemonSets select only them);
 //! both are deleted when the `TestEnv` is dropped, whether the test passed or not.
-#![allow(dead_code, clippy::missing_panics_doc)]
+#![allow(
+    dead_code,
+    clippy::missing_panics_doc,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+// Test support code: panicking with a clear message is how a test fails.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -28,8 +34,7 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 pub fn unique_name(prefix: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+        .map_or(0, |d| d.subsec_nanos());
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     format!("{prefix}-{:x}{n}", (nanos ^ std::process::id()) & 0xfffff)
 }
@@ -49,9 +54,10 @@ pub async fn client() -> Client {
     let path = kubeconfig_path();
     let kubeconfig = kube::config::Kubeconfig::read_from(&path)
         .unwrap_or_else(|e| panic!("cannot read kubeconfig {}: {e}", path.display()));
-    let config = Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap_or_else(|e| panic!("invalid kubeconfig {}: {e}", path.display()));
+    let config =
+        Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+            .await
+            .unwrap_or_else(|e| panic!("invalid kubeconfig {}: {e}", path.display()));
     Client::try_from(config).expect("kube client")
 }
 
@@ -138,18 +144,31 @@ impl TestEnv {
 
     pub async fn wait_node_ready(&self, name: &str) {
         let nodes: Api<Node> = Api::all(self.client.clone());
-        wait_for(&format!("node {name} Ready"), Duration::from_secs(60), || {
-            let nodes = nodes.clone();
-            async move {
-                let n = nodes.get(name).await.map_err(|e| e.to_string())?;
-                let ready = n
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-                if ready { Ok(Some(())) } else { Err(format!("conditions: {:?}", n.status.and_then(|s| s.conditions))) }
-            }
-        })
+        wait_for(
+            &format!("node {name} Ready"),
+            Duration::from_mins(1),
+            || {
+                let nodes = nodes.clone();
+                async move {
+                    let n = nodes.get(name).await.map_err(|e| e.to_string())?;
+                    let ready = n
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|cs| {
+                            cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                        });
+                    if ready {
+                        Ok(Some(()))
+                    } else {
+                        Err(format!(
+                            "conditions: {:?}",
+                            n.status.and_then(|s| s.conditions)
+                        ))
+                    }
+                }
+            },
+        )
         .await;
     }
 
@@ -206,7 +225,10 @@ impl Drop for TestEnv {
         // its own client: the test's client is driven by the test's runtime, which
         // is blocked right here.
         let handle = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
@@ -240,9 +262,10 @@ where
             Ok(None) => {}
             Err(state) => last = state,
         }
-        if start.elapsed() > timeout {
-            panic!("timed out after {timeout:?} waiting for: {what}\nlast observed: {last}");
-        }
+        assert!(
+            start.elapsed() <= timeout,
+            "timed out after {timeout:?} waiting for: {what}\nlast observed: {last}"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -266,8 +289,7 @@ pub fn pod_restarts(p: &Pod) -> i32 {
     p.status
         .as_ref()
         .and_then(|s| s.container_statuses.as_ref())
-        .map(|cs| cs.iter().map(|c| c.restart_count).sum())
-        .unwrap_or(0)
+        .map_or(0, |cs| cs.iter().map(|c| c.restart_count).sum())
 }
 
 pub fn pod_waiting_reason(p: &Pod) -> Option<String> {

@@ -1,5 +1,0 @@
-//! Command-line interface.
-
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
-}

@@ -1,0 +1,190 @@
+//! `nodewave diff`: what applying a checkout (or a Git ref) would change.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use kube::ResourceExt;
+use serde_json::Value;
+
+use super::KubeArgs;
+use super::validate::RuleArgs;
+use crate::cluster::{self, Cluster};
+use crate::diff;
+use crate::keys;
+use crate::manifest::{self, ManifestFile};
+use crate::metrics::Metrics;
+use crate::reconciler::{decorate, key_of};
+use crate::source::{GitRef, GitSource, GitSourceConfig, redact_url};
+
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
+    /// A checkout (directory) to compare with the cluster.
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with = "repo",
+        required_unless_present = "repo"
+    )]
+    pub dir: Option<PathBuf>,
+    /// A repository to fetch instead of a checkout (with --branch or --tag).
+    #[arg(long, value_name = "URL")]
+    pub repo: Option<String>,
+    /// Branch of --repo [default: main].
+    #[arg(long, requires = "repo", conflicts_with = "tag")]
+    pub branch: Option<String>,
+    /// Tag of --repo.
+    #[arg(long, requires = "repo")]
+    pub tag: Option<String>,
+    /// Sub-path of the repository holding the manifests.
+    #[arg(long, default_value = "")]
+    pub path: String,
+    /// Show only the changed field paths, not the unified diff.
+    #[arg(long)]
+    pub paths_only: bool,
+    #[command(flatten)]
+    pub rules: RuleArgs,
+    #[command(flatten)]
+    pub kube: KubeArgs,
+}
+
+pub async fn run(args: DiffArgs) -> ExitCode {
+    match diff_all(&args).await {
+        Ok(0) => {
+            println!("in sync: the cluster matches Git");
+            ExitCode::SUCCESS
+        }
+        Ok(n) => {
+            println!("{n} DaemonSet(s) differ from Git");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn load_files(args: &DiffArgs) -> Result<(Vec<ManifestFile>, String, String), String> {
+    if let Some(dir) = &args.dir {
+        let base = dir.join(&args.path);
+        let mut files = manifest::read_dir(&base)
+            .map_err(|e| format!("cannot read {}: {e}", base.display()))?;
+        let prefix = args.path.trim_matches('/');
+        if !prefix.is_empty() {
+            for f in &mut files {
+                f.path = format!("{prefix}/{}", f.path);
+            }
+        }
+        return Ok((files, "(working tree)".into(), String::new()));
+    }
+    let Some(url) = &args.repo else {
+        return Err("give --dir or --repo".into());
+    };
+    let reference = match &args.tag {
+        Some(t) => GitRef::Tag(t.clone()),
+        None => GitRef::Branch(args.branch.clone().unwrap_or_else(|| "main".into())),
+    };
+    let tmp = tempfile_dir()?;
+    let mut src = GitSource::open(GitSourceConfig {
+        url: url.clone(),
+        reference,
+        path: args.path.clone(),
+        checkout_dir: tmp.clone(),
+        credentials: crate::source::Credentials::default(),
+    })
+    .map_err(|e| e.to_string())?;
+    let outcome = src.fetch().map_err(|e| e.to_string())?;
+    let files = src.files_at(&outcome.head).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok((files, outcome.head, redact_url(url)))
+}
+
+fn tempfile_dir() -> Result<PathBuf, String> {
+    let dir = std::env::temp_dir().join(format!("nodewave-diff-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    Ok(dir)
+}
+
+async fn diff_all(args: &DiffArgs) -> Result<usize, String> {
+    let (files, commit, repo) = load_files(args)?;
+    let desired = manifest::load(&files, &args.rules.load_options()).map_err(|r| r.to_string())?;
+    let client = cluster::client(args.kube.kubeconfig.as_deref())
+        .await
+        .map_err(|e| e.to_string())?;
+    let cluster = Cluster::new(client, Metrics::new());
+    let mut differing = 0;
+    for (key, dds) in &desired.daemonsets {
+        let live = cluster
+            .get_daemonset(key)
+            .await
+            .map_err(|e| e.to_string())?;
+        // Compare against what nodewave would apply, with the source recorded as the
+        // live object has it, so only real content differences show.
+        let (repo_ann, path_ann) = live
+            .as_ref()
+            .map_or((repo.clone(), args.path.clone()), |ds| {
+                let a = ds.annotations();
+                (
+                    a.get(keys::SOURCE_REPO)
+                        .cloned()
+                        .unwrap_or_else(|| repo.clone()),
+                    a.get(keys::SOURCE_PATH)
+                        .cloned()
+                        .unwrap_or_else(|| args.path.clone()),
+                )
+            });
+        let obj = decorate(
+            &dds.manifest,
+            &dds.location.file,
+            &commit,
+            &repo_ann,
+            &path_ann,
+        );
+        let live_value = match &live {
+            Some(ds) => serde_json::to_value(ds).map_err(|e| e.to_string())?,
+            None => Value::Null,
+        };
+        let dry = if live.is_some()
+            || cluster
+                .namespace_exists(&key.namespace)
+                .await
+                .map_err(|e| e.to_string())?
+        {
+            cluster.apply(&obj, true).await.map_err(|e| e.to_string())?
+        } else {
+            obj.clone()
+        };
+        let d = diff::compare(&key.to_string(), &live_value, &dry);
+        if d.is_empty() {
+            continue;
+        }
+        differing += 1;
+        println!(
+            "DaemonSet {key}: {}",
+            if live.is_none() {
+                "would be created"
+            } else {
+                "differs"
+            }
+        );
+        for p in &d.paths {
+            println!("  ~ {p}");
+        }
+        if !args.paths_only {
+            println!("{}", d.unified);
+        }
+    }
+    for ds in cluster
+        .managed_daemonsets()
+        .await
+        .map_err(|e| e.to_string())?
+    {
+        let key = key_of(&ds);
+        let same_source = repo.is_empty() || ds.annotations().get(keys::SOURCE_REPO) == Some(&repo);
+        if same_source && !desired.daemonsets.contains_key(&key) {
+            differing += 1;
+            println!("DaemonSet {key}: managed by nodewave but not in Git: would be pruned");
+        }
+    }
+    Ok(differing)
+}

@@ -1,0 +1,193 @@
+//! `nodewave run`: wires source, cluster, reconciler and HTTP server together.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use kube::Api;
+use kube::runtime::watcher;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use super::RunArgs;
+use crate::cluster::{self, Cluster};
+use crate::keys;
+use crate::manifest::CHECKS;
+use crate::metrics::Metrics;
+use crate::reconciler::{Reconciler, Settings, SharedStatus, Triggers};
+use crate::server::{self, AppState};
+use crate::source::{GitSourceConfig, SourceWorker, redact_url};
+
+pub fn init_logging(json: bool, filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
+    } else {
+        builder.init();
+    }
+}
+
+pub async fn run(args: RunArgs) -> ExitCode {
+    let cfg = match args.resolve() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(cfg.log_json, &cfg.log_level);
+    let repo_display = redact_url(&cfg.repo);
+    info!(version = env!("CARGO_PKG_VERSION"), repo = %repo_display, reference = %cfg.reference, path = %cfg.path, "starting nodewave");
+
+    let metrics = Metrics::new();
+    metrics.init_commit_reject_reasons(CHECKS.iter().map(|c| c.id));
+    let client = match cluster::client(cfg.kubeconfig.as_deref()).await {
+        Ok(c) => c,
+        Err(e) => {
+            error!(error = %e, "cannot connect to Kubernetes");
+            return ExitCode::from(2);
+        }
+    };
+    let source = match SourceWorker::open(GitSourceConfig {
+        url: cfg.repo.clone(),
+        reference: cfg.reference.clone(),
+        path: cfg.path.clone(),
+        checkout_dir: cfg.state_dir.clone(),
+        credentials: cfg.credentials.clone(),
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot open the Git source");
+            return ExitCode::from(2);
+        }
+    };
+    let webhook_secret = match &cfg.webhook_secret_file {
+        Some(p) => match std::fs::read(p) {
+            Ok(mut bytes) => {
+                while bytes.last().is_some_and(u8::is_ascii_whitespace) {
+                    bytes.pop();
+                }
+                if bytes.is_empty() {
+                    error!(file = %p.display(), "the webhook secret file is empty");
+                    return ExitCode::from(2);
+                }
+                Some(Arc::new(bytes))
+            }
+            Err(e) => {
+                error!(file = %p.display(), error = %e, "cannot read the webhook secret file");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
+
+    let status = SharedStatus::default();
+    let triggers = Arc::new(Triggers::default());
+    let cluster = Cluster::new(client.clone(), metrics.clone());
+    let settings = Settings {
+        repo_display,
+        path: cfg.path.clone(),
+        poll_interval: cfg.poll_interval,
+        prune: cfg.prune,
+        self_heal: cfg.self_heal,
+        create_namespaces: cfg.create_namespaces,
+        pool_label: cfg.pool_label.clone(),
+        load: cfg.rules.load_options(),
+        rollout_tick: cfg.rollout_interval,
+    };
+
+    let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            error!(listen = %cfg.listen, error = %e, "cannot listen");
+            return ExitCode::from(2);
+        }
+    };
+    info!(listen = %cfg.listen, webhook = webhook_secret.is_some(), "HTTP server listening");
+    let app = server::router(AppState {
+        metrics: metrics.clone(),
+        status: status.clone(),
+        triggers: triggers.clone(),
+        webhook_secret,
+        reference: cfg.reference.clone(),
+    });
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut server_shutdown = shutdown_rx.clone();
+    let server = tokio::spawn(async move {
+        let r = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = server_shutdown.changed().await;
+            })
+            .await;
+        if let Err(e) = r {
+            error!(error = %e, "HTTP server failed");
+        }
+    });
+
+    // Any change to a managed DaemonSet (ours or someone's `kubectl edit`) wakes the
+    // loop, so drift is seen within seconds rather than at the next poll.
+    let watch_triggers = triggers.clone();
+    let ds_api: Api<DaemonSet> = Api::all(client);
+    let watcher_task = tokio::spawn(async move {
+        let cfg = watcher::Config::default().labels(&format!(
+            "{}={}",
+            keys::MANAGED_BY_LABEL,
+            keys::MANAGED_BY_VALUE
+        ));
+        let mut stream = watcher(ds_api, cfg).boxed();
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(
+                    watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone,
+                ) => {
+                    watch_triggers.resync.notify_one();
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "DaemonSet watch interrupted; retrying"),
+            }
+        }
+    });
+
+    let reconciler = Reconciler::new(settings, cluster, source, metrics, status, triggers);
+    let loop_task = tokio::spawn(reconciler.run(shutdown_rx));
+
+    shutdown_signal().await;
+    info!("signal received, stopping");
+    let _ = shutdown_tx.send(true);
+    watcher_task.abort();
+    let _ = loop_task.await;
+    let _ = server.await;
+    ExitCode::SUCCESS
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,127 @@
+//! `nodewave validate`: offline validation for repository CI pipelines.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::manifest::{self, CHECKS, LoadOptions, Severity};
+
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// Directory holding the manifests (every *.yaml / *.yml below it).
+    #[arg(value_name = "DIR", required_unless_present = "list_checks")]
+    pub dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub rules: RuleArgs,
+    /// List every check with its id and default severity, and exit.
+    #[arg(long)]
+    pub list_checks: bool,
+}
+
+/// Validation options shared by `run`, `diff` and `validate`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RuleArgs {
+    /// Namespace DaemonSets may be applied to (repeatable; default: any).
+    #[arg(
+        long = "allow-namespace",
+        value_name = "NAMESPACE",
+        env = "NODEWAVE_ALLOW_NAMESPACES",
+        value_delimiter = ','
+    )]
+    pub allow_namespaces: Vec<String>,
+    /// Change a best-practice check's severity, e.g. `probes-missing=error` or
+    /// `resources-missing=off` (repeatable). Levels: error, warning, off.
+    #[arg(long = "severity", value_name = "CHECK=LEVEL", value_parser = parse_severity)]
+    pub severities: Vec<(String, Severity)>,
+    /// Require every image to be pinned by digest (@sha256:...).
+    #[arg(long)]
+    pub require_digest: bool,
+}
+
+fn parse_severity(s: &str) -> Result<(String, Severity), String> {
+    let (check, level) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected CHECK=LEVEL, got {s:?}"))?;
+    let info = manifest::check_info(check).ok_or_else(|| {
+        format!(
+            "unknown check {check:?}; known checks: {}",
+            CHECKS.iter().map(|c| c.id).collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    if !info.overridable {
+        return Err(format!(
+            "check {check:?} guards what can be applied at all; its severity cannot be changed"
+        ));
+    }
+    let level = level.parse::<Severity>().map_err(|e: String| e)?;
+    Ok((check.to_string(), level))
+}
+
+impl RuleArgs {
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            allowed_namespaces: self.allow_namespaces.clone(),
+            severity_overrides: self.severities.iter().cloned().collect(),
+            require_digest: self.require_digest,
+            ..LoadOptions::default()
+        }
+    }
+}
+
+pub fn run(args: &ValidateArgs) -> ExitCode {
+    if args.list_checks {
+        println!(
+            "{:<24} {:<9} {:<11} SUMMARY",
+            "CHECK", "DEFAULT", "OVERRIDABLE"
+        );
+        for c in CHECKS {
+            println!(
+                "{:<24} {:<9} {:<11} {}",
+                c.id,
+                c.default_severity.to_string(),
+                if c.overridable { "yes" } else { "no" },
+                c.summary
+            );
+        }
+        return ExitCode::SUCCESS;
+    }
+    let Some(dir) = &args.dir else {
+        return ExitCode::from(2);
+    };
+    let files = match manifest::read_dir(dir) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", dir.display());
+            return ExitCode::from(2);
+        }
+    };
+    if files.is_empty() {
+        eprintln!("error: no *.yaml or *.yml files under {}", dir.display());
+        return ExitCode::from(1);
+    }
+    match manifest::load(&files, &args.rules.load_options()) {
+        Ok(state) => {
+            for w in &state.warnings {
+                println!("{w}");
+            }
+            println!(
+                "ok: {} file(s), {} DaemonSet(s), {} RolloutPolicy(ies), {} warning(s)",
+                files.len(),
+                state.daemonsets.len(),
+                state.policies.len(),
+                state.warnings.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(rejected) => {
+            for f in rejected.errors.iter().chain(&rejected.warnings) {
+                println!("{f}");
+            }
+            println!(
+                "invalid: {} error(s), {} warning(s); a commit like this is rejected whole and nothing from it is applied",
+                rejected.errors.len(),
+                rejected.warnings.len()
+            );
+            ExitCode::from(1)
+        }
+    }
+}
