@@ -8,6 +8,16 @@
 //! been lost are re-issued, nothing is counted twice, and terminal phases re-emit
 //! their terminal action until the reconciler replaces the state.
 //!
+//! Per stage: `Pending` → (`AwaitingApproval`) → `Updating` → (`Baking`) → next
+//! stage, and `Succeeded` after the last one; any gate failure or an abort turns a
+//! forward rollout `Failed` and asks for a rollback, which is a one-stage rollout
+//! back to the previous revision that never fails.
+//!
+//! The budget rule: in a stage, nodes without a Ready pod (nodes being replaced
+//! included, nodes that were unready before nodewave touched them excluded) are
+//! unavailable; a Ready old pod is deleted only while fewer than the stage's
+//! `max_unavailable` nodes are. Old pods that are not Ready are replaced freely.
+//!
 //! Time is unix milliseconds (`i64`) throughout so that the planner stays pure.
 
 mod gates;

@@ -445,9 +445,9 @@ impl Planner<'_> {
 
     /// Bookkeeping for the current stage: finished replacements move to `updated`,
     /// nodes waiting for a target pod nodewave did not cause get a ready deadline
-    /// too, and deletions that
-    /// may have been lost in a crash are returned to be issued again (the node is
-    /// already counted as unavailable, so no budget is spent twice).
+    /// too, and deletions that may have been lost in a crash are returned to be
+    /// issued again (the node is already counted as unavailable, so no budget is
+    /// spent twice).
     fn track(&mut self) -> Vec<Action> {
         let mut redeletes = Vec::new();
         let now = self.now();
