@@ -8,6 +8,16 @@
 //! been lost are re-issued, nothing is counted twice, and terminal phases re-emit
 //! their terminal action until the reconciler replaces the state.
 //!
+//! Per stage: `Pending` → (`AwaitingApproval`) → `Updating` → (`Baking`) → next
+//! stage, and `Succeeded` after the last one; any gate failure or an abort turns a
+//! forward rollout `Failed` and asks for a rollback, which is a one-stage rollout
+//! back to the previous revision that never fails.
+//!
+//! The budget rule: in a stage, nodes without a Ready pod (nodes being replaced
+//! included, nodes that were unready before nodewave touched them excluded) are
+//! unavailable; a Ready old pod is deleted only while fewer than the stage's
+//! `max_unavailable` nodes are. Old pods that are not Ready are replaced freely.
+//!
 //! Time is unix milliseconds (`i64`) throughout so that the planner stays pure.
 
 mod gates;
@@ -89,14 +99,15 @@ impl Phase {
     }
 }
 
-/// A node whose old pod nodewave deleted (or whose target pod appeared on its own)
-/// and that has no Ready pod on the target revision yet.
+/// A node of the current stage without a Ready pod on the target revision that
+/// nodewave is waiting for: it deleted the old pod, or the pod went missing or
+/// came up on the target revision without nodewave's doing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Replacement {
-    /// UID of the pod nodewave deleted; empty when nodewave deleted nothing because
-    /// the DaemonSet controller already created a target pod there (eviction, new
-    /// node). Tracked anyway so the ready timeout covers it.
+    /// UID of the pod nodewave deleted; empty when nodewave deleted nothing (pod
+    /// evicted, new node, target pod created by the controller). Tracked anyway so
+    /// the ready timeout covers it.
     pub old_pod_uid: String,
     /// Start of the ready timeout: when nodewave asked for the deletion, moved
     /// forward while the old pod is still seen running (a deletion lost in a
@@ -169,8 +180,8 @@ pub struct Observation {
     pub now_ms: i64,
     /// Nodes that exist now. Best: only those the DaemonSet can run on (selector,
     /// affinity, taints), since a node leaving this set is treated like a removed
-    /// one, while an existing node whose replacement never comes fails the ready
-    /// timeout.
+    /// one, while a node of the current stage that keeps having no pod fails the
+    /// ready timeout.
     pub nodes: BTreeSet<String>,
     /// This DaemonSet's pods, any order.
     pub pods: Vec<PodObservation>,

@@ -51,10 +51,6 @@ impl<'a> View<'a> {
             .any(|p| p.ready && p.revision == self.target)
     }
 
-    fn target_live(&self, node: &str) -> bool {
-        self.live(node).any(|p| p.revision == self.target)
-    }
-
     /// Live pods on another revision: the ones that still need deleting.
     fn old_live(&self, node: &str) -> Vec<&'a PodObservation> {
         self.live(node)
@@ -113,8 +109,7 @@ impl Rollout {
     ///
     /// One stage, [`ROLLBACK_STAGE`], holds every existing node that still runs a pod
     /// of another revision or whose replacement `from` was waiting for; its
-    /// `max_unavailable` is `budget` resolved against that node count. Replacements
-    /// `from` was waiting for are carried over so they are not counted twice.
+    /// `max_unavailable` is `budget` resolved against that node count.
     pub fn rollback(
         from: &Rollout,
         good_commit: impl Into<String>,
@@ -135,12 +130,6 @@ impl Rollout {
                         && (view.has_old(n) || from.replacing.contains_key(*n)))
             })
             .cloned()
-            .collect();
-        let replacing: BTreeMap<String, Replacement> = from
-            .replacing
-            .iter()
-            .filter(|(n, _)| nodes.contains(n))
-            .map(|(n, r)| (n.clone(), r.clone()))
             .collect();
         let baseline_unready = view.unready_nodes(nodes.iter().map(String::as_str));
         let stages = if nodes.is_empty() {
@@ -165,7 +154,10 @@ impl Rollout {
             phase: Phase::Pending,
             started_at_ms: obs.now_ms,
             stage_started_at_ms: obs.now_ms,
-            replacing,
+            // Not carried over: `from`'s entries reserve budget of another stage, and
+            // the pods they wait for are the ones to delete now. A node still
+            // without a pod is tracked again by the first step.
+            replacing: BTreeMap::new(),
             updated: BTreeSet::new(),
             baseline_unready,
             last_gate: None,
@@ -317,9 +309,10 @@ impl Planner<'_> {
         }
     }
 
-    /// Nodes of the current stage that exist and either run a pod of this DaemonSet
-    /// or are being replaced. A node without any pod that nodewave is not waiting
-    /// for needs nothing: a pod the controller creates there uses the new template.
+    /// Nodes of the current stage that exist. A node whose pod is missing (evicted,
+    /// not yet recreated) still counts: passing a stage needs a Ready target pod on
+    /// every node, or a canary could pass without a single pod of the new revision
+    /// having been seen healthy.
     fn counted_nodes(&self) -> Vec<String> {
         let Some(stage) = self.r.current_stage() else {
             return Vec::new();
@@ -328,7 +321,6 @@ impl Planner<'_> {
             .nodes
             .iter()
             .filter(|n| self.obs.nodes.contains(*n))
-            .filter(|n| self.view.has_pods(n) || self.r.replacing.contains_key(*n))
             .cloned()
             .collect()
     }
@@ -452,9 +444,10 @@ impl Planner<'_> {
     }
 
     /// Bookkeeping for the current stage: finished replacements move to `updated`,
-    /// target pods nodewave did not create get a ready deadline, and deletions that
-    /// may have been lost in a crash are returned to be issued again (the node is
-    /// already counted as unavailable, so no budget is spent twice).
+    /// nodes waiting for a target pod nodewave did not cause get a ready deadline
+    /// too, and deletions that may have been lost in a crash are returned to be
+    /// issued again (the node is already counted as unavailable, so no budget is
+    /// spent twice).
     fn track(&mut self) -> Vec<Action> {
         let mut redeletes = Vec::new();
         let now = self.now();
@@ -478,7 +471,9 @@ impl Planner<'_> {
                     rep.deleted_at_ms = now;
                 }
                 redeletes.extend(olds.iter().map(|p| delete(p)));
-            } else if olds.is_empty() && self.view.target_live(&n) {
+            } else if olds.is_empty() {
+                // A target pod nodewave did not ask for, or no pod at all: wait for
+                // it like for a replacement, with the same deadline.
                 self.r.replacing.insert(
                     n,
                     Replacement {

@@ -703,21 +703,45 @@ fn new_node_is_adopted_into_the_last_stage() {
 }
 
 #[test]
-fn evicted_pod_is_not_waited_for_until_it_comes_back() {
+fn evicted_pod_is_waited_for_with_a_deadline() {
     let nodes = ["a", "b"];
-    let o = obs(0, vec![pod("a", NEW, true), pod("b", NEW, true)]);
-    let r = Rollout::start(
-        "c1",
-        NEW,
-        vec![stage("s", &nodes, 1), stage("t", &["c"], 1)],
-        &o,
+    let o = obs(
+        0,
+        vec![
+            pod("a", NEW, true),
+            pod("b", OLD, true),
+            pod("c", OLD, true),
+        ],
     );
-    // b's pod was evicted and not yet recreated; c keeps the rollout from finishing.
+    let stages = vec![stage("s", &nodes, 1), stage("t", &["c"], 1)];
+    let r = Rollout::start("c1", NEW, stages, &o);
+    // b's old pod was evicted by someone else and is not recreated yet.
     let mut now = obs(0, vec![pod("a", NEW, true), pod("c", OLD, true)]);
     now.nodes.insert("b".into());
-    let d = step(&r, &now, &rules());
-    assert_eq!(d.rollout.stage, 1, "a node without any pod needs nothing");
+    let first = step(&r, &now, &rules());
+    let d = first.clone();
+    assert_eq!(
+        d.rollout.stage, 0,
+        "b has not been seen healthy on the target"
+    );
+    assert_eq!(d.rollout.replacing["b"].old_pod_uid, "");
+    assert!(deleted(&d.actions).is_empty());
+    // The controller recreates it from the new template.
+    let later = obs(
+        5000,
+        vec![
+            pod("a", NEW, true),
+            pod("b", NEW, true),
+            pod("c", OLD, true),
+        ],
+    );
+    let d = step(&d.rollout, &later, &rules());
+    assert_eq!(d.rollout.stage, 1);
     assert_eq!(deleted(&d.actions), vec!["c"]);
+    // Never recreated: the ready timeout applies.
+    now.now_ms = 60_001;
+    let d = step(&first.rollout, &now, &rules());
+    assert_eq!(failure(&d.actions), Some(Gate::ReadyTimeout));
 }
 
 #[test]
@@ -826,7 +850,7 @@ fn rollback_replaces_bad_pods_and_never_fails() {
 }
 
 #[test]
-fn rollback_carries_pending_replacements() {
+fn rollback_waits_for_pending_replacements() {
     let nodes = ["a", "b"];
     let o = obs(0, all_old(&nodes));
     let forward = Rollout::start("bad", NEW, vec![stage("s", &nodes, 1)], &o);
@@ -844,9 +868,9 @@ fn rollback_carries_pending_replacements() {
         IntOrPercent::Count(1),
     );
     assert_eq!(names(&rb.stages[0]), vec!["a"]);
-    assert!(rb.replacing.contains_key("a"));
     let d = step(&rb, &o, &rules());
     assert!(deleted(&d.actions).is_empty());
+    assert_eq!(d.rollout.replacing["a"].old_pod_uid, "");
     assert_ne!(d.rollout.phase, Phase::Succeeded);
     let d = step(&d.rollout, &obs(2000, all_old(&nodes)), &rules());
     assert_eq!(d.rollout.phase, Phase::Succeeded);
@@ -1065,5 +1089,43 @@ fn long_failure_lists_are_cut_in_the_message_only() {
         failure.message.ends_with(" and 3 more"),
         "{}",
         failure.message
+    );
+}
+
+#[test]
+fn rollback_spends_its_own_budget_on_replacements_that_came_up() {
+    let nodes = ["a", "b", "c"];
+    let o = obs(0, all_old(&nodes));
+    let forward = Rollout::start("bad", NEW, vec![stage("s", &nodes, 2)], &o);
+    let d = step(&forward, &o, &rules());
+    assert_eq!(deleted(&d.actions), vec!["a", "b"]);
+    // Both replacements came up Ready on the bad revision just as the user aborted:
+    // the forward state still lists them as being replaced.
+    let mut o = obs(
+        1000,
+        vec![
+            pod("a", NEW, true),
+            pod("b", NEW, true),
+            pod("c", OLD, true),
+        ],
+    );
+    o.control.abort = true;
+    let failed = step(&d.rollout, &o, &rules());
+    assert_eq!(failure(&failed.actions), Some(Gate::Aborted));
+    assert_eq!(failed.rollout.replacing.len(), 2);
+    let rb = Rollout::rollback(
+        &failed.rollout,
+        "good",
+        "bad",
+        "x",
+        OLD,
+        &o,
+        IntOrPercent::Count(1),
+    );
+    let d = step(&rb, &o, &rules());
+    assert_eq!(
+        deleted(&d.actions),
+        vec!["a"],
+        "one at a time, as the rollback budget says"
     );
 }
