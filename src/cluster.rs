@@ -88,7 +88,11 @@ pub struct PodView {
 
 impl PodView {
     pub fn from_pod(p: &Pod) -> Option<Self> {
-        let node = p.spec.as_ref()?.node_name.clone()?;
+        let spec = p.spec.as_ref()?;
+        let node = spec
+            .node_name
+            .clone()
+            .or_else(|| daemon_pod_target_node(spec))?;
         let status = p.status.as_ref();
         let ready = status
             .and_then(|s| s.conditions.as_ref())
@@ -128,6 +132,26 @@ impl PodView {
             terminating: p.metadata.deletion_timestamp.is_some(),
         })
     }
+}
+
+/// The node a DaemonSet pod is meant for before the scheduler has bound it: the
+/// DaemonSet controller pins each pod with a `metadata.name` node-affinity field.
+fn daemon_pod_target_node(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<String> {
+    let terms = &spec
+        .affinity
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?
+        .node_selector_terms;
+    terms.iter().find_map(|t| {
+        t.match_fields.as_ref()?.iter().find_map(|f| {
+            (f.key == "metadata.name" && f.operator == "In")
+                .then(|| f.values.as_ref()?.first().cloned())
+                .flatten()
+        })
+    })
 }
 
 /// A node as the planner needs it.

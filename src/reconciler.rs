@@ -362,7 +362,7 @@ impl Reconciler {
         let content = state::content_hash(&desired);
 
         if let Some(r) = &state.rollout
-            && !r.phase.is_terminal()
+            && rollout_open(&state)
         {
             {
                 match r.kind {
@@ -532,6 +532,9 @@ impl Reconciler {
         let eligible = eligible_nodes(&nodes, &pods, pool_label.as_deref());
         let mut ann: BTreeMap<&str, Option<String>> = BTreeMap::new();
         ann.insert(keys::POOL_LABEL, pool_label.clone());
+        // An approval or abort given for an earlier rollout does not carry over.
+        ann.insert(keys::CONTROL_APPROVED_STAGE, None);
+        ann.insert(keys::CONTROL_ABORT, None);
         self.cluster.annotate(key, &ann).await?;
         let restarts: BTreeMap<String, u32> =
             pods.iter().map(|p| (p.node.clone(), p.restarts)).collect();
@@ -580,6 +583,7 @@ impl Reconciler {
         key: &ObjectKey,
     ) -> Result<(DaemonSet, Vec<PodView>), ClusterError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let started = std::time::Instant::now();
         loop {
             let ds = self
                 .cluster
@@ -597,7 +601,11 @@ impl Reconciler {
                 .unwrap_or(0)
                 >= ds.metadata.generation.unwrap_or(0);
             let nodes_with_pods: BTreeSet<&str> = pods.iter().map(|p| p.node.as_str()).collect();
-            if (observed && nodes_with_pods.len() >= want) || tokio::time::Instant::now() > deadline
+            // Right after creation the controller may not have counted the nodes yet
+            // (desired 0): give it a moment before believing "no nodes".
+            let counted = want > 0 || started.elapsed() > Duration::from_secs(3);
+            if (observed && counted && nodes_with_pods.len() >= want)
+                || tokio::time::Instant::now() > deadline
             {
                 return Ok((ds, pods));
             }
@@ -675,7 +683,7 @@ impl Reconciler {
             let Some(r) = state.rollout.clone() else {
                 continue;
             };
-            if r.phase.is_terminal() {
+            if !rollout_open(&state) {
                 continue;
             }
             let key = key_of(&ds);
@@ -1154,13 +1162,32 @@ fn eligible_nodes(nodes: &[NodeView], pods: &[PodView], pool_label: Option<&str>
         .collect()
 }
 
+/// Status while a rollout runs. Terminal phases stay Progressing until the
+/// action that ends them (Complete, RollBack) has been carried out and recorded
+/// its own status: a crash in between must not look finished.
 fn status_of(r: &Rollout) -> SyncStatus {
-    match (&r.phase, &r.kind) {
-        (Phase::Paused { .. }, _) => SyncStatus::Paused,
-        (Phase::Failed { .. }, _) => SyncStatus::Degraded,
-        (Phase::Succeeded, RolloutKind::Forward) => SyncStatus::Synced,
-        (Phase::Succeeded, RolloutKind::Rollback { .. }) => SyncStatus::RolledBack,
+    match r.phase {
+        Phase::Paused { .. } => SyncStatus::Paused,
         _ => SyncStatus::Progressing,
+    }
+}
+
+/// Whether the rollout still needs driving: not terminal, or terminal with its
+/// final action not yet carried out (nodewave died in between).
+fn rollout_open(state: &DaemonSetState) -> bool {
+    let Some(r) = &state.rollout else {
+        return false;
+    };
+    match (&r.phase, &r.kind) {
+        (Phase::Succeeded, RolloutKind::Forward) => {
+            !(state.status == Some(SyncStatus::Synced)
+                && state.last_good.as_deref() == Some(r.commit.as_str()))
+        }
+        (Phase::Succeeded, RolloutKind::Rollback { .. }) => {
+            state.status != Some(SyncStatus::RolledBack)
+        }
+        (Phase::Failed { .. }, _) => state.status != Some(SyncStatus::Degraded),
+        _ => true,
     }
 }
 

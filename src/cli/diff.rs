@@ -113,11 +113,23 @@ async fn diff_all(args: &DiffArgs) -> Result<usize, String> {
         .map_err(|e| e.to_string())?;
     let cluster = Cluster::new(client, Metrics::new());
     let mut differing = 0;
+    // Which repositories this checkout feeds: pruning is only reported for
+    // DaemonSets nodewave applied from one of them.
+    let mut sources: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    if !repo.is_empty() {
+        sources.insert(repo.clone());
+    }
     for (key, dds) in &desired.daemonsets {
         let live = cluster
             .get_daemonset(key)
             .await
             .map_err(|e| e.to_string())?;
+        if let Some(src) = live
+            .as_ref()
+            .and_then(|ds| ds.annotations().get(keys::SOURCE_REPO).cloned())
+        {
+            sources.insert(src);
+        }
         // Compare against what nodewave would apply, with the source recorded as the
         // live object has it, so only real content differences show.
         let (repo_ann, path_ann) = live
@@ -180,7 +192,10 @@ async fn diff_all(args: &DiffArgs) -> Result<usize, String> {
         .map_err(|e| e.to_string())?
     {
         let key = key_of(&ds);
-        let same_source = repo.is_empty() || ds.annotations().get(keys::SOURCE_REPO) == Some(&repo);
+        let same_source = ds
+            .annotations()
+            .get(keys::SOURCE_REPO)
+            .is_some_and(|r| sources.contains(r));
         if same_source && !desired.daemonsets.contains_key(&key) {
             differing += 1;
             println!("DaemonSet {key}: managed by nodewave but not in Git: would be pruned");

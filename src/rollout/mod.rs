@@ -271,7 +271,7 @@ impl RolloutEvent {
                 format!("stage {} ({name}) started on {nodes} node(s)", stage + 1)
             }
             Self::AwaitingApproval { stage, name } => format!(
-                "stage {} ({name}) awaits approval: nodewave rollout approve --stage {stage}",
+                "stage {} ({name}) awaits approval: run `nodewave rollout approve <namespace>/<name>`",
                 stage + 1
             ),
             Self::BakeStarted {

@@ -1,0 +1,374 @@
+//! GitOps sync against the real local control plane, driving the real `nodewave`
+//! binary with a Git repository each test builds.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+use support::nodewave::{GitRepo, Nodewave, cli, nodewave_annotations};
+use support::*;
+
+const POOLS: [&str; 3] = ["pool-a", "pool-b", "pool-c"];
+
+/// A compliant DaemonSet manifest confined to the test's nodes.
+pub fn ds_yaml(env: &TestEnv, name: &str, image: &str) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: {name}
+  namespace: {ns}
+  labels:
+    app: {name}
+spec:
+  selector:
+    matchLabels:
+      app: {name}
+  template:
+    metadata:
+      labels:
+        app: {name}
+    spec:
+      nodeSelector:
+        {owner_label}: {owner}
+      containers:
+        - name: agent
+          image: {image}
+          resources:
+            requests: {{cpu: 10m, memory: 16Mi}}
+            limits: {{cpu: 100m, memory: 64Mi}}
+          readinessProbe:
+            httpGet: {{path: /ready, port: 8080}}
+          livenessProbe:
+            httpGet: {{path: /live, port: 8080}}
+"#,
+        ns = env.ns,
+        owner_label = OWNER_LABEL,
+        owner = env.owner(),
+    )
+}
+
+async fn get_ds(env: &TestEnv, name: &str) -> Option<DaemonSet> {
+    env.api::<DaemonSet>().get_opt(name).await.unwrap()
+}
+
+fn image_of(ds: &DaemonSet) -> String {
+    ds.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .image
+        .clone()
+        .unwrap_or_default()
+}
+
+/// Waits until every pod of `app` runs `image` and is Ready on all `nodes`.
+async fn wait_rolled_out(env: &TestEnv, app: &str, image: &str, nodes: usize) {
+    wait_for(
+        &format!("{app} on {image} Ready on {nodes} nodes"),
+        Duration::from_secs(120),
+        || async {
+            let pods = env.pods_by_node(app).await;
+            let ok = pods.len() == nodes
+                && pods.values().all(|p| {
+                    pod_ready(p)
+                        && p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some(image)
+                });
+            if ok {
+                Ok(Some(()))
+            } else {
+                Err(format!("pods:\n  {}", debug_pods(&pods)))
+            }
+        },
+    )
+    .await;
+}
+
+async fn wait_status(env: &TestEnv, name: &str, status: &str, timeout: Duration) -> DaemonSet {
+    wait_for(
+        &format!("DaemonSet {name} status {status}"),
+        timeout,
+        || async {
+            match get_ds(env, name).await {
+                Some(ds)
+                    if nodewave_annotations(&ds)
+                        .get("nodewave.io/sync-status")
+                        .map(String::as_str)
+                        == Some(status) =>
+                {
+                    Ok(Some(ds))
+                }
+                Some(ds) => Err(format!("annotations: {:#?}", nodewave_annotations(&ds))),
+                None => Err("DaemonSet does not exist".into()),
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn new_daemonset_appears_image_change_rolls_out_and_diff_reports_it() {
+    let mut env = TestEnv::new("sync-basic").await;
+    let nodes = env.create_nodes(&POOLS, 2).await;
+    let repo = GitRepo::new();
+    let c1 = repo.commit(
+        "add agent",
+        &[(
+            "agents/agent.yaml",
+            Some(&ds_yaml(&env, "agent", "registry.example/agent:1.0.0")),
+        )],
+    );
+    let nw = Nodewave::start(
+        &repo.url(),
+        &["--poll-interval", "1s", "--allow-namespace", &env.ns],
+    )
+    .await;
+
+    wait_rolled_out(&env, "agent", "registry.example/agent:1.0.0", nodes.len()).await;
+    let ds = wait_status(&env, "agent", "Synced", Duration::from_secs(60)).await;
+    let ann = nodewave_annotations(&ds);
+    assert_eq!(ann.get("nodewave.io/applied-commit"), Some(&c1));
+    assert_eq!(ann.get("nodewave.io/last-good-commit"), Some(&c1));
+    assert_eq!(ann.get("nodewave.io/source-repo"), Some(&repo.url()));
+    assert_eq!(
+        ann.get("nodewave.io/source-file").map(String::as_str),
+        Some("agents/agent.yaml")
+    );
+    assert_eq!(
+        ds.metadata
+            .labels
+            .as_ref()
+            .unwrap()
+            .get("app.kubernetes.io/managed-by")
+            .map(String::as_str),
+        Some("nodewave")
+    );
+    assert_eq!(
+        ds.spec
+            .as_ref()
+            .unwrap()
+            .update_strategy
+            .as_ref()
+            .unwrap()
+            .type_
+            .as_deref(),
+        Some("OnDelete")
+    );
+
+    // The working tree changes before the commit: `nodewave diff` shows it, exit 1.
+    std::fs::write(
+        repo.path().join("agents/agent.yaml"),
+        ds_yaml(&env, "agent", "registry.example/agent:1.1.0"),
+    )
+    .unwrap();
+    let (code, out) = cli(&["diff", "--dir", repo.path().to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("spec.template.spec.containers[0].image"),
+        "{out}"
+    );
+    assert!(
+        out.contains("-") && out.contains("registry.example/agent:1.1.0"),
+        "{out}"
+    );
+
+    let c2 = repo.commit(
+        "bump agent",
+        &[(
+            "agents/agent.yaml",
+            Some(&ds_yaml(&env, "agent", "registry.example/agent:1.1.0")),
+        )],
+    );
+    wait_rolled_out(&env, "agent", "registry.example/agent:1.1.0", nodes.len()).await;
+    let ds = wait_status(&env, "agent", "Synced", Duration::from_secs(60)).await;
+    assert_eq!(
+        nodewave_annotations(&ds).get("nodewave.io/last-good-commit"),
+        Some(&c2)
+    );
+    assert_eq!(image_of(&ds), "registry.example/agent:1.1.0");
+
+    let (code, out) = cli(&["diff", "--dir", repo.path().to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("in sync"), "{out}");
+    drop(nw);
+}
+
+#[tokio::test]
+async fn valid_webhook_applies_at_once_and_bad_signature_changes_nothing() {
+    let mut env = TestEnv::new("sync-webhook").await;
+    let nodes = env.create_nodes(&["pool-a"], 2).await;
+    let repo = GitRepo::new();
+    repo.commit(
+        "add",
+        &[(
+            "agent.yaml",
+            Some(&ds_yaml(&env, "agent", "registry.example/agent:1.0.0")),
+        )],
+    );
+    let secret_dir = tempfile::tempdir().unwrap();
+    let secret_file = secret_dir.path().join("secret");
+    std::fs::write(&secret_file, "hook-secret\n").unwrap();
+    // A poll interval far longer than the test: only the webhook can make it fetch.
+    let nw = Nodewave::start(
+        &repo.url(),
+        &[
+            "--poll-interval",
+            "1h",
+            "--webhook-secret-file",
+            secret_file.to_str().unwrap(),
+            "--allow-namespace",
+            &env.ns,
+        ],
+    )
+    .await;
+    wait_rolled_out(&env, "agent", "registry.example/agent:1.0.0", nodes.len()).await;
+    wait_status(&env, "agent", "Synced", Duration::from_secs(60)).await;
+
+    let c2 = repo.commit(
+        "bump",
+        &[(
+            "agent.yaml",
+            Some(&ds_yaml(&env, "agent", "registry.example/agent:2.0.0")),
+        )],
+    );
+    let body = json!({"ref": "refs/heads/main", "after": c2}).to_string();
+    let http = reqwest::Client::new();
+
+    let bad = http
+        .post(nw.url("/webhook"))
+        .header("X-GitHub-Event", "push")
+        .header(
+            "X-Hub-Signature-256",
+            format!("sha256={}", hex::encode([0u8; 32])),
+        )
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ds = get_ds(&env, "agent").await.unwrap();
+    assert_eq!(
+        image_of(&ds),
+        "registry.example/agent:1.0.0",
+        "a bad signature must not trigger a fetch"
+    );
+    assert_eq!(
+        nw.metric(r#"nodewave_webhook_requests_total{provider="github",result="bad_signature"}"#)
+            .await,
+        Some(1.0)
+    );
+
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"hook-secret").unwrap();
+    mac.update(body.as_bytes());
+    let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let sent = std::time::Instant::now();
+    let ok = http
+        .post(nw.url("/webhook"))
+        .header("X-GitHub-Event", "push")
+        .header("X-Hub-Signature-256", sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 202);
+    wait_for(
+        "template applied after the webhook",
+        Duration::from_secs(30),
+        || async {
+            let ds = get_ds(&env, "agent").await.unwrap();
+            if image_of(&ds) == "registry.example/agent:2.0.0" {
+                Ok(Some(()))
+            } else {
+                Err(image_of(&ds))
+            }
+        },
+    )
+    .await;
+    eprintln!("webhook -> template applied in {:?}", sent.elapsed());
+    wait_rolled_out(&env, "agent", "registry.example/agent:2.0.0", nodes.len()).await;
+}
+
+#[tokio::test]
+async fn drift_is_healed_and_with_self_heal_off_only_reported() {
+    for self_heal in [true, false] {
+        let mut env = TestEnv::new(if self_heal {
+            "drift-heal"
+        } else {
+            "drift-report"
+        })
+        .await;
+        let nodes = env.create_nodes(&["pool-a"], 2).await;
+        let repo = GitRepo::new();
+        repo.commit(
+            "add",
+            &[(
+                "agent.yaml",
+                Some(&ds_yaml(&env, "agent", "registry.example/agent:1.0.0")),
+            )],
+        );
+        let mut args = vec![
+            "--poll-interval",
+            "1h",
+            "--allow-namespace",
+            env.ns.as_str(),
+        ];
+        if !self_heal {
+            args.push("--no-self-heal");
+        }
+        let nw = Nodewave::start(&repo.url(), &args).await;
+        wait_rolled_out(&env, "agent", "registry.example/agent:1.0.0", nodes.len()).await;
+        wait_status(&env, "agent", "Synced", Duration::from_secs(60)).await;
+
+        // `kubectl set image`, as another field manager.
+        let api: Api<DaemonSet> = env.api();
+        let patch = json!({"spec": {"template": {"spec": {"containers": [{"name": "agent", "image": "registry.example/agent:hotfix"}]}}}});
+        api.patch("agent", &PatchParams::default(), &Patch::Strategic(&patch))
+            .await
+            .unwrap();
+
+        wait_for("drift counted", Duration::from_secs(30), || async {
+            match nw
+                .metric(&format!(
+                    r#"nodewave_drift_detected_total{{namespace="{}",daemonset="agent"}}"#,
+                    env.ns
+                ))
+                .await
+            {
+                Some(v) if v >= 1.0 => Ok(Some(())),
+                v => Err(format!("{v:?}")),
+            }
+        })
+        .await;
+        if self_heal {
+            wait_for("drift undone", Duration::from_secs(30), || async {
+                let ds = get_ds(&env, "agent").await.unwrap();
+                if image_of(&ds) == "registry.example/agent:1.0.0" {
+                    Ok(Some(()))
+                } else {
+                    Err(image_of(&ds))
+                }
+            })
+            .await;
+            wait_rolled_out(&env, "agent", "registry.example/agent:1.0.0", nodes.len()).await;
+        } else {
+            wait_status(&env, "agent", "OutOfSync", Duration::from_secs(30)).await;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let ds = get_ds(&env, "agent").await.unwrap();
+            assert_eq!(
+                image_of(&ds),
+                "registry.example/agent:hotfix",
+                "self-heal off must leave the change"
+            );
+        }
+        assert!(nw.logs().contains("drift"), "drift is logged");
+    }
+}
