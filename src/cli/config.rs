@@ -92,6 +92,20 @@ pub struct RunArgs {
     /// Log filter (tracing EnvFilter syntax) [default: info].
     #[arg(long, env = "NODEWAVE_LOG", value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// Run with leader election so only one of several replicas acts; the others
+    /// wait. Losing the lease stops the process (exit code 1) so it restarts clean.
+    #[arg(long, env = "NODEWAVE_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Namespace of the leader-election Lease [default: $POD_NAMESPACE or default].
+    #[arg(
+        long,
+        env = "NODEWAVE_LEADER_ELECTION_NAMESPACE",
+        value_name = "NAMESPACE"
+    )]
+    pub leader_election_namespace: Option<String>,
+    /// Name of the leader-election Lease [default: nodewave].
+    #[arg(long, env = "NODEWAVE_LEADER_ELECTION_LEASE", value_name = "NAME")]
+    pub leader_election_lease: Option<String>,
     #[command(flatten)]
     pub rules: RuleArgs,
     #[command(flatten)]
@@ -128,6 +142,9 @@ pub struct FileConfig {
     pub severity: Option<std::collections::BTreeMap<String, Severity>>,
     pub require_digest: Option<bool>,
     pub kubeconfig: Option<PathBuf>,
+    pub leader_elect: Option<bool>,
+    pub leader_election_namespace: Option<String>,
+    pub leader_election_lease: Option<String>,
 }
 
 /// Everything `run` needs, resolved.
@@ -150,6 +167,8 @@ pub struct Resolved {
     pub log_level: String,
     pub rules: RuleArgs,
     pub kubeconfig: Option<PathBuf>,
+    /// `Some((namespace, lease name))` when leader election is on.
+    pub leader_election: Option<(String, String)>,
 }
 
 fn read_file_config(path: &Path) -> Result<FileConfig, String> {
@@ -266,6 +285,19 @@ impl RunArgs {
                 .unwrap_or_else(|| "info".into()),
             rules,
             kubeconfig: self.kube.kubeconfig.clone().or(file.kubeconfig.clone()),
+            leader_election: (self.leader_elect || file.leader_elect.unwrap_or(false)).then(|| {
+                (
+                    self.leader_election_namespace
+                        .clone()
+                        .or(file.leader_election_namespace.clone())
+                        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                        .unwrap_or_else(|| "default".into()),
+                    self.leader_election_lease
+                        .clone()
+                        .or(file.leader_election_lease.clone())
+                        .unwrap_or_else(|| "nodewave".into()),
+                )
+            }),
         })
     }
 }

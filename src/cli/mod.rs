@@ -3,6 +3,7 @@
 
 mod config;
 mod diff;
+mod leader;
 mod rollout;
 mod run;
 mod status;

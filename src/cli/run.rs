@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::RunArgs;
+use super::leader;
 use crate::cluster::{self, Cluster};
 use crate::keys;
 use crate::manifest::CHECKS;
@@ -138,6 +139,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
     // Any change to a managed DaemonSet (ours or someone's `kubectl edit`) wakes the
     // loop, so drift is seen within seconds rather than at the next poll.
     let watch_triggers = triggers.clone();
+    let client_for_lease = client.clone();
     let ds_api: Api<DaemonSet> = Api::all(client);
     let watcher_task = tokio::spawn(async move {
         let cfg = watcher::Config::default().labels(&format!(
@@ -159,16 +161,58 @@ pub async fn run(args: RunArgs) -> ExitCode {
         }
     });
 
+    // Only the leader reconciles; the HTTP server already answers /healthz (and
+    // /readyz says not ready) while a replica waits.
+    let mut exit = ExitCode::SUCCESS;
+    let mut leadership = None;
+    if let Some((namespace, lease)) = &cfg.leader_election {
+        tokio::select! {
+            r = leader::acquire(client_for_lease, namespace, lease) => match r {
+                Ok(l) => leadership = Some(l),
+                Err(e) => {
+                    error!(error = %e, "leader election failed");
+                    let _ = shutdown_tx.send(true);
+                    watcher_task.abort();
+                    let _ = server.await;
+                    return ExitCode::from(1);
+                }
+            },
+            () = shutdown_signal() => {
+                let _ = shutdown_tx.send(true);
+                watcher_task.abort();
+                let _ = server.await;
+                return ExitCode::SUCCESS;
+            }
+        }
+    }
+
     let reconciler = Reconciler::new(settings, cluster, source, metrics, status, triggers);
     let loop_task = tokio::spawn(reconciler.run(shutdown_rx));
 
-    shutdown_signal().await;
-    info!("signal received, stopping");
+    match leadership.as_mut() {
+        Some(l) => {
+            tokio::select! {
+                () = shutdown_signal() => info!("signal received, stopping"),
+                () = l.lost() => {
+                    // Treat a lost lease as fatal: another replica may already act.
+                    error!("lost the leader lease; stopping so another replica can take over");
+                    exit = ExitCode::from(1);
+                }
+            }
+        }
+        None => {
+            shutdown_signal().await;
+            info!("signal received, stopping");
+        }
+    }
     let _ = shutdown_tx.send(true);
     watcher_task.abort();
     let _ = loop_task.await;
     let _ = server.await;
-    ExitCode::SUCCESS
+    if let Some(l) = leadership {
+        l.release().await;
+    }
+    exit
 }
 
 async fn shutdown_signal() {

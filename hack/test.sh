@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Runs every test of nodewave on a fresh machine, exactly what CI runs (.ci/run):
+#   1. installs what is missing (Debian's prometheus package for promtool and the
+#      end-to-end Prometheus test), builds the control plane once (cached under
+#      ~/.cache/nodewave),
+#   2. cargo fmt --check, cargo clippy --all-targets -D warnings,
+#   3. starts a local control plane (hack/cluster.sh, cluster "nodewave-test"),
+#   4. cargo test (unit, property and every cluster test), promtool rule tests,
+#   5. stops the control plane, whatever happened, and exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+started=$SECONDS
+step() { printf '\n==> [%4ss] %s\n' "$((SECONDS - started))" "$*"; }
+
+step "prerequisites"
+command -v cargo >/dev/null || { echo "error: cargo not found: install Rust (https://rustup.rs); rust-toolchain.toml pins the version" >&2; exit 1; }
+command -v go >/dev/null || [ -d "$HOME/.cache/nodewave/bin" ] || { echo "error: Go not found: the local control plane is built from source with Go 1.26+ (Debian: golang-go)" >&2; exit 1; }
+need_apt=()
+command -v promtool >/dev/null || need_apt+=(prometheus)
+command -v git >/dev/null || need_apt+=(git)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing Debian packages: ${need_apt[*]}"
+  sudo=(); [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+# Debian's package may start a Prometheus server on :9090; the tests start their own.
+if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
+  systemctl stop prometheus || true
+fi
+pkill -x prometheus 2>/dev/null || true
+
+step "control-plane binaries (built once from the Go module proxy, then cached)"
+hack/build-binaries.sh >/dev/null
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+
+step "building tests"
+cargo test --no-run --quiet
+
+export NODEWAVE_CLUSTER="${NODEWAVE_CLUSTER:-nodewave-test}"
+cleanup() {
+  step "stopping the local control plane"
+  hack/cluster.sh down || true
+}
+trap cleanup EXIT
+step "starting the local control plane ($NODEWAVE_CLUSTER)"
+hack/cluster.sh up
+eval "$(hack/cluster.sh env)"
+export KUBECONFIG
+
+status=0
+step "cargo test (unit, property and cluster tests)"
+cargo test --no-fail-fast -- --color never || status=1
+
+step "promtool: alert rule checks and unit tests"
+hack/promtool-test.sh || status=1
+
+if [ $status -eq 0 ]; then
+  step "all tests passed"
+else
+  step "FAILED: see the output above"
+fi
+exit $status
