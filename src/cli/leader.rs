@@ -20,8 +20,7 @@ pub struct Leadership {
 fn identity() -> String {
     std::env::var("POD_NAME").unwrap_or_else(|_| {
         let host = std::fs::read_to_string("/etc/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "nodewave".into());
+            .map_or_else(|_| "nodewave".into(), |h| h.trim().to_string());
         format!("{host}-{}", std::process::id())
     })
 }

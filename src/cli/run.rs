@@ -189,21 +189,18 @@ pub async fn run(args: RunArgs) -> ExitCode {
     let reconciler = Reconciler::new(settings, cluster, source, metrics, status, triggers);
     let loop_task = tokio::spawn(reconciler.run(shutdown_rx));
 
-    match leadership.as_mut() {
-        Some(l) => {
-            tokio::select! {
-                () = shutdown_signal() => info!("signal received, stopping"),
-                () = l.lost() => {
-                    // Treat a lost lease as fatal: another replica may already act.
-                    error!("lost the leader lease; stopping so another replica can take over");
-                    exit = ExitCode::from(1);
-                }
+    if let Some(l) = leadership.as_mut() {
+        tokio::select! {
+            () = shutdown_signal() => info!("signal received, stopping"),
+            () = l.lost() => {
+                // Treat a lost lease as fatal: another replica may already act.
+                error!("lost the leader lease; stopping so another replica can take over");
+                exit = ExitCode::from(1);
             }
         }
-        None => {
-            shutdown_signal().await;
-            info!("signal received, stopping");
-        }
+    } else {
+        shutdown_signal().await;
+        info!("signal received, stopping");
     }
     let _ = shutdown_tx.send(true);
     watcher_task.abort();
