@@ -1,6 +1,8 @@
 //! Leader election: of two replicas only the lease holder acts; when it dies the
 //! standby takes over.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // integration test crate: panics are test failures
+
 mod support;
 
 use std::time::Duration;
