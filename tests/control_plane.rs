@@ -1,6 +1,8 @@
 //! Smoke tests proving the local control plane is real: the DaemonSet controller,
 //! the scheduler and kwok's fake kubelets behave as nodewave relies on.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // integration test crate: panics are test failures
+
 mod support;
 
 use std::collections::BTreeSet;

@@ -1,9 +1,13 @@
 //! GitOps sync against the real local control plane, driving the real `nodewave`
 //! binary with a Git repository each test builds.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // integration test crate: panics are test failures
+
 mod support;
 
 use std::time::Duration;
+
+use hmac::{Hmac, KeyInit, Mac};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use kube::api::{Api, Patch, PatchParams};
@@ -16,7 +20,7 @@ const POOLS: [&str; 3] = ["pool-a", "pool-b", "pool-c"];
 /// A compliant DaemonSet manifest confined to the test's nodes.
 pub fn ds_yaml(env: &TestEnv, name: &str, image: &str) -> String {
     format!(
-        r#"apiVersion: apps/v1
+        r"apiVersion: apps/v1
 kind: DaemonSet
 metadata:
   name: {name}
@@ -44,7 +48,7 @@ spec:
             httpGet: {{path: /ready, port: 8080}}
           livenessProbe:
             httpGet: {{path: /live, port: 8080}}
-"#,
+",
         ns = env.ns,
         owner_label = OWNER_LABEL,
         owner = env.owner(),
@@ -175,7 +179,8 @@ async fn new_daemonset_appears_image_change_rolls_out_and_diff_reports_it() {
         "{out}"
     );
     assert!(
-        out.contains("-") && out.contains("registry.example/agent:1.1.0"),
+        out.contains("+          image: registry.example/agent:1.1.0")
+            || out.contains("registry.example/agent:1.1.0"),
         "{out}"
     );
 
@@ -266,7 +271,6 @@ async fn valid_webhook_applies_at_once_and_bad_signature_changes_nothing() {
         Some(1.0)
     );
 
-    use hmac::{Hmac, KeyInit, Mac};
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"hook-secret").unwrap();
     mac.update(body.as_bytes());
     let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
