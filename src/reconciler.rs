@@ -746,7 +746,10 @@ impl Reconciler {
         let nodes = self.cluster.nodes().await?;
         let prom = match (&r.kind, &policy.health.prometheus, r.stages.get(r.stage)) {
             (RolloutKind::Forward, Some(spec), Some(stage))
-                if matches!(r.phase, Phase::Updating | Phase::Baking { .. }) =>
+                if matches!(
+                    r.phase,
+                    Phase::Pending | Phase::Updating | Phase::Baking { .. }
+                ) =>
             {
                 Some(
                     self.prom

@@ -66,7 +66,11 @@ async fn assert_stays(env: &TestEnv, name: &str, image: &str, secs: u64) {
     for _ in 0..secs {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let ds = get_ds(env, name).await.unwrap();
-        assert_eq!(image_of(&ds), image, "template changed while it should stay");
+        assert_eq!(
+            image_of(&ds),
+            image,
+            "template changed while it should stay"
+        );
         assert_eq!(uids(env, name).await, before, "a pod was replaced");
     }
 }
@@ -94,7 +98,10 @@ async fn good_change_rolls_out_stage_by_stage_within_budget() {
     let t0 = Instant::now();
     let c2 = repo.commit("bump", &[("agent.yaml", Some(&file(v2)))]);
     wait_commit_status(&env, "agent", &c2, "Synced").await;
-    eprintln!("staged rollout of 9 nodes (1/2/3 budget, 1.5 s ready delay): {:?}", t0.elapsed());
+    eprintln!(
+        "staged rollout of 9 nodes (1/2/3 budget, 1.5 s ready delay): {:?}",
+        t0.elapsed()
+    );
     wait_rolled_out(&env, "agent", v2, nodes.len()).await;
     let records = watcher.stop();
     let stages: Vec<Vec<String>> = POOLS.iter().map(|p| pool_nodes(&nodes, p)).collect();
@@ -114,8 +121,16 @@ async fn good_change_rolls_out_stage_by_stage_within_budget() {
         Some(c2.as_str())
     );
     let ev = events(&env, "agent").await;
-    for reason in ["RolloutStarted", "StageStarted", "StagePassed", "RolloutSucceeded"] {
-        assert!(ev.iter().any(|(r, _)| r == reason), "no {reason} Event: {ev:?}");
+    for reason in [
+        "RolloutStarted",
+        "StageStarted",
+        "StagePassed",
+        "RolloutSucceeded",
+    ] {
+        assert!(
+            ev.iter().any(|(r, _)| r == reason),
+            "no {reason} Event: {ev:?}"
+        );
     }
     let ok = format!(
         r#"nodewave_rollouts_total{{namespace="{}",daemonset="agent",outcome="succeeded"}}"#,
@@ -155,10 +170,16 @@ async fn crashloop_is_rolled_back_in_first_stage_not_reapplied_and_revert_is_fre
         &[("agent.yaml", Some(&agent_yaml(&env, "agent", bad, None)))],
     );
     let ds = wait_status(&env, "agent", "RolledBack", Duration::from_secs(120)).await;
-    eprintln!("crashloop commit -> RolledBack recorded: {:?}", t0.elapsed());
+    eprintln!(
+        "crashloop commit -> RolledBack recorded: {:?}",
+        t0.elapsed()
+    );
     assert_eq!(image_of(&ds), GOOD, "template back to the last good commit");
     wait_rolled_out(&env, "agent", GOOD, nodes.len()).await;
-    eprintln!("crashloop commit -> every pod back on the old revision: {:?}", t0.elapsed());
+    eprintln!(
+        "crashloop commit -> every pod back on the old revision: {:?}",
+        t0.elapsed()
+    );
 
     let after = uids(&env, "agent").await;
     for n in pool_nodes(&nodes, "pool-b")
@@ -182,7 +203,10 @@ async fn crashloop_is_rolled_back_in_first_stage_not_reapplied_and_revert_is_fre
     );
     let ev = events(&env, "agent").await;
     for reason in ["GateFailed", "RollbackStarted"] {
-        assert!(ev.iter().any(|(r, _)| r == reason), "no {reason} Event: {ev:?}");
+        assert!(
+            ev.iter().any(|(r, _)| r == reason),
+            "no {reason} Event: {ev:?}"
+        );
     }
     assert!(metric0(&nw, &rolled_back).await > rb0);
     assert!(metric0(&nw, &fatal).await > fatal0);
@@ -227,7 +251,10 @@ async fn never_ready_image_is_rolled_back_after_ready_timeout() {
         "add",
         &[(
             "agent.yaml",
-            Some(&format!("{}{policy}", agent_yaml(&env, "agent", GOOD, None))),
+            Some(&format!(
+                "{}{policy}",
+                agent_yaml(&env, "agent", GOOD, None)
+            )),
         )],
     );
     let nw = start(&repo, &env).await;
@@ -274,7 +301,10 @@ async fn killed_mid_stage_resumes_and_finishes_within_budget() {
     let repo = GitRepo::new();
     let c1 = repo.commit(
         "add",
-        &[("agent.yaml", Some(&agent_yaml(&env, "agent", v1, Some(3000))))],
+        &[(
+            "agent.yaml",
+            Some(&agent_yaml(&env, "agent", v1, Some(3000))),
+        )],
     );
     let mut nw = start(&repo, &env).await;
     wait_rolled_out(&env, "agent", v1, nodes.len()).await;
@@ -284,7 +314,10 @@ async fn killed_mid_stage_resumes_and_finishes_within_budget() {
     let t0 = Instant::now();
     let c2 = repo.commit(
         "bump",
-        &[("agent.yaml", Some(&agent_yaml(&env, "agent", v2, Some(3000))))],
+        &[(
+            "agent.yaml",
+            Some(&agent_yaml(&env, "agent", v2, Some(3000))),
+        )],
     );
     let pool_b = pool_nodes(&nodes, "pool-b");
     watcher
@@ -295,11 +328,17 @@ async fn killed_mid_stage_resumes_and_finishes_within_budget() {
         )
         .await;
     nw.kill();
-    eprintln!("killed nodewave {:?} after the commit, mid stage 2", t0.elapsed());
+    eprintln!(
+        "killed nodewave {:?} after the commit, mid stage 2",
+        t0.elapsed()
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     nw.restart().await;
     wait_commit_status(&env, "agent", &c2, "Synced").await;
-    eprintln!("rollout with a SIGKILL and restart finished in {:?}", t0.elapsed());
+    eprintln!(
+        "rollout with a SIGKILL and restart finished in {:?}",
+        t0.elapsed()
+    );
     wait_rolled_out(&env, "agent", v2, nodes.len()).await;
     let records = watcher.stop();
     let stages: Vec<Vec<String>> = POOLS.iter().map(|p| pool_nodes(&nodes, p)).collect();
@@ -328,15 +367,19 @@ async fn canary_approval_pause_resume_abort_and_status() {
     let c1 = repo.commit("add", &[("agent.yaml", Some(&file(v1)))]);
     let nw = start(&repo, &env).await;
     // The first rollout also has the approval stage.
-    wait_for("first rollout awaits approval", Duration::from_secs(120), || async {
-        let ds = get_ds(&env, "agent").await.ok_or("no DaemonSet")?;
-        let r = annotation(&ds, "nodewave.io/rollout").unwrap_or_default();
-        if r.contains("awaitingApproval") || r.contains("AwaitingApproval") {
-            Ok(Some(()))
-        } else {
-            Err(r)
-        }
-    })
+    wait_for(
+        "first rollout awaits approval",
+        Duration::from_secs(120),
+        || async {
+            let ds = get_ds(&env, "agent").await.ok_or("no DaemonSet")?;
+            let r = annotation(&ds, "nodewave.io/rollout").unwrap_or_default();
+            if r.contains("awaitingApproval") || r.contains("AwaitingApproval") {
+                Ok(Some(()))
+            } else {
+                Err(r)
+            }
+        },
+    )
     .await;
     let key = format!("{}/agent", env.ns);
     let (code, out) = cli(&["rollout", "approve", &key]);
@@ -347,27 +390,44 @@ async fn canary_approval_pause_resume_abort_and_status() {
     let watcher = PodWatcher::start(&env, "agent").await;
     let c2 = repo.commit("bump", &[("agent.yaml", Some(&file(v2)))]);
     wait_status(&env, "agent", "Progressing", Duration::from_secs(60)).await;
-    let status_json = wait_for("stage 2 awaiting approval", Duration::from_secs(120), || async {
-        let (code, out) = cli(&["status", "-o", "json", "-n", &env.ns]);
-        if code != 0 {
-            return Err(out);
-        }
-        let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
-        let row = &v[0];
-        if row["rollout"]["phase"] == "AwaitingApproval" && row["rollout"]["stage"] == 1 {
-            Ok(Some(row.clone()))
-        } else {
-            Err(out)
-        }
-    })
+    let status_json = wait_for(
+        "stage 2 awaiting approval",
+        Duration::from_secs(120),
+        || async {
+            let (code, out) = cli(&["status", "-o", "json", "-n", &env.ns]);
+            if code != 0 {
+                return Err(out);
+            }
+            let v: serde_json::Value =
+                serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
+            let row = &v[0];
+            if row["rollout"]["phase"] == "AwaitingApproval" && row["rollout"]["stage"] == 1 {
+                Ok(Some(row.clone()))
+            } else {
+                Err(out)
+            }
+        },
+    )
     .await;
     eprintln!("status -o json while awaiting approval: {status_json:#}");
     assert_eq!(status_json["rollout"]["stage_name"], "fleet");
     assert_eq!(status_json["status"], "Progressing");
-    assert_eq!(status_json["pools"]["pool-a"]["updated"], 1, "{status_json:#}");
-    assert_eq!(status_json["pools"]["pool-a"]["ready"], 1, "{status_json:#}");
-    assert_eq!(status_json["pools"]["pool-a"]["total"], 2, "{status_json:#}");
-    assert_eq!(status_json["pools"]["pool-b"]["updated"], 0, "{status_json:#}");
+    assert_eq!(
+        status_json["pools"]["pool-a"]["updated"], 1,
+        "{status_json:#}"
+    );
+    assert_eq!(
+        status_json["pools"]["pool-a"]["ready"], 1,
+        "{status_json:#}"
+    );
+    assert_eq!(
+        status_json["pools"]["pool-a"]["total"], 2,
+        "{status_json:#}"
+    );
+    assert_eq!(
+        status_json["pools"]["pool-b"]["updated"], 0,
+        "{status_json:#}"
+    );
     assert!(
         status_json["rollout"]["last_gate"]
             .as_str()
@@ -460,7 +520,10 @@ async fn canary_approval_pause_resume_abort_and_status() {
             .unwrap_or_default()
             .contains(&c3)
     );
-    assert!(annotation(&ds, "nodewave.io/abort").is_none(), "abort is consumed");
+    assert!(
+        annotation(&ds, "nodewave.io/abort").is_none(),
+        "abort is consumed"
+    );
     wait_rolled_out(&env, "agent", v2, nodes.len()).await;
     assert!(metric0(&nw, &aborted).await > ab0);
 }
@@ -517,6 +580,20 @@ async fn prometheus_check_fails_the_gate_or_lets_the_rollout_finish() {
     let nw = start(&repo, &env).await;
     wait_commit_status(&env, "agent", &c1, "Synced").await;
     wait_rolled_out(&env, "agent", GOOD, nodes.len()).await;
+    let expected = |pool: &str| {
+        format!(
+            "sum(rate(agent_errors_total{{node=~\"{}\"}}[1m]))",
+            pool_nodes(&nodes, pool).join("|")
+        )
+    };
+    // Even the first rollout (pods created on the new revision) checks every stage.
+    let first = prom.queries();
+    for pool in POOLS {
+        assert!(
+            first.contains(&expected(pool)),
+            "first rollout: no query for {pool}: {first:#?}"
+        );
+    }
 
     // Failing check: rolled back with gate `prometheus`.
     *prom.value.lock().unwrap() = 3.0;
@@ -552,10 +629,7 @@ async fn prometheus_check_fails_the_gate_or_lets_the_rollout_finish() {
     let queries = prom.queries();
     eprintln!("queries received: {}", queries.len());
     for pool in POOLS {
-        let expected = format!(
-            "sum(rate(agent_errors_total{{node=~\"{}\"}}[1m]))",
-            pool_nodes(&nodes, pool).join("|")
-        );
+        let expected = expected(pool);
         assert!(
             queries[n_before..].contains(&expected),
             "no query for {pool}: expected {expected}\ngot {:#?}",
@@ -586,7 +660,10 @@ async fn node_changes_during_rollout_and_pool_confined_daemonset() {
     let c1 = repo.commit(
         "add",
         &[
-            ("agent.yaml", Some(&agent_yaml(&env, "agent", v1, Some(2000)))),
+            (
+                "agent.yaml",
+                Some(&agent_yaml(&env, "agent", v1, Some(2000))),
+            ),
             ("onlyb.yaml", Some(&only_b(GOOD))),
         ],
     );
@@ -598,7 +675,10 @@ async fn node_changes_during_rollout_and_pool_confined_daemonset() {
     let c2 = repo.commit(
         "bump",
         &[
-            ("agent.yaml", Some(&agent_yaml(&env, "agent", v2, Some(2000)))),
+            (
+                "agent.yaml",
+                Some(&agent_yaml(&env, "agent", v2, Some(2000))),
+            ),
             ("onlyb.yaml", Some(&only_b("registry.example/agent:2.0.0"))),
         ],
     );

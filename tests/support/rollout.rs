@@ -72,7 +72,14 @@ pub async fn get_ds(env: &TestEnv, name: &str) -> Option<DaemonSet> {
 }
 
 pub fn image_of(ds: &DaemonSet) -> String {
-    ds.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+    ds.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
         .image
         .clone()
         .unwrap_or_default()
@@ -96,10 +103,8 @@ pub async fn wait_rolled_out(env: &TestEnv, app: &str, image: &str, nodes: usize
         Duration::from_secs(180),
         || async {
             let pods = env.pods_by_node(app).await;
-            let ok = pods.len() == nodes
-                && pods
-                    .values()
-                    .all(|p| pod_ready(p) && pod_image(p) == image);
+            let ok =
+                pods.len() == nodes && pods.values().all(|p| pod_ready(p) && pod_image(p) == image);
             if ok {
                 Ok(Some(()))
             } else {
@@ -374,7 +379,10 @@ pub fn assert_staged(rep: &Replay, stages: &[Vec<String>], max_unavailable: &[us
             max_unavailable[s]
         );
         for n in nodes {
-            assert!(rep.ready_new_at.contains_key(n), "node {n} never Ready on the new image");
+            assert!(
+                rep.ready_new_at.contains_key(n),
+                "node {n} never Ready on the new image"
+            );
         }
         let stage_ready = nodes.iter().map(|n| rep.ready_new_at[n]).max().unwrap();
         for later in &stages[s + 1..] {
