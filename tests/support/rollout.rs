@@ -23,7 +23,7 @@ pub fn agent_yaml(env: &TestEnv, name: &str, image: &str, ready_delay_ms: Option
         format!("      annotations:\n        nodewave.io/kwok-ready-delay-ms: \"{ms}ms\"\n")
     });
     format!(
-        r#"apiVersion: apps/v1
+        r"apiVersion: apps/v1
 kind: DaemonSet
 metadata:
   name: {name}
@@ -51,7 +51,7 @@ spec:
             httpGet: {{path: /ready, port: 8080}}
           livenessProbe:
             httpGet: {{path: /live, port: 8080}}
-"#,
+",
         ns = env.ns,
         owner_label = OWNER_LABEL,
         owner = env.owner(),
@@ -100,7 +100,7 @@ pub fn annotation(ds: &DaemonSet, key: &str) -> Option<String> {
 pub async fn wait_rolled_out(env: &TestEnv, app: &str, image: &str, nodes: usize) {
     wait_for(
         &format!("{app} on {image} Ready on {nodes} nodes"),
-        Duration::from_secs(180),
+        Duration::from_mins(3),
         || async {
             let pods = env.pods_by_node(app).await;
             let ok =
@@ -338,10 +338,11 @@ pub fn replay(records: &[PodRecord], stages: &[Vec<String>], new_image: &str) ->
         if !r.deleted && !r.terminating && r.ready && r.image == new_image {
             out.ready_new_at.entry(r.node.clone()).or_insert(i);
         }
-        if !r.deleted && r.image == new_image {
-            if let Some(c) = r.created {
-                out.new_created.entry(r.node.clone()).or_insert(c);
-            }
+        if !r.deleted
+            && r.image == new_image
+            && let Some(c) = r.created
+        {
+            out.new_created.entry(r.node.clone()).or_insert(c);
         }
         let available: BTreeSet<&str> = live
             .values()
