@@ -381,19 +381,18 @@ impl Reconciler {
         }
         if let Some(f) = state.failed.iter().find(|f| f.hash == content) {
             // Never re-apply a failed change by itself: wait for a commit that changes it.
-            let msg = format!(
-                "commit {} failed ({}) and was rolled back; push a fix or a revert",
-                short(&f.commit),
-                f.reason
-            );
-            self.set_status(
-                key,
-                live.as_ref(),
-                &state,
-                state.status_or(SyncStatus::RolledBack),
-                &msg,
-            )
-            .await?;
+            let status = state.status_or(SyncStatus::RolledBack);
+            let msg = match (&state.message, status) {
+                // Degraded: nothing was rolled back; keep the explanation why.
+                (Some(m), SyncStatus::Degraded) if !m.is_empty() => m.clone(),
+                _ => format!(
+                    "commit {} failed ({}) and was rolled back; push a fix or a revert",
+                    short(&f.commit),
+                    f.reason
+                ),
+            };
+            self.set_status(key, live.as_ref(), &state, status, &msg)
+                .await?;
             return Ok(());
         }
 
@@ -427,12 +426,18 @@ impl Reconciler {
                 ann.insert(keys::APPLIED_AT, Some(timestamp()));
                 ann.insert(keys::LAST_GOOD_COMMIT, Some(commit.to_string()));
                 ann.insert(keys::DESIRED_HASH, Some(content.clone()));
+                if state.rollout.is_some() {
+                    // The finished rollout (or rollback) is history now: left in
+                    // place, recording Synced would make it look unfinished again.
+                    ann.insert(keys::ROLLOUT_STATE, None);
+                }
                 self.cluster.annotate(key, &ann).await?;
                 info!("in sync with Git; recorded commit without changes to pods");
             }
             let st = DaemonSetState {
                 applied_commit: Some(commit.to_string()),
                 last_good: Some(commit.to_string()),
+                rollout: None,
                 ..state.clone()
             };
             self.set_status(key, live.as_ref(), &st, SyncStatus::Synced, "")
@@ -485,10 +490,14 @@ impl Reconciler {
             ann.insert(keys::APPLIED_AT, Some(timestamp()));
             ann.insert(keys::LAST_GOOD_COMMIT, Some(commit.to_string()));
             ann.insert(keys::DESIRED_HASH, Some(content.clone()));
+            if state.rollout.is_some() {
+                ann.insert(keys::ROLLOUT_STATE, None);
+            }
             self.cluster.annotate(key, &ann).await?;
             let st = DaemonSetState {
                 applied_commit: Some(commit.to_string()),
                 last_good: Some(commit.to_string()),
+                rollout: None,
                 ..state.clone()
             };
             self.set_status(key, live.as_ref(), &st, SyncStatus::Synced, "")
@@ -516,6 +525,16 @@ impl Reconciler {
         policy: RolloutPolicySpec,
         state: &DaemonSetState,
     ) -> Result<(), ClusterError> {
+        if state.status.is_some() {
+            // The apply below records the new commit as applied; without this the
+            // DaemonSet would briefly read "Synced" at a commit not rolled out yet.
+            let mut ann: BTreeMap<&str, Option<String>> = BTreeMap::new();
+            ann.insert(
+                keys::SYNC_STATUS,
+                Some(SyncStatus::Progressing.as_str().to_string()),
+            );
+            self.cluster.annotate(key, &ann).await?;
+        }
         self.cluster.apply(desired, false).await?;
         let mut ann: BTreeMap<&str, Option<String>> = BTreeMap::new();
         ann.insert(keys::DESIRED_HASH, Some(content.to_string()));
@@ -727,7 +746,10 @@ impl Reconciler {
         let nodes = self.cluster.nodes().await?;
         let prom = match (&r.kind, &policy.health.prometheus, r.stages.get(r.stage)) {
             (RolloutKind::Forward, Some(spec), Some(stage))
-                if matches!(r.phase, Phase::Updating | Phase::Baking { .. }) =>
+                if matches!(
+                    r.phase,
+                    Phase::Pending | Phase::Updating | Phase::Baking { .. }
+                ) =>
             {
                 Some(
                     self.prom

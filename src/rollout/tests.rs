@@ -962,7 +962,7 @@ fn events_have_reasons_and_messages() {
     }
     assert_eq!(
         all[1].message(),
-        "stage 2 (rest) awaits approval: nodewave rollout approve --stage 1"
+        "stage 2 (rest) awaits approval: run `nodewave rollout approve <namespace>/<name>`"
     );
 }
 

@@ -346,3 +346,4 @@ pub fn debug_pods(pods: &BTreeMap<String, Pod>) -> String {
 
 pub fn assert_debug<T: Debug>(_: &T) {}
 pub mod nodewave;
+pub mod rollout;

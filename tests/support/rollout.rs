@@ -1,0 +1,480 @@
+//! Helpers for rollout tests: manifests with a RolloutPolicy, a pod watcher that
+//! records every state the pods of a DaemonSet go through (to check stage order and
+//! the unavailability budget afterwards), and a tiny Prometheus query API.
+#![allow(dead_code, clippy::missing_panics_doc, clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::watcher;
+
+use super::nodewave::nodewave_annotations;
+use super::{OWNER_LABEL, TestEnv, debug_pods, pod_ready, wait_for};
+
+/// A compliant DaemonSet confined to the test's nodes. `ready_delay_ms` sets the
+/// kwok `slowready` delay annotation on the pod template.
+pub fn agent_yaml(env: &TestEnv, name: &str, image: &str, ready_delay_ms: Option<u64>) -> String {
+    let annotations = ready_delay_ms.map_or_else(String::new, |ms| {
+        format!("      annotations:\n        nodewave.io/kwok-ready-delay-ms: \"{ms}ms\"\n")
+    });
+    format!(
+        r"apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: {name}
+  namespace: {ns}
+  labels:
+    app: {name}
+spec:
+  selector:
+    matchLabels:
+      app: {name}
+  template:
+    metadata:
+      labels:
+        app: {name}
+{annotations}    spec:
+      nodeSelector:
+        {owner_label}: {owner}
+      containers:
+        - name: agent
+          image: {image}
+          resources:
+            requests: {{cpu: 10m, memory: 16Mi}}
+            limits: {{cpu: 100m, memory: 64Mi}}
+          readinessProbe:
+            httpGet: {{path: /ready, port: 8080}}
+          livenessProbe:
+            httpGet: {{path: /live, port: 8080}}
+",
+        ns = env.ns,
+        owner_label = OWNER_LABEL,
+        owner = env.owner(),
+    )
+}
+
+/// A RolloutPolicy for DaemonSet `name`; `spec` is the YAML below `spec:` (without
+/// `target`), indented by two spaces.
+pub fn policy_yaml(env: &TestEnv, name: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: nodewave.io/v1alpha1\nkind: RolloutPolicy\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n  target:\n    name: {name}\n{spec}",
+        ns = env.ns
+    )
+}
+
+pub async fn get_ds(env: &TestEnv, name: &str) -> Option<DaemonSet> {
+    env.api::<DaemonSet>().get_opt(name).await.unwrap()
+}
+
+pub fn image_of(ds: &DaemonSet) -> String {
+    ds.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .image
+        .clone()
+        .unwrap_or_default()
+}
+
+pub fn pod_image(p: &Pod) -> String {
+    p.spec.as_ref().unwrap().containers[0]
+        .image
+        .clone()
+        .unwrap_or_default()
+}
+
+pub fn annotation(ds: &DaemonSet, key: &str) -> Option<String> {
+    nodewave_annotations(ds).get(key).cloned()
+}
+
+/// Waits until every pod of `app` runs `image` and is Ready on all `nodes` nodes.
+pub async fn wait_rolled_out(env: &TestEnv, app: &str, image: &str, nodes: usize) {
+    wait_for(
+        &format!("{app} on {image} Ready on {nodes} nodes"),
+        Duration::from_mins(3),
+        || async {
+            let pods = env.pods_by_node(app).await;
+            let ok =
+                pods.len() == nodes && pods.values().all(|p| pod_ready(p) && pod_image(p) == image);
+            if ok {
+                Ok(Some(()))
+            } else {
+                Err(format!("pods:\n  {}", debug_pods(&pods)))
+            }
+        },
+    )
+    .await;
+}
+
+pub async fn wait_status(env: &TestEnv, name: &str, status: &str, timeout: Duration) -> DaemonSet {
+    wait_for(
+        &format!("DaemonSet {name} status {status}"),
+        timeout,
+        || async {
+            match get_ds(env, name).await {
+                Some(ds)
+                    if annotation(&ds, "nodewave.io/sync-status").as_deref() == Some(status) =>
+                {
+                    Ok(Some(ds))
+                }
+                Some(ds) => Err(format!("annotations: {:#?}", nodewave_annotations(&ds))),
+                None => Err("DaemonSet does not exist".into()),
+            }
+        },
+    )
+    .await
+}
+
+/// Pod UIDs by node.
+pub async fn uids(env: &TestEnv, app: &str) -> BTreeMap<String, String> {
+    env.pods_by_node(app)
+        .await
+        .into_iter()
+        .map(|(n, p)| (n, p.metadata.uid.unwrap_or_default()))
+        .collect()
+}
+
+/// Reasons of the Events about DaemonSet `name` (events.k8s.io/v1, as nodewave's
+/// recorder publishes them), with their notes.
+pub async fn events(env: &TestEnv, name: &str) -> Vec<(String, String)> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = env.api();
+    api.list(&kube::api::ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
+}
+
+/// A metric value, absent counted as 0.
+pub async fn metric0(nw: &super::nodewave::Nodewave, series: &str) -> f64 {
+    nw.metric(series).await.unwrap_or(0.0)
+}
+
+/// One pod state seen by the watcher.
+#[derive(Debug, Clone)]
+pub struct PodRecord {
+    pub at: Instant,
+    pub deleted: bool,
+    pub name: String,
+    pub uid: String,
+    pub node: String,
+    pub image: String,
+    pub ready: bool,
+    pub terminating: bool,
+    pub created: Option<jiff::Timestamp>,
+    /// Part of the watcher's initial list (the state before the test acted).
+    pub initial: bool,
+}
+
+/// Watches the pods of one DaemonSet and records every state, in watch order.
+pub struct PodWatcher {
+    records: Arc<Mutex<Vec<PodRecord>>>,
+    task: tokio::task::JoinHandle<()>,
+    pub started: Instant,
+}
+
+impl PodWatcher {
+    /// Starts watching and returns once the initial list has been recorded.
+    pub async fn start(env: &TestEnv, app: &str) -> Self {
+        let api: Api<Pod> = env.api();
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let sink = records.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+        let cfg = watcher::Config::default().labels(&format!("app={app}"));
+        let task = tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            let mut initial = true;
+            let mut stream = watcher(api, cfg).boxed();
+            while let Some(ev) = stream.next().await {
+                let (pod, deleted) = match ev {
+                    Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) => (p, false),
+                    Ok(watcher::Event::Delete(p)) => (p, true),
+                    Ok(watcher::Event::InitDone) => {
+                        initial = false;
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(());
+                        }
+                        continue;
+                    }
+                    Ok(watcher::Event::Init) => continue,
+                    Err(e) => {
+                        eprintln!("pod watcher: {e}");
+                        continue;
+                    }
+                };
+                let node = pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.clone())
+                    .unwrap_or_default();
+                let rec = PodRecord {
+                    at: Instant::now(),
+                    deleted,
+                    name: pod.metadata.name.clone().unwrap_or_default(),
+                    uid: pod.metadata.uid.clone().unwrap_or_default(),
+                    node,
+                    image: pod_image(&pod),
+                    ready: pod_ready(&pod),
+                    terminating: pod.metadata.deletion_timestamp.is_some(),
+                    created: pod.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                    initial,
+                };
+                sink.lock().unwrap().push(rec);
+            }
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(30), ready_rx).await;
+        Self {
+            records,
+            task,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn records(&self) -> Vec<PodRecord> {
+        self.records.lock().unwrap().clone()
+    }
+
+    /// Waits until some recorded state satisfies `pred`; returns its index.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&PodRecord) -> bool,
+    ) -> usize {
+        wait_for(what, timeout, || async {
+            let recs = self.records();
+            Ok(recs.iter().position(&pred))
+        })
+        .await
+    }
+
+    /// One line per recorded state, for failure output.
+    pub fn timeline(records: &[PodRecord]) -> String {
+        let t0 = records.first().map(|r| r.at);
+        records
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                format!(
+                    "{i:>3} +{:>6}ms {} {} {} ready={} term={} del={}",
+                    t0.map_or(0, |t| r.at.duration_since(t).as_millis()),
+                    r.node,
+                    r.name,
+                    r.image.rsplit('/').next().unwrap_or(""),
+                    r.ready,
+                    r.terminating,
+                    r.deleted
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    pub fn stop(self) -> Vec<PodRecord> {
+        self.task.abort();
+        self.records()
+    }
+}
+
+/// What the recorded pod states say about a rollout to `new_image` over `stages`
+/// (node lists, in order, each with its `maxUnavailable`).
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// Per stage: the most nodes without a Ready pod at any one time.
+    pub max_unavailable: Vec<usize>,
+    /// Per node: index of the record at which it first had a Ready pod on `new_image`.
+    pub ready_new_at: BTreeMap<String, usize>,
+    /// Per node: index of the first record showing an old pod going away.
+    pub first_delete_at: BTreeMap<String, usize>,
+    /// Per node: creation time of the first pod on `new_image`.
+    pub new_created: BTreeMap<String, jiff::Timestamp>,
+    /// Nodes that had unavailable nodes in more than one stage at the same time.
+    pub overlapping: Vec<String>,
+    /// Per stage: nodes on `new_image` when the first old pod of that stage went.
+    pub updated_when_stage_began: Vec<usize>,
+}
+
+pub fn replay(records: &[PodRecord], stages: &[Vec<String>], new_image: &str) -> Replay {
+    let mut live: BTreeMap<String, PodRecord> = BTreeMap::new();
+    let mut out = Replay {
+        max_unavailable: vec![0; stages.len()],
+        updated_when_stage_began: vec![usize::MAX; stages.len()],
+        ..Replay::default()
+    };
+    for (i, r) in records.iter().enumerate() {
+        if r.deleted {
+            live.remove(&r.uid);
+        } else {
+            live.insert(r.uid.clone(), r.clone());
+        }
+        if r.initial {
+            continue;
+        }
+        if (r.deleted || r.terminating) && r.image != new_image {
+            out.first_delete_at.entry(r.node.clone()).or_insert(i);
+            if let Some(s) = stages.iter().position(|s| s.contains(&r.node))
+                && out.updated_when_stage_began[s] == usize::MAX
+            {
+                let updated: BTreeSet<&str> = live
+                    .values()
+                    .filter(|p| p.image == new_image && !p.terminating)
+                    .map(|p| p.node.as_str())
+                    .collect();
+                out.updated_when_stage_began[s] = updated.len();
+            }
+        }
+        if !r.deleted && !r.terminating && r.ready && r.image == new_image {
+            out.ready_new_at.entry(r.node.clone()).or_insert(i);
+        }
+        if !r.deleted
+            && r.image == new_image
+            && let Some(c) = r.created
+        {
+            out.new_created.entry(r.node.clone()).or_insert(c);
+        }
+        let available: BTreeSet<&str> = live
+            .values()
+            .filter(|p| p.ready && !p.terminating)
+            .map(|p| p.node.as_str())
+            .collect();
+        let mut stages_with_unavailable = Vec::new();
+        for (s, nodes) in stages.iter().enumerate() {
+            let down = nodes
+                .iter()
+                .filter(|n| !available.contains(n.as_str()))
+                .count();
+            out.max_unavailable[s] = out.max_unavailable[s].max(down);
+            if down > 0 {
+                stages_with_unavailable.push(s);
+            }
+        }
+        if stages_with_unavailable.len() > 1 {
+            out.overlapping
+                .push(format!("record {i}: stages {stages_with_unavailable:?}"));
+        }
+    }
+    out
+}
+
+/// Asserts stage order and the budget from a replay: every node of stage i has a
+/// Ready pod on the new image before any old pod of a later stage goes away, and no
+/// stage ever has more than its `maxUnavailable` nodes down.
+pub fn assert_staged(rep: &Replay, stages: &[Vec<String>], max_unavailable: &[usize]) {
+    for (s, nodes) in stages.iter().enumerate() {
+        assert!(
+            rep.max_unavailable[s] <= max_unavailable[s],
+            "stage {s} had {} nodes unavailable at once, maxUnavailable {}",
+            rep.max_unavailable[s],
+            max_unavailable[s]
+        );
+        for n in nodes {
+            assert!(
+                rep.ready_new_at.contains_key(n),
+                "node {n} never Ready on the new image"
+            );
+        }
+        let stage_ready = nodes.iter().map(|n| rep.ready_new_at[n]).max().unwrap();
+        for later in &stages[s + 1..] {
+            for n in later {
+                let del = rep
+                    .first_delete_at
+                    .get(n)
+                    .unwrap_or_else(|| panic!("old pod on {n} was never deleted"));
+                assert!(
+                    stage_ready < *del,
+                    "old pod on {n} (stage > {s}) went away at record {del}, before stage {s} was Ready on the new image (record {stage_ready})"
+                );
+            }
+            // New pods of later stages were created no earlier (1 s resolution).
+            let last_created = nodes.iter().map(|n| rep.new_created[n]).max().unwrap();
+            for n in later {
+                assert!(
+                    rep.new_created[n] >= last_created,
+                    "new pod on {n} created at {} before stage {s}'s last new pod ({last_created})",
+                    rep.new_created[n]
+                );
+            }
+        }
+    }
+    assert!(
+        rep.overlapping.is_empty(),
+        "nodes of two stages unavailable at once: {:?}",
+        rep.overlapping
+    );
+}
+
+/// A tiny Prometheus HTTP API (`/api/v1/query`) answering every instant query with
+/// one sample of the current `value`, recording the queries it receives.
+pub struct FakePrometheus {
+    pub url: String,
+    pub queries: Arc<Mutex<Vec<String>>>,
+    pub value: Arc<Mutex<f64>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakePrometheus {
+    pub async fn start(value: f64) -> Self {
+        use axum::extract::{Query, State};
+        use axum::routing::get;
+
+        type Shared = (Arc<Mutex<Vec<String>>>, Arc<Mutex<f64>>);
+        async fn query(
+            State((queries, value)): State<Shared>,
+            Query(params): Query<BTreeMap<String, String>>,
+        ) -> axum::Json<serde_json::Value> {
+            let q = params.get("query").cloned().unwrap_or_default();
+            queries.lock().unwrap().push(q);
+            let v = *value.lock().unwrap();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64();
+            axum::Json(serde_json::json!({
+                "status": "success",
+                "data": {
+                    "resultType": "vector",
+                    "result": [{"metric": {}, "value": [now, v.to_string()]}]
+                }
+            }))
+        }
+
+        let queries = Arc::new(Mutex::new(Vec::new()));
+        let value = Arc::new(Mutex::new(value));
+        let app = axum::Router::new()
+            .route("/api/v1/query", get(query).post(query))
+            .with_state((queries.clone(), value.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            url,
+            queries,
+            value,
+            task,
+        }
+    }
+
+    pub fn queries(&self) -> Vec<String> {
+        self.queries.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FakePrometheus {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
