@@ -11,7 +11,7 @@ use super::{OWNER_LABEL, TestEnv, debug_pods, pod_ready, wait_for};
 /// A compliant DaemonSet manifest confined to the test's nodes.
 pub fn ds_yaml(env: &TestEnv, name: &str, image: &str) -> String {
     format!(
-        r#"apiVersion: apps/v1
+        r"apiVersion: apps/v1
 kind: DaemonSet
 metadata:
   name: {name}
@@ -39,7 +39,7 @@ spec:
             httpGet: {{path: /ready, port: 8080}}
           livenessProbe:
             httpGet: {{path: /live, port: 8080}}
-"#,
+",
         ns = env.ns,
         owner_label = OWNER_LABEL,
         owner = env.owner(),
@@ -68,7 +68,7 @@ pub fn image_of(ds: &DaemonSet) -> String {
 pub async fn wait_rolled_out(env: &TestEnv, app: &str, image: &str, nodes: usize) {
     wait_for(
         &format!("{app} on {image} Ready on {nodes} nodes"),
-        Duration::from_secs(120),
+        Duration::from_mins(2),
         || async {
             let pods = env.pods_by_node(app).await;
             let ok = pods.len() == nodes
