@@ -546,7 +546,8 @@ async fn force_push_to_older_history_is_followed() {
 
 /// Acceptance 4: while the remote is away nothing changes in the cluster, fetch
 /// errors are counted and shown, `/readyz` stays 200 (it was reached before; see
-/// `server::readyz`); a commit pushed while away is applied after the return.
+/// `server::readyz`), also after a restart while away; a commit pushed while away
+/// is applied after the return.
 #[tokio::test]
 async fn remote_away_changes_nothing_and_sync_resumes_when_it_returns() {
     let mut env = TestEnv::new("remote-away").await;
@@ -556,7 +557,7 @@ async fn remote_away_changes_nothing_and_sync_resumes_when_it_returns() {
         "agent 1",
         &[("agent.yaml", Some(&ds_yaml(&env, "agent", IMG1)))],
     );
-    let nw = Nodewave::start(
+    let mut nw = Nodewave::start(
         &repo.url(),
         &["--poll-interval", "1s", "--allow-namespace", &env.ns],
     )
@@ -607,6 +608,32 @@ async fn remote_away_changes_nothing_and_sync_resumes_when_it_returns() {
             .contains("git fetch failed; keeping what is deployed"),
         "the outage is logged"
     );
+
+    // Restarted while the remote is away: works from the local clone, becomes
+    // ready, still changes nothing.
+    nw.restart().await;
+    let restarted = Instant::now();
+    wait_for(
+        "/readyz 200 after a restart while away",
+        Duration::from_mins(1),
+        || async {
+            match nw.readyz().await {
+                (200, _) => Ok(Some(())),
+                (code, body) => Err(format!("{code} {body}")),
+            }
+        },
+    )
+    .await;
+    eprintln!("restart while away -> ready in {:?}", restarted.elapsed());
+    let st = nw.status().await;
+    assert_eq!(st["git_reached"], json!(false), "{st}");
+    assert!(st["last_fetch_error"].is_string(), "{st}");
+    assert_eq!(st["applied_commit"].as_str(), Some(c1.as_str()), "{st}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ds = get_ds(&env, "agent").await.unwrap();
+    assert_eq!(image_of(&ds), IMG1);
+    assert_eq!(ds.metadata.generation, generation);
+    assert_eq!(pod_uids(&env, &ds).await, pods_before, "pods untouched");
 
     std::fs::rename(&away, repo.path()).unwrap();
     let back = Instant::now();
