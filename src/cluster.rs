@@ -3,14 +3,17 @@
 //! pods with a UID precondition, state annotations, and Events. Thin on purpose:
 //! decisions are made in `rollout` and `reconciler`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
 use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, Pod};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use k8s_openapi::api::events::v1::{Event, EventSeries};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Client, Config, Resource, ResourceExt};
 use serde_json::{Value, json};
 
@@ -161,24 +164,30 @@ pub struct NodeView {
     pub labels: BTreeMap<String, String>,
 }
 
+/// How long a published Event is counted up (as a series) instead of repeated.
+const EVENT_SERIES_TTL: SignedDuration = SignedDuration::from_mins(6);
+
+/// Events published recently, keyed by everything that makes them the same Event:
+/// the object, type, reason *and note*. (kube's `Recorder` leaves the note out of
+/// its key, so a second `CommitRejected` for another commit within minutes showed
+/// the first commit's message.)
+type EventCache = Arc<Mutex<HashMap<String, (String, i32, Timestamp)>>>;
+
 #[derive(Clone)]
 pub struct Cluster {
     client: Client,
     metrics: Metrics,
-    recorder: Recorder,
+    instance: String,
+    events: EventCache,
 }
 
 impl Cluster {
     pub fn new(client: Client, metrics: Metrics) -> Self {
-        let reporter = Reporter {
-            controller: "nodewave".into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
-        let recorder = Recorder::new(client.clone(), reporter);
         Self {
             client,
             metrics,
-            recorder,
+            instance: std::env::var("POD_NAME").unwrap_or_else(|_| "nodewave".into()),
+            events: EventCache::default(),
         }
     }
 
@@ -426,6 +435,23 @@ impl Cluster {
             uid: uid.map(String::from),
             ..ObjectReference::default()
         };
+        self.publish(reference, warning, reason, note).await;
+    }
+
+    /// Publishes an Event about a namespace (stored in that namespace), for news
+    /// that concerns no existing DaemonSet.
+    pub async fn namespace_event(&self, namespace: &str, warning: bool, reason: &str, note: &str) {
+        let reference = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Namespace".into()),
+            name: Some(namespace.to_string()),
+            namespace: Some(namespace.to_string()),
+            ..ObjectReference::default()
+        };
+        self.publish(reference, warning, reason, note).await;
+    }
+
+    async fn publish(&self, reference: ObjectReference, warning: bool, reason: &str, note: &str) {
         let mut note = note.to_string();
         if note.len() > 1000 {
             let mut cut = 997;
@@ -435,21 +461,69 @@ impl Cluster {
             note.truncate(cut);
             note.push_str("...");
         }
-        let ev = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: reason.to_string(),
-            note: Some(note),
-            action: reason.to_string(),
-            secondary: None,
+        let ns = reference
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let name = reference.name.clone().unwrap_or_default();
+        let type_ = if warning { "Warning" } else { "Normal" };
+        let cache_key = format!(
+            "{ns}\0{}\0{name}\0{}\0{type_}\0{reason}\0{note}",
+            reference.kind.as_deref().unwrap_or_default(),
+            reference.uid.as_deref().unwrap_or_default()
+        );
+        let now = Timestamp::now();
+        let seen = {
+            let mut cache = self.events.lock().unwrap_or_else(PoisonError::into_inner);
+            cache.retain(|_, (_, _, last)| *last + EVENT_SERIES_TTL > now);
+            cache.get(&cache_key).cloned()
         };
-        let r = self.recorder.publish(&ev, &reference).await;
-        self.record("event", &r);
-        if let Err(e) = r {
-            tracing::warn!(daemonset = %key, reason, error = %e, "could not publish Event");
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+        let mut published = None;
+        if let Some((event_name, count, _)) = seen {
+            let patch = json!({"series": EventSeries {
+                count: count + 1,
+                last_observed_time: MicroTime(now),
+            }});
+            let r = api
+                .patch(&event_name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await;
+            self.record("event", &r);
+            published = Some(r.map(|_| (event_name, count + 1)));
+        }
+        // New, or the earlier Event is gone (expired or deleted): create one.
+        if matches!(published, None | Some(Err(kube::Error::Api(_)))) {
+            let event = Event {
+                action: Some(reason.to_string()),
+                reason: Some(reason.to_string()),
+                event_time: Some(MicroTime(now)),
+                regarding: Some(reference),
+                note: Some(note),
+                metadata: ObjectMeta {
+                    namespace: Some(ns.clone()),
+                    name: Some(format!("{name}.{:x}", now.as_nanosecond())),
+                    ..ObjectMeta::default()
+                },
+                reporting_controller: Some("nodewave".into()),
+                reporting_instance: Some(self.instance.clone()),
+                type_: Some(type_.into()),
+                ..Event::default()
+            };
+            let r = api.create(&PostParams::default(), &event).await;
+            self.record("event", &r);
+            published = Some(r.map(|e| (e.name_any(), 1)));
+        }
+        match published {
+            Some(Ok((event_name, count))) => {
+                self.events
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(cache_key, (event_name, count, now));
+            }
+            Some(Err(e)) => {
+                tracing::warn!(namespace = %ns, object = %name, reason, error = %e, "could not publish Event");
+            }
+            None => {}
         }
     }
 }

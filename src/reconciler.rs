@@ -212,7 +212,8 @@ impl Reconciler {
             Ok(f) => f,
             Err(e) => {
                 error!(commit = %short(commit), error = %e, "cannot read the commit's files");
-                self.reject(commit, "read-error", vec![e.to_string()]).await;
+                self.reject(commit, "read-error", vec![e.to_string()], BTreeSet::new())
+                    .await;
                 return;
             }
         };
@@ -241,12 +242,32 @@ impl Reconciler {
                 for e in &errors {
                     error!(commit = %short(commit), finding = %e, "commit rejected");
                 }
-                self.reject(commit, rejected.reason(), errors).await;
+                // "DaemonSet ns/name" -> ns: where the commit's authors will look.
+                let namespaces = rejected
+                    .errors
+                    .iter()
+                    .chain(&rejected.warnings)
+                    .filter_map(|f| f.object.as_deref()?.split_once(' ')?.1.split_once('/'))
+                    .map(|(ns, _)| ns.to_string())
+                    .collect();
+                self.reject(commit, rejected.reason(), errors, namespaces)
+                    .await;
             }
         }
     }
 
-    async fn reject(&mut self, commit: &str, reason: &str, errors: Vec<String>) {
+    /// Records a rejected commit: metric, `/status`, and a `CommitRejected` Event on
+    /// every DaemonSet nodewave manages from this source. With none managed yet (a
+    /// first commit that is already invalid) the Event goes to a namespace instead:
+    /// those of the objects the findings name, else the allowed namespaces, else the
+    /// default namespace; `kubectl get events -n <ns>` shows it.
+    async fn reject(
+        &mut self,
+        commit: &str,
+        reason: &str,
+        errors: Vec<String>,
+        namespaces: BTreeSet<String>,
+    ) {
         self.metrics.commit_rejected(reason);
         self.rejected_head = Some(commit.to_string());
         let summary = format!(
@@ -270,17 +291,36 @@ impl Reconciler {
             st.rejected_errors = errors;
         }
         // Tell the owners of every managed DaemonSet where they look: its Events.
-        if let Ok(list) = self.cluster.managed_daemonsets().await {
-            for ds in list.iter().filter(|d| self.owns(d)) {
-                let key = key_of(ds);
+        let owned: Vec<DaemonSet> = match self.cluster.managed_daemonsets().await {
+            Ok(list) => list.into_iter().filter(|d| self.owns(d)).collect(),
+            Err(e) => {
+                warn!(error = %e, "cannot list managed DaemonSets to report the rejected commit");
+                return;
+            }
+        };
+        for ds in &owned {
+            let key = key_of(ds);
+            self.cluster
+                .event(
+                    &key,
+                    ds.metadata.uid.as_deref(),
+                    true,
+                    "CommitRejected",
+                    &summary,
+                )
+                .await;
+        }
+        if owned.is_empty() {
+            let mut namespaces = namespaces;
+            if namespaces.is_empty() {
+                namespaces.extend(self.settings.load.allowed_namespaces.iter().cloned());
+            }
+            if namespaces.is_empty() {
+                namespaces.insert(self.settings.load.default_namespace.clone());
+            }
+            for ns in &namespaces {
                 self.cluster
-                    .event(
-                        &key,
-                        ds.metadata.uid.as_deref(),
-                        true,
-                        "CommitRejected",
-                        &summary,
-                    )
+                    .namespace_event(ns, true, "CommitRejected", &summary)
                     .await;
             }
         }

@@ -44,11 +44,25 @@ async fn metrics_handler(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Ready once Git was reached (or the local clone read) and the first sync pass
-/// finished: before that nodewave has not compared anything with the cluster.
+/// `/readyz`: 503 (the reasons in the body) until nodewave holds a valid commit
+/// from Git and has finished one sync pass comparing it with the cluster; 200 from
+/// then on.
+///
+/// Before that first pass nodewave has decided nothing, so it is not ready: not
+/// while Git has never been reached, nor while the only commit it knows was
+/// rejected. After a restart the last fetched commit is read from the local clone,
+/// so a restarted nodewave becomes ready even when the remote is down.
+///
+/// Once ready it stays ready while the remote is unreachable: nodewave keeps the
+/// cluster at the last fetched commit (healing drift, finishing or rolling back
+/// rollouts from its local clone), which is its job; failing readiness would only
+/// take it out of its Service and drop the webhook that says the remote is back.
+/// A Git outage shows instead in `/status` (`last_fetch_error`),
+/// `nodewave_git_fetch_total{result="error"}` and
+/// `nodewave_git_last_successful_fetch_timestamp_seconds`: alert on those.
 async fn readyz(State(s): State<AppState>) -> Response {
     let st = s.status.read().await;
-    if st.git_reached && st.synced_once {
+    if st.synced_once {
         (StatusCode::OK, "ok\n").into_response()
     } else {
         let mut why = Vec::new();
@@ -61,9 +75,10 @@ async fn readyz(State(s): State<AppState>) -> Response {
                     .unwrap_or_default()
             ));
         }
-        if !st.synced_once {
-            why.push("first sync with the cluster not finished".to_string());
+        if let Some(c) = &st.rejected_commit {
+            why.push(format!("commit {c} was rejected (see /status); push a fix"));
         }
+        why.push("first sync with the cluster not finished".to_string());
         (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {}\n", why.join("; ")),

@@ -345,5 +345,6 @@ pub fn debug_pods(pods: &BTreeMap<String, Pod>) -> String {
 }
 
 pub fn assert_debug<T: Debug>(_: &T) {}
+pub mod gitops;
 pub mod nodewave;
 pub mod rollout;

@@ -36,39 +36,7 @@ impl GitRepo {
 
     /// Writes (Some) or removes (None) files and commits them on main.
     pub fn commit(&self, message: &str, files: &[(&str, Option<&str>)]) -> String {
-        for (path, content) in files {
-            let p = self.dir.path().join(path);
-            match content {
-                Some(c) => {
-                    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-                    std::fs::write(&p, c).unwrap();
-                }
-                None => {
-                    let _ = std::fs::remove_file(&p);
-                }
-            }
-        }
-        let mut index = self.repo.index().unwrap();
-        index
-            .add_all(["*"].iter(), git2::IndexAddOption::DEFAULT, None)
-            .unwrap();
-        index.update_all(["*"].iter(), None).unwrap();
-        index.write().unwrap();
-        let tree_id = index.write_tree().unwrap();
-        let tree = self.repo.find_tree(tree_id).unwrap();
-        let sig = Signature::now("nodewave tests", "tests@nodewave.invalid").unwrap();
-        let parent = self
-            .repo
-            .head()
-            .ok()
-            .and_then(|h| h.target())
-            .map(|oid| self.repo.find_commit(oid).unwrap());
-        let parents: Vec<&git2::Commit> = parent.iter().collect();
-        let oid = self
-            .repo
-            .commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)
-            .unwrap();
-        oid.to_string()
+        commit_in(self.dir.path(), message, files)
     }
 
     /// Moves main to an older commit, as a force-push would, and resets the files.
@@ -83,6 +51,43 @@ impl GitRepo {
     pub fn head(&self) -> String {
         self.repo.head().unwrap().target().unwrap().to_string()
     }
+}
+
+/// Commits on main in the repository whose work tree is `dir` (opened afresh, so it
+/// also works after the test moved the directory away from `GitRepo::path`).
+pub fn commit_in(dir: &Path, message: &str, files: &[(&str, Option<&str>)]) -> String {
+    let repo = Repository::open(dir).unwrap();
+    for (path, content) in files {
+        let p = dir.join(path);
+        match content {
+            Some(c) => {
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                std::fs::write(&p, c).unwrap();
+            }
+            None => {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+    let mut index = repo.index().unwrap();
+    index
+        .add_all(["*"].iter(), git2::IndexAddOption::DEFAULT, None)
+        .unwrap();
+    index.update_all(["*"].iter(), None).unwrap();
+    index.write().unwrap();
+    let tree_id = index.write_tree().unwrap();
+    let tree = repo.find_tree(tree_id).unwrap();
+    let sig = Signature::now("nodewave tests", "tests@nodewave.invalid").unwrap();
+    let parent = repo
+        .head()
+        .ok()
+        .and_then(|h| h.target())
+        .map(|oid| repo.find_commit(oid).unwrap());
+    let parents: Vec<&git2::Commit> = parent.iter().collect();
+    let oid = repo
+        .commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)
+        .unwrap();
+    oid.to_string()
 }
 
 pub fn free_port() -> u16 {
@@ -204,6 +209,23 @@ impl Nodewave {
     pub async fn metric(&self, series: &str) -> Option<f64> {
         let text = self.metrics().await;
         parse_metric(&text, series)
+    }
+
+    /// `/status` as JSON.
+    pub async fn status(&self) -> serde_json::Value {
+        reqwest::get(self.url("/status"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// `/readyz`: HTTP status code and body.
+    pub async fn readyz(&self) -> (u16, String) {
+        let r = reqwest::get(self.url("/readyz")).await.unwrap();
+        let code = r.status().as_u16();
+        (code, r.text().await.unwrap())
     }
 
     pub fn logs(&self) -> String {

@@ -1,0 +1,169 @@
+//! `nodewave validate` as CI pipelines run it: the real binary on the documented
+//! fixtures (`tests/fixtures/manifests/README.md`) and on `examples-repo/`. No
+//! cluster needed.
+
+// A failed setup step should just fail the test.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nodewave::manifest::{CHECKS, LoadOptions, Severity};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixtures() -> PathBuf {
+    root().join("tests/fixtures/manifests")
+}
+
+/// Runs `nodewave <args>` without any Kubernetes configuration; returns the exit
+/// code, stdout and stderr.
+fn nodewave(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_nodewave"))
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .env_remove("NODEWAVE_ALLOW_NAMESPACES")
+        .current_dir(root())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The flags each fixture is documented with in the fixtures' README.
+fn flags_for(check: &str) -> Vec<&'static str> {
+    match check {
+        "namespace-not-allowed" => vec!["--allow-namespace", "monitoring"],
+        "image-digest" => vec!["--require-digest"],
+        _ => vec![],
+    }
+}
+
+fn options_for(check: &str) -> LoadOptions {
+    let mut opts = LoadOptions::default();
+    match check {
+        "namespace-not-allowed" => opts.allowed_namespaces = vec!["monitoring".into()],
+        "image-digest" => opts.require_digest = true,
+        _ => {}
+    }
+    opts
+}
+
+#[test]
+fn valid_fixture_passes() {
+    let dir = fixtures().join("valid");
+    let (code, out, err) = nodewave(&["validate", dir.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        out,
+        "ok: 1 file(s), 1 DaemonSet(s), 1 RolloutPolicy(ies), 0 warning(s)\n"
+    );
+}
+
+/// Every `invalid/<check>/` directory prints exactly its `expected.txt`, then a
+/// summary; exit 1 when the check is an error, 0 for the two checks that only
+/// warn by default (`probes-missing`, `update-strategy`: the commit is accepted).
+#[test]
+fn every_invalid_fixture_prints_its_documented_message() {
+    let invalid = fixtures().join("invalid");
+    let dirs: BTreeSet<String> = std::fs::read_dir(&invalid)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let checks: BTreeSet<String> = CHECKS.iter().map(|c| c.id.to_string()).collect();
+    assert_eq!(dirs, checks, "one fixture directory per check");
+
+    for check in &dirs {
+        let dir = invalid.join(check);
+        let expected = std::fs::read_to_string(dir.join("expected.txt")).unwrap();
+        let mut args = vec!["validate", dir.to_str().unwrap()];
+        args.extend(flags_for(check));
+        let (code, out, err) = nodewave(&args);
+        let severity = options_for(check).severity(check);
+        let (want_code, summary) = match severity {
+            Severity::Error => (1, "invalid: "),
+            _ => (0, "ok: "),
+        };
+        assert_eq!(code, want_code, "{check}: {out}{err}");
+        let (findings, last) = out
+            .trim_end_matches('\n')
+            .rsplit_once('\n')
+            .unwrap_or_else(|| panic!("{check}: no findings printed: {out}"));
+        assert_eq!(format!("{findings}\n"), expected, "{check}");
+        assert!(last.starts_with(summary), "{check}: {last}");
+        assert!(
+            expected
+                .lines()
+                .all(|l| l.split_once(": ").is_some_and(|(loc, _)| loc
+                    .rsplit_once(':')
+                    .is_some_and(|(_, n)| n.parse::<usize>().is_ok()))),
+            "{check}: every message names file:line"
+        );
+        eprintln!("{check}: exit {code}");
+    }
+}
+
+#[test]
+fn list_checks_lists_every_check_with_its_default() {
+    let (code, out, err) = nodewave(&["validate", "--list-checks"]);
+    assert_eq!(code, 0, "{err}");
+    for c in CHECKS {
+        let line = out
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(c.id))
+            .unwrap_or_else(|| panic!("{} missing from:\n{out}", c.id));
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols[1], c.default_severity.to_string(), "{line}");
+        assert_eq!(cols[2], if c.overridable { "yes" } else { "no" }, "{line}");
+        assert!(line.ends_with(c.summary), "{line}");
+    }
+    assert_eq!(
+        out.lines().count(),
+        CHECKS.len() + 1,
+        "a header and one line per check"
+    );
+}
+
+#[test]
+fn severity_override_turns_a_warning_into_an_error() {
+    let dir = fixtures().join("invalid/probes-missing");
+    let dir = dir.to_str().unwrap();
+    let (code, out, _) = nodewave(&["validate", dir]);
+    assert_eq!(code, 0, "a warning alone passes: {out}");
+    assert!(out.contains("warning[probes-missing]"), "{out}");
+
+    let (code, out, _) = nodewave(&["validate", dir, "--severity", "probes-missing=error"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.starts_with("node-exporter.yaml:16: error[probes-missing]"),
+        "{out}"
+    );
+
+    let (code, out, _) = nodewave(&["validate", dir, "--severity", "probes-missing=off"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("probes-missing"), "{out}");
+
+    // Checks that guard what can be applied at all cannot be turned down.
+    let (code, _, err) = nodewave(&["validate", dir, "--severity", "yaml-syntax=off"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot be changed"), "{err}");
+}
+
+/// The example repository the docs point to validates cleanly.
+#[test]
+fn examples_repo_validates() {
+    let (code, out, err) = nodewave(&["validate", "examples-repo"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let summary = out.lines().last().unwrap_or_default();
+    assert!(summary.starts_with("ok: "), "{out}");
+    assert!(!summary.contains(" 0 DaemonSet(s)"), "{out}");
+    eprintln!("{summary}");
+}

@@ -1,0 +1,109 @@
+//! Helpers shared by the GitOps sync tests (`tests/sync.rs`, `tests/sync_more.rs`).
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::DaemonSet;
+
+use super::nodewave::nodewave_annotations;
+use super::{OWNER_LABEL, TestEnv, debug_pods, pod_ready, wait_for};
+
+/// A compliant DaemonSet manifest confined to the test's nodes.
+pub fn ds_yaml(env: &TestEnv, name: &str, image: &str) -> String {
+    format!(
+        r"apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: {name}
+  namespace: {ns}
+  labels:
+    app: {name}
+spec:
+  selector:
+    matchLabels:
+      app: {name}
+  template:
+    metadata:
+      labels:
+        app: {name}
+    spec:
+      nodeSelector:
+        {owner_label}: {owner}
+      containers:
+        - name: agent
+          image: {image}
+          resources:
+            requests: {{cpu: 10m, memory: 16Mi}}
+            limits: {{cpu: 100m, memory: 64Mi}}
+          readinessProbe:
+            httpGet: {{path: /ready, port: 8080}}
+          livenessProbe:
+            httpGet: {{path: /live, port: 8080}}
+",
+        ns = env.ns,
+        owner_label = OWNER_LABEL,
+        owner = env.owner(),
+    )
+}
+
+pub async fn get_ds(env: &TestEnv, name: &str) -> Option<DaemonSet> {
+    env.api::<DaemonSet>().get_opt(name).await.unwrap()
+}
+
+pub fn image_of(ds: &DaemonSet) -> String {
+    ds.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
+        .image
+        .clone()
+        .unwrap_or_default()
+}
+
+/// Waits until every pod of `app` runs `image` and is Ready on all `nodes`.
+pub async fn wait_rolled_out(env: &TestEnv, app: &str, image: &str, nodes: usize) {
+    wait_for(
+        &format!("{app} on {image} Ready on {nodes} nodes"),
+        Duration::from_mins(2),
+        || async {
+            let pods = env.pods_by_node(app).await;
+            let ok = pods.len() == nodes
+                && pods.values().all(|p| {
+                    pod_ready(p)
+                        && p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some(image)
+                });
+            if ok {
+                Ok(Some(()))
+            } else {
+                Err(format!("pods:\n  {}", debug_pods(&pods)))
+            }
+        },
+    )
+    .await;
+}
+
+pub async fn wait_status(env: &TestEnv, name: &str, status: &str, timeout: Duration) -> DaemonSet {
+    wait_for(
+        &format!("DaemonSet {name} status {status}"),
+        timeout,
+        || async {
+            match get_ds(env, name).await {
+                Some(ds)
+                    if nodewave_annotations(&ds)
+                        .get("nodewave.io/sync-status")
+                        .map(String::as_str)
+                        == Some(status) =>
+                {
+                    Ok(Some(ds))
+                }
+                Some(ds) => Err(format!("annotations: {:#?}", nodewave_annotations(&ds))),
+                None => Err("DaemonSet does not exist".into()),
+            }
+        },
+    )
+    .await
+}
