@@ -3,6 +3,7 @@
 
 mod config;
 mod diff;
+mod logfmt;
 mod rollout;
 mod run;
 mod status;

@@ -331,7 +331,7 @@ pub fn daemonset(env: &TestEnv, name: &str, image: &str) -> serde_json::Value {
 /// The same DaemonSet as [`daemonset`], as the YAML file a test commits to Git.
 pub fn daemonset_yaml(env: &TestEnv, name: &str, image: &str) -> String {
     format!(
-        r#"apiVersion: apps/v1
+        r"apiVersion: apps/v1
 kind: DaemonSet
 metadata:
   name: {name}
@@ -359,7 +359,7 @@ spec:
             httpGet: {{path: /ready, port: 8080}}
           livenessProbe:
             httpGet: {{path: /live, port: 8080}}
-"#,
+",
         ns = env.ns,
         owner_label = OWNER_LABEL,
         owner = env.owner(),
