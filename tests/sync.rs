@@ -1,9 +1,13 @@
 //! GitOps sync against the real local control plane, driving the real `nodewave`
 //! binary with a Git repository each test builds.
+#![allow(clippy::unwrap_used)]
+// Test code: a failed setup step should just fail the test.
 
 mod support;
 
 use std::time::Duration;
+
+use hmac::{Hmac, KeyInit, Mac};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use kube::api::{Api, Patch, PatchParams};
@@ -16,7 +20,7 @@ const POOLS: [&str; 3] = ["pool-a", "pool-b", "pool-c"];
 /// A compliant DaemonSet manifest confined to the test's nodes.
 pub fn ds_yaml(env: &TestEnv, name: &str, image: &str) -> String {
     format!(
-        r#"apiVersion: apps/v1
+        r"apiVersion: apps/v1
 kind: DaemonSet
 metadata:
   name: {name}
@@ -44,7 +48,7 @@ spec:
             httpGet: {{path: /ready, port: 8080}}
           livenessProbe:
             httpGet: {{path: /live, port: 8080}}
-"#,
+",
         ns = env.ns,
         owner_label = OWNER_LABEL,
         owner = env.owner(),
@@ -73,7 +77,7 @@ fn image_of(ds: &DaemonSet) -> String {
 async fn wait_rolled_out(env: &TestEnv, app: &str, image: &str, nodes: usize) {
     wait_for(
         &format!("{app} on {image} Ready on {nodes} nodes"),
-        Duration::from_secs(120),
+        Duration::from_mins(2),
         || async {
             let pods = env.pods_by_node(app).await;
             let ok = pods.len() == nodes
@@ -132,7 +136,7 @@ async fn new_daemonset_appears_image_change_rolls_out_and_diff_reports_it() {
     .await;
 
     wait_rolled_out(&env, "agent", "registry.example/agent:1.0.0", nodes.len()).await;
-    let ds = wait_status(&env, "agent", "Synced", Duration::from_secs(60)).await;
+    let ds = wait_status(&env, "agent", "Synced", Duration::from_mins(1)).await;
     let ann = nodewave_annotations(&ds);
     assert_eq!(ann.get("nodewave.io/applied-commit"), Some(&c1));
     assert_eq!(ann.get("nodewave.io/last-good-commit"), Some(&c1));
@@ -175,7 +179,7 @@ async fn new_daemonset_appears_image_change_rolls_out_and_diff_reports_it() {
         "{out}"
     );
     assert!(
-        out.contains("-") && out.contains("registry.example/agent:1.1.0"),
+        out.contains('-') && out.contains("registry.example/agent:1.1.0"),
         "{out}"
     );
 
@@ -187,7 +191,7 @@ async fn new_daemonset_appears_image_change_rolls_out_and_diff_reports_it() {
         )],
     );
     wait_rolled_out(&env, "agent", "registry.example/agent:1.1.0", nodes.len()).await;
-    let ds = wait_status(&env, "agent", "Synced", Duration::from_secs(60)).await;
+    let ds = wait_status(&env, "agent", "Synced", Duration::from_mins(1)).await;
     assert_eq!(
         nodewave_annotations(&ds).get("nodewave.io/last-good-commit"),
         Some(&c2)
@@ -229,7 +233,7 @@ async fn valid_webhook_applies_at_once_and_bad_signature_changes_nothing() {
     )
     .await;
     wait_rolled_out(&env, "agent", "registry.example/agent:1.0.0", nodes.len()).await;
-    wait_status(&env, "agent", "Synced", Duration::from_secs(60)).await;
+    wait_status(&env, "agent", "Synced", Duration::from_mins(1)).await;
 
     let c2 = repo.commit(
         "bump",
@@ -266,7 +270,6 @@ async fn valid_webhook_applies_at_once_and_bad_signature_changes_nothing() {
         Some(1.0)
     );
 
-    use hmac::{Hmac, KeyInit, Mac};
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(b"hook-secret").unwrap();
     mac.update(body.as_bytes());
     let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
@@ -326,7 +329,7 @@ async fn drift_is_healed_and_with_self_heal_off_only_reported() {
         }
         let nw = Nodewave::start(&repo.url(), &args).await;
         wait_rolled_out(&env, "agent", "registry.example/agent:1.0.0", nodes.len()).await;
-        wait_status(&env, "agent", "Synced", Duration::from_secs(60)).await;
+        wait_status(&env, "agent", "Synced", Duration::from_mins(1)).await;
 
         // `kubectl set image`, as another field manager.
         let api: Api<DaemonSet> = env.api();
