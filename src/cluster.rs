@@ -449,7 +449,7 @@ impl Cluster {
         let r = self.recorder.publish(&ev, &reference).await;
         self.record("event", &r);
         if let Err(e) = r {
-            tracing::warn!(daemonset = %key, reason, error = %e, "could not publish Event");
+            tracing::warn!(object = %key, reason, error = %e, "could not publish Event");
         }
     }
 }

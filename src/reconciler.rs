@@ -319,7 +319,7 @@ impl Reconciler {
             for ds in self.cluster.managed_daemonsets().await? {
                 let key = key_of(&ds);
                 if self.owns(&ds) && !desired.daemonsets.contains_key(&key) {
-                    info!(daemonset = %key, commit = %short(&commit), "DaemonSet removed from Git: pruning");
+                    info!(namespace = %key.namespace, daemonset = %key.name, commit = %short(&commit), "DaemonSet removed from Git: pruning");
                     self.cluster.delete_daemonset(&key).await?;
                     self.metrics.forget_daemonset(&key.namespace, &key.name);
                     self.status

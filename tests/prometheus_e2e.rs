@@ -192,6 +192,21 @@ async fn real_prometheus_fires_rollback_alert_and_every_panel_has_data() {
         prom.alerts().await
     );
 
+    // Every shipped rule evaluates without error in a real Prometheus.
+    let rules = prom.api("/api/v1/rules", &[]).await.unwrap();
+    let mut evaluated = 0;
+    for group in rules["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            assert_eq!(
+                rule["health"], "ok",
+                "rule {} in group {}: {rule:#}",
+                rule["name"], group["name"]
+            );
+            evaluated += 1;
+        }
+    }
+    assert!(evaluated > 0);
+
     // (b) Every dashboard panel query returns at least one finite sample.
     let queries = dashboard_queries();
     let panels_started = Instant::now();
