@@ -343,11 +343,11 @@ impl Reconciler {
             let span = info_span!("daemonset", namespace = %key.namespace, daemonset = %key.name, commit = %short(&commit));
             if let Err(e) = self
                 .sync_daemonset(key, &dds.manifest, &dds.location.file, &commit, policy)
-                .instrument(span)
+                .instrument(span.clone())
                 .await
             {
                 self.metrics.reconcile_error(e.metric_label());
-                error!(daemonset = %key, error = %e, "cannot sync DaemonSet");
+                span.in_scope(|| error!(error = %e, "cannot sync DaemonSet"));
                 self.status
                     .write()
                     .await
@@ -359,7 +359,7 @@ impl Reconciler {
             for ds in self.cluster.managed_daemonsets().await? {
                 let key = key_of(&ds);
                 if self.owns(&ds) && !desired.daemonsets.contains_key(&key) {
-                    info!(daemonset = %key, commit = %short(&commit), "DaemonSet removed from Git: pruning");
+                    info!(namespace = %key.namespace, daemonset = %key.name, commit = %short(&commit), "DaemonSet removed from Git: pruning");
                     self.cluster.delete_daemonset(&key).await?;
                     self.metrics.forget_daemonset(&key.namespace, &key.name);
                     self.status
@@ -601,6 +601,7 @@ impl Reconciler {
         let obs = self.observe(&ds, &pods, &nodes, None);
         let r = Rollout::start(commit.to_string(), target.clone(), stages, &obs);
         info!(
+            stage = %r.stages.first().map_or("-", |s| s.name.as_str()),
             revision = %target,
             pool_label = pool_label.as_deref().unwrap_or("(none)"),
             stages = %r.stages.iter().map(|s| format!("{}({} nodes)", s.name, s.nodes.len())).collect::<Vec<_>>().join(", "),
@@ -755,11 +756,11 @@ impl Reconciler {
             );
             if let Err(e) = self
                 .step_rollout(&key, &ds, &state, &r)
-                .instrument(span)
+                .instrument(span.clone())
                 .await
             {
                 self.metrics.reconcile_error(e.metric_label());
-                error!(daemonset = %key, error = %e, "rollout step failed; will retry");
+                span.in_scope(|| error!(error = %e, "rollout step failed; will retry"));
             }
         }
         Ok(())
@@ -821,6 +822,11 @@ impl Reconciler {
                         .await?;
                 }
                 Action::Event(ev) => {
+                    // One step can pass several stages: keep the span's `stage`
+                    // on the stage this and the following lines are about.
+                    if let Some(stage) = ev.stage_name() {
+                        tracing::Span::current().record("stage", stage);
+                    }
                     let warning = ev.is_warning();
                     info!(reason = ev.reason(), "{}", ev.message());
                     self.cluster

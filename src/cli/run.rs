@@ -27,11 +27,11 @@ pub fn init_logging(json: bool, filter: &str) {
         .with_env_filter(filter)
         .with_target(false);
     if json {
+        // One flat object per line: span fields (namespace, daemonset, commit,
+        // stage) at the top level next to the event's (see logfmt.rs).
         builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(super::logfmt::FlatJson)
             .init();
     } else {
         builder.init();

@@ -259,6 +259,21 @@ impl RolloutEvent {
         }
     }
 
+    /// Name of the stage the event is about, for events that concern one stage.
+    pub fn stage_name(&self) -> Option<&str> {
+        match self {
+            Self::StageStarted { name, .. }
+            | Self::AwaitingApproval { name, .. }
+            | Self::BakeStarted { name, .. }
+            | Self::StagePassed { name, .. } => Some(name),
+            Self::GateFailed(_)
+            | Self::Paused
+            | Self::Resumed
+            | Self::RollbackStarted { .. }
+            | Self::RollbackFinished { .. } => None,
+        }
+    }
+
     /// Kubernetes Event type `Warning` (otherwise `Normal`).
     pub fn is_warning(&self) -> bool {
         matches!(self, Self::GateFailed(_) | Self::RollbackStarted { .. })
