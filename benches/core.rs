@@ -1,0 +1,205 @@
+//! Speed and size of nodewave's pure core at fleet scale: stage resolution, one
+//! planner step, the persisted rollout state, manifest validation and diffing.
+//!
+//! Run: `cargo bench --bench core` (optimised build). Prints one line per case:
+//! the median of several timed runs, and sizes where they matter (the rollout
+//! state is stored in an annotation, and Kubernetes caps all annotations of an
+//! object at 256 KiB together).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use nodewave::manifest::policy::{IntOrPercent, RolloutPolicySpec, StageSpec};
+use nodewave::manifest::{LoadOptions, ManifestFile};
+use nodewave::rollout::{
+    Control, HealthRules, NodeInfo, Observation, PodObservation, PromOutcome, Rollout,
+    resolve_stages, step,
+};
+
+fn median<F: FnMut()>(runs: usize, mut f: F) -> Duration {
+    let mut times: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[runs / 2]
+}
+
+fn fleet(nodes: usize, pools: usize) -> Vec<NodeInfo> {
+    (0..nodes)
+        .map(|i| NodeInfo::new(format!("node-{i:05}"), Some(&format!("pool-{:02}", i % pools))))
+        .collect()
+}
+
+fn policy() -> RolloutPolicySpec {
+    let stage = |name: &str, pools: &[&str], nodes: Option<u32>, mu: IntOrPercent| StageSpec {
+        name: name.into(),
+        pools: pools.iter().map(|s| (*s).to_string()).collect(),
+        nodes,
+        max_unavailable: mu,
+        bake: None,
+        approval: None,
+    };
+    RolloutPolicySpec {
+        stages: vec![
+            stage("canary", &["pool-00"], Some(5), IntOrPercent::Count(1)),
+            stage("early", &["pool-00", "pool-01"], None, IntOrPercent::Percent(10)),
+            stage("rest", &["*"], None, IntOrPercent::Percent(10)),
+        ],
+        ..RolloutPolicySpec::default()
+    }
+}
+
+fn observation(nodes: &[NodeInfo], revision_of: impl Fn(usize) -> &'static str) -> Observation {
+    Observation {
+        now_ms: 1_000_000,
+        nodes: nodes.iter().map(|n| n.name.clone()).collect::<BTreeSet<_>>(),
+        pods: nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| PodObservation {
+                node: n.name.clone(),
+                name: format!("agent-{i}"),
+                uid: format!("uid-{i}"),
+                revision: revision_of(i).into(),
+                ready: true,
+                restarts: 0,
+                reason: None,
+                terminating: false,
+            })
+            .collect(),
+        control: Control::default(),
+        prometheus: PromOutcome::NotConfigured,
+    }
+}
+
+fn bench_planner(n: usize) {
+    let nodes = fleet(n, 20);
+    let restarts = BTreeMap::new();
+    let spec = policy();
+    let t = median(9, || {
+        black_box(resolve_stages(&spec, &nodes, &restarts));
+    });
+    println!("resolve_stages      {n:>6} nodes  {:>10.3} ms", t.as_secs_f64() * 1e3);
+
+    let stages = resolve_stages(&spec, &nodes, &restarts);
+    let obs = observation(&nodes, |_| "old");
+    let rollout = Rollout::start("c0ffee", "new", stages, &obs);
+    let rules = HealthRules::default();
+    // First step: announces stage 1 and deletes its first pods.
+    let t = median(9, || {
+        black_box(step(&rollout, &obs, &rules));
+    });
+    println!("step (stage start)  {n:>6} nodes  {:>10.3} ms", t.as_secs_f64() * 1e3);
+
+    // A step in the middle of the last stage, half of the fleet already updated.
+    let mid_obs = observation(&nodes, |i| if i % 2 == 0 { "new" } else { "old" });
+    let mut r = rollout.clone();
+    for _ in 0..3 {
+        r = step(&r, &mid_obs, &rules).rollout;
+    }
+    let t = median(9, || {
+        black_box(step(&r, &mid_obs, &rules));
+    });
+    println!("step (mid-rollout)  {n:>6} nodes  {:>10.3} ms", t.as_secs_f64() * 1e3);
+
+    // Worst case for the annotation: every node of the fleet listed as updated.
+    let mut full = rollout.clone();
+    full.updated = nodes.iter().map(|n| n.name.clone()).collect();
+    let json = serde_json::to_string(&full).unwrap_or_default();
+    let t = median(9, || {
+        black_box(serde_json::to_string(&full).unwrap_or_default());
+    });
+    println!(
+        "rollout state JSON  {n:>6} nodes  {:>10.3} ms  {:>8} bytes ({:.0}% of the 256 KiB annotation budget)",
+        t.as_secs_f64() * 1e3,
+        json.len(),
+        json.len() as f64 * 100.0 / 262_144.0
+    );
+}
+
+fn manifest_files(count: usize) -> Vec<ManifestFile> {
+    (0..count)
+        .map(|i| ManifestFile {
+            path: format!("agents/agent-{i}.yaml"),
+            contents: format!(
+                r"apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: agent-{i}
+  namespace: team-{ns}
+spec:
+  selector:
+    matchLabels: {{app: agent-{i}}}
+  template:
+    metadata:
+      labels: {{app: agent-{i}}}
+    spec:
+      tolerations: [{{operator: Exists}}]
+      containers:
+        - name: agent
+          image: registry.example/agent:1.{i}.0
+          resources:
+            requests: {{cpu: 10m, memory: 32Mi}}
+            limits: {{cpu: 200m, memory: 128Mi}}
+          readinessProbe: {{httpGet: {{path: /ready, port: 8080}}}}
+          livenessProbe: {{httpGet: {{path: /live, port: 8080}}}}
+---
+apiVersion: nodewave.io/v1alpha1
+kind: RolloutPolicy
+metadata: {{name: agent-{i}, namespace: team-{ns}}}
+spec:
+  target: {{name: agent-{i}}}
+  stages:
+    - {{name: canary, pools: [canary], nodes: 1, bake: 5m}}
+    - {{name: rest, pools: ['*'], maxUnavailable: 10%}}
+",
+                ns = i % 10
+            ),
+        })
+        .collect()
+}
+
+fn bench_manifests(count: usize) {
+    let files = manifest_files(count);
+    let bytes: usize = files.iter().map(|f| f.contents.len()).sum();
+    let opts = LoadOptions::default();
+    let t = median(7, || {
+        let r = nodewave::manifest::load(&files, &opts);
+        assert!(r.is_ok(), "benchmark manifests must be valid");
+        black_box(r.ok());
+    });
+    println!(
+        "manifest::load      {count:>6} DaemonSets+policies ({} KiB)  {:>10.3} ms",
+        bytes / 1024,
+        t.as_secs_f64() * 1e3
+    );
+}
+
+fn bench_diff() {
+    let files = manifest_files(1);
+    let state = nodewave::manifest::load(&files, &LoadOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let Some(dds) = state.daemonsets.values().next() else { return };
+    let a = dds.manifest.clone();
+    let mut b = a.clone();
+    b["spec"]["template"]["spec"]["containers"][0]["image"] = serde_json::json!("registry.example/agent:9.9.9");
+    let t = median(101, || {
+        black_box(nodewave::diff::compare("ns/agent", &a, &b));
+    });
+    println!("diff::compare       1 DaemonSet  {:>10.3} ms", t.as_secs_f64() * 1e3);
+}
+
+fn main() {
+    // `cargo test --benches` runs this too; keep that quick.
+    let quick = std::env::args().any(|a| a == "--test");
+    let sizes: &[usize] = if quick { &[100] } else { &[100, 1_000, 5_000] };
+    for &n in sizes {
+        bench_planner(n);
+    }
+    bench_manifests(if quick { 10 } else { 200 });
+    bench_diff();
+}
