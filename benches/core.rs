@@ -31,7 +31,12 @@ fn median<F: FnMut()>(runs: usize, mut f: F) -> Duration {
 
 fn fleet(nodes: usize, pools: usize) -> Vec<NodeInfo> {
     (0..nodes)
-        .map(|i| NodeInfo::new(format!("node-{i:05}"), Some(&format!("pool-{:02}", i % pools))))
+        .map(|i| {
+            NodeInfo::new(
+                format!("node-{i:05}"),
+                Some(&format!("pool-{:02}", i % pools)),
+            )
+        })
         .collect()
 }
 
@@ -47,7 +52,12 @@ fn policy() -> RolloutPolicySpec {
     RolloutPolicySpec {
         stages: vec![
             stage("canary", &["pool-00"], Some(5), IntOrPercent::Count(1)),
-            stage("early", &["pool-00", "pool-01"], None, IntOrPercent::Percent(10)),
+            stage(
+                "early",
+                &["pool-00", "pool-01"],
+                None,
+                IntOrPercent::Percent(10),
+            ),
             stage("rest", &["*"], None, IntOrPercent::Percent(10)),
         ],
         ..RolloutPolicySpec::default()
@@ -57,7 +67,10 @@ fn policy() -> RolloutPolicySpec {
 fn observation(nodes: &[NodeInfo], revision_of: impl Fn(usize) -> &'static str) -> Observation {
     Observation {
         now_ms: 1_000_000,
-        nodes: nodes.iter().map(|n| n.name.clone()).collect::<BTreeSet<_>>(),
+        nodes: nodes
+            .iter()
+            .map(|n| n.name.clone())
+            .collect::<BTreeSet<_>>(),
         pods: nodes
             .iter()
             .enumerate()
@@ -84,7 +97,10 @@ fn bench_planner(n: usize) {
     let t = median(9, || {
         black_box(resolve_stages(&spec, &nodes, &restarts));
     });
-    println!("resolve_stages      {n:>6} nodes  {:>10.3} ms", t.as_secs_f64() * 1e3);
+    println!(
+        "resolve_stages      {n:>6} nodes  {:>10.3} ms",
+        t.as_secs_f64() * 1e3
+    );
 
     let stages = resolve_stages(&spec, &nodes, &restarts);
     let obs = observation(&nodes, |_| "old");
@@ -94,7 +110,10 @@ fn bench_planner(n: usize) {
     let t = median(9, || {
         black_box(step(&rollout, &obs, &rules));
     });
-    println!("step (stage start)  {n:>6} nodes  {:>10.3} ms", t.as_secs_f64() * 1e3);
+    println!(
+        "step (stage start)  {n:>6} nodes  {:>10.3} ms",
+        t.as_secs_f64() * 1e3
+    );
 
     // A step in the middle of the last stage, half of the fleet already updated.
     let mid_obs = observation(&nodes, |i| if i % 2 == 0 { "new" } else { "old" });
@@ -105,7 +124,10 @@ fn bench_planner(n: usize) {
     let t = median(9, || {
         black_box(step(&r, &mid_obs, &rules));
     });
-    println!("step (mid-rollout)  {n:>6} nodes  {:>10.3} ms", t.as_secs_f64() * 1e3);
+    println!(
+        "step (mid-rollout)  {n:>6} nodes  {:>10.3} ms",
+        t.as_secs_f64() * 1e3
+    );
 
     // Worst case for the annotation: every node of the fleet listed as updated.
     let mut full = rollout.clone();
@@ -115,10 +137,10 @@ fn bench_planner(n: usize) {
         black_box(serde_json::to_string(&full).unwrap_or_default());
     });
     println!(
-        "rollout state JSON  {n:>6} nodes  {:>10.3} ms  {:>8} bytes ({:.0}% of the 256 KiB annotation budget)",
+        "rollout state JSON  {n:>6} nodes  {:>10.3} ms  {:>8} bytes ({}% of the 256 KiB annotation budget)",
         t.as_secs_f64() * 1e3,
         json.len(),
-        json.len() as f64 * 100.0 / 262_144.0
+        json.len() * 100 / 262_144
     );
 }
 
@@ -182,15 +204,22 @@ fn bench_manifests(count: usize) {
 
 fn bench_diff() {
     let files = manifest_files(1);
-    let state = nodewave::manifest::load(&files, &LoadOptions::default()).unwrap_or_else(|e| panic!("{e}"));
-    let Some(dds) = state.daemonsets.values().next() else { return };
+    let state =
+        nodewave::manifest::load(&files, &LoadOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let Some(dds) = state.daemonsets.values().next() else {
+        return;
+    };
     let a = dds.manifest.clone();
     let mut b = a.clone();
-    b["spec"]["template"]["spec"]["containers"][0]["image"] = serde_json::json!("registry.example/agent:9.9.9");
+    b["spec"]["template"]["spec"]["containers"][0]["image"] =
+        serde_json::json!("registry.example/agent:9.9.9");
     let t = median(101, || {
         black_box(nodewave::diff::compare("ns/agent", &a, &b));
     });
-    println!("diff::compare       1 DaemonSet  {:>10.3} ms", t.as_secs_f64() * 1e3);
+    println!(
+        "diff::compare       1 DaemonSet  {:>10.3} ms",
+        t.as_secs_f64() * 1e3
+    );
 }
 
 fn main() {

@@ -219,8 +219,8 @@ mod tests {
         let d = compare("n/a", &ds("x:1"), &ds("x:2"));
         assert_eq!(d.paths, vec!["spec.template.spec.containers[0].image"]);
         assert!(d.touches_pod_template());
-        assert!(d.unified.contains("-        image: x:1"), "{}", d.unified);
-        assert!(d.unified.contains("+        image: x:2"), "{}", d.unified);
+        assert!(d.unified.contains("-      - image: x:1"), "{}", d.unified);
+        assert!(d.unified.contains("+      - image: x:2"), "{}", d.unified);
         assert!(d.unified.contains("live/n/a") && d.unified.contains("git/n/a"));
     }
 

@@ -79,10 +79,7 @@ async fn new_daemonset_appears_image_change_rolls_out_and_diff_reports_it() {
         out.contains("spec.template.spec.containers[0].image"),
         "{out}"
     );
-    assert!(
-        out.contains("registry.example/agent:1.1.0"),
-        "{out}"
-    );
+    assert!(out.contains("registry.example/agent:1.1.0"), "{out}");
 
     let c2 = repo.commit(
         "bump agent",
