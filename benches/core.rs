@@ -87,6 +87,7 @@ fn observation(nodes: &[NodeInfo], revision_of: impl Fn(usize) -> &'static str) 
             .collect(),
         control: Control::default(),
         prometheus: PromOutcome::NotConfigured,
+        prometheus_stage: None,
     }
 }
 

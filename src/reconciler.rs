@@ -703,7 +703,7 @@ impl Reconciler {
         ds: &DaemonSet,
         pods: &[PodView],
         nodes: &[NodeView],
-        prometheus: Option<rollout::PromOutcome>,
+        prometheus: Option<(rollout::PromOutcome, usize)>,
     ) -> Observation {
         let ann = ds.annotations();
         let control = Control {
@@ -730,7 +730,8 @@ impl Reconciler {
                 })
                 .collect(),
             control,
-            prometheus: prometheus.unwrap_or(rollout::PromOutcome::NotConfigured),
+            prometheus_stage: prometheus.as_ref().map(|(_, stage)| *stage),
+            prometheus: prometheus.map_or(rollout::PromOutcome::NotConfigured, |(p, _)| p),
         }
     }
 
@@ -792,11 +793,12 @@ impl Reconciler {
                     Phase::Pending | Phase::Updating | Phase::Baking { .. }
                 ) =>
             {
-                Some(
+                Some((
                     self.prom
                         .evaluate(key, r, spec, &stage.nodes, now_ms())
                         .await,
-                )
+                    r.stage,
+                ))
             }
             _ => None,
         };

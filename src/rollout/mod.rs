@@ -187,6 +187,11 @@ pub struct Observation {
     pub pods: Vec<PodObservation>,
     pub control: Control,
     pub prometheus: PromOutcome,
+    /// The stage `prometheus` was evaluated for. `None` means the current one.
+    /// A value for another stage (the reconciler queried before the planner moved
+    /// on) is not used: a stage with Prometheus checks passes only on its own data.
+    #[serde(default)]
+    pub prometheus_stage: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

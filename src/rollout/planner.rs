@@ -397,7 +397,8 @@ impl Planner<'_> {
     /// loop should go on with the next one.
     fn drive(&mut self) -> bool {
         let redeletes = self.track();
-        if !self.check_gates(true) {
+        let prom_current = self.prometheus_is_current();
+        if !self.check_gates(prom_current) {
             return false;
         }
         self.actions.extend(redeletes);
@@ -436,11 +437,19 @@ impl Planner<'_> {
             {
                 false
             }
+            // A stage with Prometheus checks passes only on values queried for it:
+            // wait for the next step, when the reconciler queries this stage's nodes.
+            _ if !prom_current => false,
             _ => {
                 self.pass_stage();
                 true
             }
         }
+    }
+
+    fn prometheus_is_current(&self) -> bool {
+        matches!(self.obs.prometheus, gates::PromOutcome::NotConfigured)
+            || self.obs.prometheus_stage.is_none_or(|s| s == self.r.stage)
     }
 
     /// Bookkeeping for the current stage: finished replacements move to `updated`,

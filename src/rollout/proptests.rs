@@ -302,6 +302,7 @@ impl Sim {
             pods,
             control: control.clone(),
             prometheus: PromOutcome::NotConfigured,
+            prometheus_stage: None,
         }
     }
 

@@ -27,6 +27,7 @@ fn obs(now_ms: i64, pods: Vec<PodObservation>) -> Observation {
         pods,
         control: Control::default(),
         prometheus: PromOutcome::NotConfigured,
+        prometheus_stage: None,
     }
 }
 
@@ -1128,4 +1129,46 @@ fn rollback_spends_its_own_budget_on_replacements_that_came_up() {
         vec!["a"],
         "one at a time, as the rollback budget says"
     );
+}
+
+#[test]
+fn a_stage_with_prometheus_checks_passes_only_on_its_own_values() {
+    // Two stages whose nodes already run the target revision (e.g. a first
+    // rollout): without checks both pass in one step.
+    let o = obs(0, vec![pod("a", NEW, true), pod("b", NEW, true)]);
+    let r = Rollout::start(
+        "c1",
+        NEW,
+        vec![stage("one", &["a"], 1), stage("two", &["b"], 1)],
+        &o,
+    );
+    let mut o = obs(1, vec![pod("a", NEW, true), pod("b", NEW, true)]);
+    o.prometheus = check(Some(0.0), Some(1.0), None);
+    o.prometheus_stage = Some(0);
+    let d = step(&r, &o, &rules());
+    assert_eq!(
+        d.rollout.stage, 1,
+        "stage one passes on its own values, then waits"
+    );
+    assert!(
+        !d.rollout.phase.is_terminal(),
+        "stage two must not pass on stage one's values"
+    );
+    assert_eq!(
+        events(&d.actions),
+        vec!["StageStarted", "StagePassed", "StageStarted"]
+    );
+
+    // Values for stage two that fail the check fail the gate...
+    let mut bad = o.clone();
+    bad.prometheus = check(Some(5.0), Some(1.0), None);
+    bad.prometheus_stage = Some(1);
+    assert_eq!(
+        failure(&step(&d.rollout, &bad, &rules()).actions),
+        Some(Gate::Prometheus)
+    );
+    // ...and passing values let it finish.
+    o.prometheus_stage = Some(1);
+    let done = step(&d.rollout, &o, &rules());
+    assert_eq!(done.rollout.phase, Phase::Succeeded);
 }
