@@ -85,6 +85,9 @@ pub struct Reconciler {
     fetch_failures: u32,
 }
 
+/// How many commits back `fall_back_to_deployed` looks for the deployed one.
+const FALLBACK_DEPTH: usize = 100;
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -252,6 +255,53 @@ impl Reconciler {
                     .collect();
                 self.reject(commit, rejected.reason(), errors, namespaces)
                     .await;
+                if self.desired.is_none() {
+                    self.fall_back_to_deployed(commit).await;
+                }
+            }
+        }
+    }
+
+    /// Started (or restarted) with an invalid newest commit: rather than knowing
+    /// nothing, take the newest valid ancestor that nodewave itself applied (a
+    /// managed DaemonSet records it), so drift is healed and rollouts continue
+    /// against what is deployed. Never an ancestor nobody applied.
+    async fn fall_back_to_deployed(&mut self, rejected: &str) {
+        let applied: BTreeSet<String> = match self.cluster.managed_daemonsets().await {
+            Ok(list) => list
+                .iter()
+                .filter(|d| self.owns(d))
+                .filter_map(|d| d.annotations().get(keys::APPLIED_COMMIT).cloned())
+                .collect(),
+            Err(_) => return,
+        };
+        if applied.is_empty() {
+            return;
+        }
+        let mut commit = rejected.to_string();
+        for _ in 0..FALLBACK_DEPTH {
+            let Ok(info) = self.source.commit_info(commit.clone()).await else {
+                return;
+            };
+            let Some(parent) = info.parents.first().cloned() else {
+                return;
+            };
+            commit = parent;
+            if !applied.contains(&commit) {
+                continue;
+            }
+            let Ok(files) = self.source.files_at(commit.clone()).await else {
+                return;
+            };
+            if let Ok(state) = manifest::load(&files, &self.settings.load) {
+                warn!(
+                    rejected = %short(rejected),
+                    using = %short(&commit),
+                    "the newest commit is invalid; keeping the cluster on the last valid commit nodewave applied"
+                );
+                self.desired = Some((commit, state));
+                self.triggers.resync.notify_one();
+                return;
             }
         }
     }

@@ -240,6 +240,8 @@ pub struct CommitInfo {
     pub author: String,
     /// Committer time, seconds since the Unix epoch.
     pub time_unix: i64,
+    /// Parent commits, first parent first.
+    pub parents: Vec<String>,
 }
 
 /// Errors of the source. Messages name what to fix and never contain
@@ -736,6 +738,7 @@ impl GitSource {
             summary: String::from_utf8_lossy(c.summary_bytes().unwrap_or_default()).into_owned(),
             author: String::from_utf8_lossy(c.author().name_bytes()).into_owned(),
             time_unix: c.time().seconds(),
+            parents: c.parent_ids().map(|p| p.to_string()).collect(),
         })
     }
 
