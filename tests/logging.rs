@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::Value;
+use support::gitops::{ds_yaml, wait_status};
 use support::nodewave::{GitRepo, Nodewave};
 use support::*;
 
@@ -44,11 +45,7 @@ async fn rollout_log_lines_carry_namespace_daemonset_commit_and_stage() {
         "add agent",
         &[(
             "agent.yaml",
-            Some(&daemonset_yaml(
-                &env,
-                "agent",
-                "registry.example/agent:1.0.0",
-            )),
+            Some(&ds_yaml(&env, "agent", "registry.example/agent:1.0.0")),
         )],
     );
     let nw = Nodewave::start(
@@ -56,19 +53,19 @@ async fn rollout_log_lines_carry_namespace_daemonset_commit_and_stage() {
         &["--poll-interval", "1s", "--allow-namespace", &env.ns],
     )
     .await;
-    wait_sync_status(&env, "agent", "Synced", Duration::from_mins(2)).await;
+    wait_status(&env, "agent", "Synced", Duration::from_mins(2)).await;
     let bad = repo.commit(
         "agent 2.0.0 (crashes)",
         &[(
             "agent.yaml",
-            Some(&daemonset_yaml(
+            Some(&ds_yaml(
                 &env,
                 "agent",
                 "registry.example/agent:2.0.0-crashloop",
             )),
         )],
     );
-    wait_sync_status(&env, "agent", "RolledBack", Duration::from_mins(3)).await;
+    wait_status(&env, "agent", "RolledBack", Duration::from_mins(3)).await;
 
     let logs = nw.logs();
     let lines = parse_lines(&logs);

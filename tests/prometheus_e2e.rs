@@ -10,6 +10,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::gitops::{ds_yaml, wait_status};
 use support::nodewave::{GitRepo, Nodewave};
 use support::prometheus::{Prometheus, PrometheusConfig, has_finite_sample};
 use support::*;
@@ -72,11 +73,7 @@ async fn real_prometheus_fires_rollback_alert_and_every_panel_has_data() {
         "add agent",
         &[(
             "agent.yaml",
-            Some(&daemonset_yaml(
-                &env,
-                "agent",
-                "registry.example/agent:1.0.0",
-            )),
+            Some(&ds_yaml(&env, "agent", "registry.example/agent:1.0.0")),
         )],
     );
     let secret_dir = tempfile::tempdir().unwrap();
@@ -98,7 +95,7 @@ async fn real_prometheus_fires_rollback_alert_and_every_panel_has_data() {
     let prom =
         Prometheus::start(&PrometheusConfig::new(&[nw.addr]).rule_file(repo_path(RULES))).await;
     prom.wait_targets_up().await;
-    wait_sync_status(&env, "agent", "Synced", Duration::from_mins(2)).await;
+    wait_status(&env, "agent", "Synced", Duration::from_mins(2)).await;
 
     // A forged webhook and a commit that fails validation, so that the webhook
     // and rejected-commit panels show events rather than zeros.
@@ -139,7 +136,7 @@ async fn real_prometheus_fires_rollback_alert_and_every_panel_has_data() {
             ("broken.yaml", None),
             (
                 "agent.yaml",
-                Some(&daemonset_yaml(
+                Some(&ds_yaml(
                     &env,
                     "agent",
                     "registry.example/agent:2.0.0-crashloop",
@@ -147,7 +144,7 @@ async fn real_prometheus_fires_rollback_alert_and_every_panel_has_data() {
             ),
         ],
     );
-    let ds = wait_sync_status(&env, "agent", "RolledBack", Duration::from_mins(3)).await;
+    let ds = wait_status(&env, "agent", "RolledBack", Duration::from_mins(3)).await;
     let rolled_back_after = committed.elapsed();
     let ann = ds.metadata.annotations.clone().unwrap_or_default();
     assert_eq!(ann.get("nodewave.io/last-good-commit"), Some(&good));

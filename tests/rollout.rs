@@ -9,6 +9,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use support::gitops::{get_ds, image_of, wait_rolled_out, wait_status};
 use support::nodewave::{GitRepo, Nodewave, cli};
 use support::rollout::*;
 use support::*;

@@ -68,7 +68,7 @@ pub fn image_of(ds: &DaemonSet) -> String {
 pub async fn wait_rolled_out(env: &TestEnv, app: &str, image: &str, nodes: usize) {
     wait_for(
         &format!("{app} on {image} Ready on {nodes} nodes"),
-        Duration::from_mins(2),
+        Duration::from_mins(3),
         || async {
             let pods = env.pods_by_node(app).await;
             let ok = pods.len() == nodes

@@ -13,7 +13,6 @@
 // Test support code: panicking with a clear message is how a test fails.
 
 use std::collections::BTreeMap;
-use std::fmt::Debug;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -328,78 +327,6 @@ pub fn daemonset(env: &TestEnv, name: &str, image: &str) -> serde_json::Value {
     })
 }
 
-/// The same DaemonSet as [`daemonset`], as the YAML file a test commits to Git.
-pub fn daemonset_yaml(env: &TestEnv, name: &str, image: &str) -> String {
-    format!(
-        r"apiVersion: apps/v1
-kind: DaemonSet
-metadata:
-  name: {name}
-  namespace: {ns}
-  labels:
-    app: {name}
-spec:
-  selector:
-    matchLabels:
-      app: {name}
-  template:
-    metadata:
-      labels:
-        app: {name}
-    spec:
-      nodeSelector:
-        {owner_label}: {owner}
-      containers:
-        - name: agent
-          image: {image}
-          resources:
-            requests: {{cpu: 10m, memory: 16Mi}}
-            limits: {{cpu: 100m, memory: 64Mi}}
-          readinessProbe:
-            httpGet: {{path: /ready, port: 8080}}
-          livenessProbe:
-            httpGet: {{path: /live, port: 8080}}
-",
-        ns = env.ns,
-        owner_label = OWNER_LABEL,
-        owner = env.owner(),
-    )
-}
-
-/// Waits until nodewave's `nodewave.io/sync-status` annotation on DaemonSet
-/// `name` is `status`; returns the DaemonSet.
-pub async fn wait_sync_status(
-    env: &TestEnv,
-    name: &str,
-    status: &str,
-    timeout: Duration,
-) -> DaemonSet {
-    let api: Api<DaemonSet> = env.api();
-    wait_for(
-        &format!("DaemonSet {name} sync-status {status}"),
-        timeout,
-        || async {
-            match api.get_opt(name).await.map_err(|e| e.to_string())? {
-                Some(ds) => {
-                    let ann = ds.metadata.annotations.clone().unwrap_or_default();
-                    if ann.get("nodewave.io/sync-status").map(String::as_str) == Some(status) {
-                        Ok(Some(ds))
-                    } else {
-                        Err(format!(
-                            "annotations: {:#?}",
-                            ann.iter()
-                                .filter(|(k, _)| k.starts_with("nodewave.io/"))
-                                .collect::<BTreeMap<_, _>>()
-                        ))
-                    }
-                }
-                None => Err("DaemonSet does not exist".into()),
-            }
-        },
-    )
-    .await
-}
-
 pub fn debug_pods(pods: &BTreeMap<String, Pod>) -> String {
     pods.iter()
         .map(|(node, p)| {
@@ -416,7 +343,6 @@ pub fn debug_pods(pods: &BTreeMap<String, Pod>) -> String {
         .join("\n  ")
 }
 
-pub fn assert_debug<T: Debug>(_: &T) {}
 pub mod gitops;
 pub mod nodewave;
 pub mod prometheus;

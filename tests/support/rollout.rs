@@ -14,7 +14,7 @@ use kube::api::Api;
 use kube::runtime::watcher;
 
 use super::nodewave::nodewave_annotations;
-use super::{OWNER_LABEL, TestEnv, debug_pods, pod_ready, wait_for};
+use super::{OWNER_LABEL, TestEnv, pod_ready, wait_for};
 
 /// A compliant DaemonSet confined to the test's nodes. `ready_delay_ms` sets the
 /// kwok `slowready` delay annotation on the pod template.
@@ -67,24 +67,6 @@ pub fn policy_yaml(env: &TestEnv, name: &str, spec: &str) -> String {
     )
 }
 
-pub async fn get_ds(env: &TestEnv, name: &str) -> Option<DaemonSet> {
-    env.api::<DaemonSet>().get_opt(name).await.unwrap()
-}
-
-pub fn image_of(ds: &DaemonSet) -> String {
-    ds.spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0]
-        .image
-        .clone()
-        .unwrap_or_default()
-}
-
 pub fn pod_image(p: &Pod) -> String {
     p.spec.as_ref().unwrap().containers[0]
         .image
@@ -94,44 +76,6 @@ pub fn pod_image(p: &Pod) -> String {
 
 pub fn annotation(ds: &DaemonSet, key: &str) -> Option<String> {
     nodewave_annotations(ds).get(key).cloned()
-}
-
-/// Waits until every pod of `app` runs `image` and is Ready on all `nodes` nodes.
-pub async fn wait_rolled_out(env: &TestEnv, app: &str, image: &str, nodes: usize) {
-    wait_for(
-        &format!("{app} on {image} Ready on {nodes} nodes"),
-        Duration::from_mins(3),
-        || async {
-            let pods = env.pods_by_node(app).await;
-            let ok =
-                pods.len() == nodes && pods.values().all(|p| pod_ready(p) && pod_image(p) == image);
-            if ok {
-                Ok(Some(()))
-            } else {
-                Err(format!("pods:\n  {}", debug_pods(&pods)))
-            }
-        },
-    )
-    .await;
-}
-
-pub async fn wait_status(env: &TestEnv, name: &str, status: &str, timeout: Duration) -> DaemonSet {
-    wait_for(
-        &format!("DaemonSet {name} status {status}"),
-        timeout,
-        || async {
-            match get_ds(env, name).await {
-                Some(ds)
-                    if annotation(&ds, "nodewave.io/sync-status").as_deref() == Some(status) =>
-                {
-                    Ok(Some(ds))
-                }
-                Some(ds) => Err(format!("annotations: {:#?}", nodewave_annotations(&ds))),
-                None => Err("DaemonSet does not exist".into()),
-            }
-        },
-    )
-    .await
 }
 
 /// Pod UIDs by node.
