@@ -420,7 +420,7 @@ revert() {
   git_demo revert --no-edit HEAD >/dev/null
   revert_commit="$(git -C "$repo" rev-parse HEAD)"
   say "Committed ${revert_commit:0:8} ($(git -C "$repo" log -1 --format=%s))."
-  watch_until 60 monitoring/node-exporter "node-exporter Synced at ${revert_commit:0:8}" \
+  watch_until 60 monitoring/node-exporter "node-exporter Synced at ${revert_commit:0:8} (if it keeps flipping between Synced and RolledBack: docs/demo.md, Known issues)" \
     is monitoring/node-exporter Synced "$revert_commit"
 
   # Synced must hold: no flicker of the status, and no more rollback bookkeeping.
