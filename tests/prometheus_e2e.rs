@@ -178,16 +178,21 @@ async fn real_prometheus_fires_rollback_alert_and_every_panel_has_data() {
             .is_some_and(|s| s.contains(&format!("{}/agent", env.ns))),
         "{alert:#}"
     );
-    // The rejected commit fired its alert as well.
-    assert!(
-        !prom
-            .firing("NodewaveCommitRejected")
-            .await
-            .unwrap()
-            .is_empty(),
-        "{:#?}",
-        prom.alerts().await
-    );
+    // The rejected commit fires its alert as well (its rule group may be
+    // evaluated a little later than the rollout group's).
+    wait_for(
+        "NodewaveCommitRejected firing",
+        Duration::from_mins(1),
+        || async {
+            let firing = prom.firing("NodewaveCommitRejected").await?;
+            if firing.is_empty() {
+                Err(format!("{:#?}", prom.alerts().await))
+            } else {
+                Ok(Some(()))
+            }
+        },
+    )
+    .await;
 
     // Every shipped rule evaluates without error in a real Prometheus.
     let rules = prom.api("/api/v1/rules", &[]).await.unwrap();
