@@ -23,9 +23,11 @@ use crate::source::{GitSourceConfig, SourceWorker, redact_url};
 pub fn init_logging(json: bool, filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only for a terminal: logs redirected to a file stay plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     if json {
         // One flat object per line: span fields (namespace, daemonset, commit,
         // stage) at the top level next to the event's (see logfmt.rs).
