@@ -420,7 +420,7 @@ revert() {
   git_demo revert --no-edit HEAD >/dev/null
   revert_commit="$(git -C "$repo" rev-parse HEAD)"
   say "Committed ${revert_commit:0:8} ($(git -C "$repo" log -1 --format=%s))."
-  watch_until 60 monitoring/node-exporter "node-exporter Synced at ${revert_commit:0:8} (if it keeps flipping between Synced and RolledBack: docs/demo.md, Known issues)" \
+  watch_until 60 monitoring/node-exporter "node-exporter Synced at ${revert_commit:0:8}" \
     is monitoring/node-exporter Synced "$revert_commit"
 
   # Synced must hold: no flicker of the status, and no more rollback bookkeeping.
@@ -450,8 +450,7 @@ revert() {
   else
     warn "node-exporter did not settle after the revert: over 6s its status left Synced in $flips of"
     warn "12 checks and nodewave recorded the finished rollback again $rerecorded times."
-    warn "This is a known nodewave bug (see docs/demo.md, Known issues): the finished rollback"
-    warn "and the sync of the reverted commit keep overwriting each other's status."
+    warn "The finished rollback and the sync of the reverted commit overwrite each other's status."
     exit_code=1
   fi
 }
