@@ -454,18 +454,14 @@ impl Reconciler {
         if let Some(r) = &state.rollout
             && rollout_open(&state)
         {
-            {
-                match r.kind {
-                    // A rollback finishes first; the next commit is looked at after it.
-                    RolloutKind::Rollback { .. } => return Ok(()),
-                    RolloutKind::Forward
-                        if state.desired_hash.as_deref() == Some(content.as_str()) =>
-                    {
-                        return Ok(());
-                    }
-                    RolloutKind::Forward => {
-                        info!(superseded = %short(&r.commit), "a newer commit supersedes the rollout in progress");
-                    }
+            match r.kind {
+                // A rollback finishes first; the next commit is looked at after it.
+                RolloutKind::Rollback { .. } => return Ok(()),
+                RolloutKind::Forward if state.desired_hash.as_deref() == Some(content.as_str()) => {
+                    return Ok(());
+                }
+                RolloutKind::Forward => {
+                    info!(superseded = %short(&r.commit), "a newer commit supersedes the rollout in progress");
                 }
             }
         }
@@ -679,8 +675,7 @@ impl Reconciler {
             applied_commit: Some(commit.to_string()),
             ..state.clone()
         };
-        self.persist(key, &r, Some(&ds), &st, SyncStatus::Progressing)
-            .await?;
+        self.persist(key, &r, &st, SyncStatus::Progressing).await?;
         self.metrics
             .set_rollout_stage(&key.namespace, &key.name, Some(0));
         Ok(())
@@ -856,8 +851,7 @@ impl Reconciler {
         let decision = rollout::step(r, &obs, &rules);
         let status = status_of(&decision.rollout);
         if decision.rollout != *r {
-            self.persist(key, &decision.rollout, Some(ds), state, status)
-                .await?;
+            self.persist(key, &decision.rollout, state, status).await?;
         }
         self.record_progress(key, &decision.rollout, &pods, &nodes, &policy);
         let uid = ds.metadata.uid.clone();
@@ -973,13 +967,11 @@ impl Reconciler {
                 RolloutOutcome::Failed,
                 elapsed,
             );
-            self.persist(key, failed, Some(ds), &st, SyncStatus::Degraded)
-                .await?;
+            self.persist(key, failed, &st, SyncStatus::Degraded).await?;
             self.set_message(key, &msg).await?;
             return Ok(());
         };
 
-        let rollback_started = std::time::Instant::now();
         let desired = self.desired_object(&good_manifest, &good_file, &good);
         self.cluster.apply(&desired, false).await?;
         let target = self
@@ -1003,8 +995,7 @@ impl Reconciler {
         let mut ann: BTreeMap<&str, Option<String>> = BTreeMap::new();
         ann.insert(keys::DESIRED_HASH, st.desired_hash.clone());
         self.cluster.annotate(key, &ann).await?;
-        self.persist(key, &rb, Some(ds), &st, SyncStatus::Progressing)
-            .await?;
+        self.persist(key, &rb, &st, SyncStatus::Progressing).await?;
         let outcome = if aborted {
             RolloutOutcome::Aborted
         } else {
@@ -1012,7 +1003,6 @@ impl Reconciler {
         };
         self.metrics
             .rollout_finished(&key.namespace, &key.name, outcome, elapsed);
-        let _ = rollback_started;
         let msg = format!(
             "rolling back from {} to last good commit {}: {reason}",
             short(&failed.commit),
@@ -1107,7 +1097,6 @@ impl Reconciler {
         &self,
         key: &ObjectKey,
         r: &Rollout,
-        ds: Option<&DaemonSet>,
         state: &DaemonSetState,
         status: SyncStatus,
     ) -> Result<(), ClusterError> {
@@ -1119,15 +1108,12 @@ impl Reconciler {
             ann.insert(keys::APPLIED_COMMIT, Some(c.clone()));
         }
         self.cluster.annotate(key, &ann).await?;
-        self.record_status(key, ds, state, status).await;
-        if let Some(stage) = r.stages.get(r.stage) {
-            let _ = stage;
-            self.metrics.set_rollout_stage(
-                &key.namespace,
-                &key.name,
-                (!r.phase.is_terminal()).then_some(r.stage),
-            );
-        }
+        self.record_status(key, state, status).await;
+        self.metrics.set_rollout_stage(
+            &key.namespace,
+            &key.name,
+            (!r.phase.is_terminal() && r.stage < r.stages.len()).then_some(r.stage),
+        );
         Ok(())
     }
 
@@ -1150,7 +1136,7 @@ impl Reconciler {
                 self.cluster.annotate(key, &ann).await?;
             }
         }
-        self.record_status(key, ds, state, status).await;
+        self.record_status(key, state, status).await;
         Ok(())
     }
 
@@ -1160,13 +1146,7 @@ impl Reconciler {
         self.cluster.annotate(key, &ann).await
     }
 
-    async fn record_status(
-        &self,
-        key: &ObjectKey,
-        _ds: Option<&DaemonSet>,
-        state: &DaemonSetState,
-        status: SyncStatus,
-    ) {
+    async fn record_status(&self, key: &ObjectKey, state: &DaemonSetState, status: SyncStatus) {
         self.metrics
             .set_sync_status(&key.namespace, &key.name, status);
         self.metrics.set_daemonset_commits(
