@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use git2::{
-    AutotagOption, CertificateCheckStatus, Cred, CredentialType, Direction, ErrorCode,
+    AutotagOption, CertificateCheckStatus, Cred, CredentialType, Direction, ErrorClass, ErrorCode,
     FetchOptions, FetchPrune, ObjectType, Oid, RemoteCallbacks, Repository, TreeWalkMode,
     TreeWalkResult,
 };
@@ -853,6 +853,9 @@ struct CallbackState {
     tried_username: bool,
     tried_ssh_key: bool,
     tried_userpass: bool,
+    /// An SSH key was handed to libssh2 during this fetch: libssh2 only reads
+    /// the file then, so a bad file or passphrase fails after the callback.
+    offered_ssh_key: bool,
 }
 
 impl CallbackState {
@@ -1043,6 +1046,7 @@ impl CallbackCtx {
                 )));
             }
             state.tried_ssh_key = true;
+            state.offered_ssh_key = true;
             // Checked here because libssh2 reports a missing file as a vague
             // authentication failure.
             fs::metadata(key).map_err(|e| SourceError::Credentials {
@@ -1100,8 +1104,15 @@ impl CallbackCtx {
         if let Some(err) = state.auth_error.take() {
             return err;
         }
-        let url = self.url.display.clone();
         let mut cause = redact_text(e.message());
+        if state.offered_ssh_key
+            && e.class() == ErrorClass::Ssh
+            && is_key_file_error(e.message())
+            && let Some(key) = &self.credentials.ssh_key_file
+        {
+            return self.ssh_key_file_error(key, &cause);
+        }
+        let url = self.url.display.clone();
         match e.code() {
             ErrorCode::Auth => SourceError::Auth { url, cause },
             ErrorCode::Certificate => SourceError::Tls { url, cause },
@@ -1115,6 +1126,32 @@ impl CallbackCtx {
             }
         }
     }
+
+    /// libssh2 could not load the private key (wrong or missing passphrase,
+    /// not a private key, unsupported format). Without this, the error would
+    /// read like a network failure (`unreachable`, transient).
+    fn ssh_key_file_error(&self, key: &Path, cause: &str) -> SourceError {
+        let hint = match &self.credentials.ssh_key_passphrase_file {
+            Some(p) => format!(
+                "check that {} holds this key's passphrase and that the key is an OpenSSH or PEM private key",
+                p.display()
+            ),
+            None => "if the key is encrypted, configure its passphrase file (--git-ssh-passphrase-file); the key must be an OpenSSH or PEM private key".to_owned(),
+        };
+        SourceError::Credentials {
+            cause: format!("cannot use SSH key {}: {cause}; {hint}", key.display()),
+        }
+    }
+}
+
+/// Messages of libssh2 failing to read or decrypt a private key file (as
+/// opposed to the server rejecting the key, which libgit2 reports as
+/// `ErrorCode::Auth` and which goes through the credentials callback again).
+fn is_key_file_error(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    ["private key", "passphrase", "key file", "public key from"]
+        .iter()
+        .any(|needle| m.contains(needle))
 }
 
 fn append_known_host(path: &Path, line: &str) -> std::io::Result<()> {
@@ -1372,6 +1409,46 @@ mod tests {
         // The first username request is answered, a repeat is refused.
         assert!(ctx.credentials_for(None, CredentialType::USERNAME).is_ok());
         assert!(ctx.credentials_for(None, CredentialType::USERNAME).is_err());
+    }
+
+    #[test]
+    fn key_file_errors_are_told_apart_from_rejections() {
+        // What libssh2 says when it cannot load the key (the first seen
+        // against a real sshd in tests/source_ssh.rs, the others from
+        // libssh2's sources) ...
+        assert!(is_key_file_error(
+            "failed to authenticate SSH session: Unable to extract public key from private key: Unsupported private key format"
+        ));
+        for message in [
+            "Unable to initialize private key from file",
+            "Wrong passphrase for private key",
+            "bcrypt-encrypted without passphrase",
+            "Unable to open private key file",
+        ] {
+            assert!(is_key_file_error(message), "{message}");
+        }
+        // ... and not when the server refuses the key or the network fails.
+        assert!(!is_key_file_error(
+            "failed to authenticate SSH session: Username/PublicKey combination invalid"
+        ));
+        assert!(!is_key_file_error(
+            "failed to connect to 127.0.0.1: Connection refused"
+        ));
+
+        let mut ctx = ssh_ctx(None, false);
+        ctx.credentials.ssh_key_file = Some(PathBuf::from("/keys/id"));
+        let err = ctx.ssh_key_file_error(Path::new("/keys/id"), "Unsupported private key format");
+        assert_eq!(err.metric_label(), "credentials");
+        assert!(
+            err.to_string().contains("--git-ssh-passphrase-file"),
+            "{err}"
+        );
+        ctx.credentials.ssh_key_passphrase_file = Some(PathBuf::from("/keys/pass"));
+        let err = ctx.ssh_key_file_error(Path::new("/keys/id"), "Unsupported private key format");
+        assert!(
+            err.to_string().contains("check that /keys/pass holds"),
+            "{err}"
+        );
     }
 
     #[test]
