@@ -18,6 +18,7 @@ command -v go >/dev/null || [ -d "$HOME/.cache/nodewave/bin" ] || { echo "error:
 need_apt=()
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v git >/dev/null || need_apt+=(git)
+{ [ -x /usr/sbin/sshd ] && command -v ssh-keygen >/dev/null; } || need_apt+=(openssh-server openssh-client)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_apt[*]}"
   sudo=(); [ "$(id -u)" -eq 0 ] || sudo=(sudo)

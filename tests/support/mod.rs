@@ -347,3 +347,4 @@ pub mod gitops;
 pub mod nodewave;
 pub mod prometheus;
 pub mod rollout;
+pub mod sshd;
