@@ -9,12 +9,13 @@
 mod support;
 
 use std::fs;
+use std::net::{IpAddr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use git2::{Oid, Repository, Signature};
 use nodewave::source::{Credentials, GitRef, GitSource, GitSourceConfig, SourceError};
-use support::sshd::{Sshd, current_user, keygen, public_key};
+use support::sshd::{Options, Sshd, current_user, keygen, public_key};
 use tempfile::TempDir;
 
 const DS: &str = "apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: agent\n";
@@ -420,7 +421,10 @@ fn missing_key_file_is_a_credentials_error() {
 fn scp_style_url_on_port_22() {
     // scp-style URLs cannot carry a port, so this server listens on port 22
     // of another loopback address (127.x.y.z) instead of 127.0.0.1.
-    let w = World::with(Sshd::start_on_port_22());
+    let w = World::with(Sshd::start_with(&Options {
+        port_22: true,
+        ..Options::default()
+    }));
     w.trust_server();
     let mut cfg = w.config();
     cfg.url = format!(
@@ -548,4 +552,96 @@ fn passphrase_protected_key_with_passphrase_file() {
         }
         assert_nothing_fetched(&source, &cache, w.first);
     }
+}
+
+#[test]
+fn ipv6_loopback_with_bracketed_host() {
+    let w = World::with(Sshd::start_with(&Options {
+        ip: IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ..Options::default()
+    }));
+    assert!(
+        w.url().contains(&format!("@[::1]:{}/", w.sshd.port)),
+        "{}",
+        w.url()
+    );
+    assert_eq!(w.sshd.known_hosts_name(), format!("[::1]:{}", w.sshd.port));
+    w.trust_server();
+    let mut source = GitSource::open(w.config()).unwrap();
+    let outcome = w.fetch_ok(&mut source);
+    assert_eq!(outcome.head, w.first.to_string());
+
+    // accept_new records the key under the name OpenSSH would use.
+    fs::write(w.known_hosts(), "").unwrap();
+    let mut cfg = w.config();
+    cfg.credentials.accept_new_host_keys = true;
+    cfg.checkout_dir = w.client.path().join("cache2");
+    let mut source = GitSource::open(cfg).unwrap();
+    w.fetch_ok(&mut source);
+    assert_eq!(
+        fs::read_to_string(w.known_hosts()).unwrap(),
+        w.sshd.known_hosts_line()
+    );
+}
+
+#[test]
+fn server_with_several_host_key_types() {
+    let w = World::with(Sshd::start_with(&Options {
+        extra_host_key_types: vec!["ecdsa", "rsa"],
+        ..Options::default()
+    }));
+    // What `ssh-keyscan` gives: every type. Trusted.
+    let all = format!(
+        "{}{}{}",
+        w.sshd.known_hosts_line_for("rsa"),
+        w.sshd.known_hosts_line_for("ecdsa"),
+        w.sshd.known_hosts_line()
+    );
+    fs::write(w.known_hosts(), &all).unwrap();
+    let mut source = GitSource::open(w.config()).unwrap();
+    assert_eq!(w.fetch_ok(&mut source).head, w.first.to_string());
+
+    // Only the ecdsa key listed: libssh2 negotiates ed25519 (its first
+    // choice; libgit2 only steers that from ~/.ssh/known_hosts, not from
+    // nodewave's file), and a new key type for a known host is refused with
+    // a message saying which key to add, even with accept_new.
+    let ecdsa_only = w.sshd.known_hosts_line_for("ecdsa");
+    fs::write(w.known_hosts(), &ecdsa_only).unwrap();
+    let mut cfg = w.config();
+    cfg.credentials.accept_new_host_keys = true;
+    cfg.checkout_dir = w.client.path().join("cache2");
+    let mut source = GitSource::open(cfg).unwrap();
+    let err = w.fetch_err(&mut source);
+    assert_eq!(err.metric_label(), "host_key_unknown", "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("the file only has ecdsa-sha2-nistp256 key(s) for this host"),
+        "{message}"
+    );
+    assert!(
+        message.contains("add the server's ssh-ed25519 key"),
+        "{message}"
+    );
+    assert_eq!(fs::read_to_string(w.known_hosts()).unwrap(), ecdsa_only);
+}
+
+#[test]
+fn url_without_user_logs_in_as_git() {
+    // The documented default user; this server has no `git` account, so the
+    // login is refused, once, with an auth error naming the user.
+    let w = World::new();
+    w.trust_server();
+    let mut cfg = w.config();
+    cfg.url = format!(
+        "ssh://{}:{}{}",
+        w.sshd.addr,
+        w.sshd.port,
+        w.upstream.bare.display()
+    );
+    let mut source = GitSource::open(cfg).unwrap();
+    let err = w.fetch_err(&mut source);
+    assert_eq!(err.metric_label(), "auth", "{err}");
+    assert!(err.to_string().contains("for user git"), "{err}");
+    let log = w.sshd.wait_for_log("Invalid user git from");
+    assert_eq!(log.matches("Connection from").count(), 1, "{log}");
 }

@@ -11,7 +11,7 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{BufRead as _, BufReader};
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -26,11 +26,16 @@ pub const SSHD: &str = "/usr/sbin/sshd";
 /// Generates a key pair with `ssh-keygen` (`passphrase` `""` for none) and
 /// returns the private key path; the public key is `<path>.pub`.
 pub fn keygen(path: &Path, passphrase: &str) -> PathBuf {
+    keygen_type(path, "ed25519", passphrase)
+}
+
+/// Like [`keygen`] with a key type (`ed25519`, `ecdsa`, `rsa`).
+pub fn keygen_type(path: &Path, key_type: &str, passphrase: &str) -> PathBuf {
     let out = Command::new("ssh-keygen")
         .args([
             "-q",
             "-t",
-            "ed25519",
+            key_type,
             "-N",
             passphrase,
             "-C",
@@ -75,7 +80,7 @@ fn pub_path(private: &Path) -> PathBuf {
 pub struct Sshd {
     child: Child,
     /// The loopback address sshd listens on.
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     /// Private key of the server (its public half is `host_key.pub`).
     pub host_key: PathBuf,
@@ -86,19 +91,48 @@ pub struct Sshd {
     dir: TempDir,
 }
 
+/// How to start an [`Sshd`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Loopback address to listen on.
+    pub ip: IpAddr,
+    /// Port 22 of a free 127.x.y.z address instead of a free port on `ip`.
+    pub port_22: bool,
+    /// Host key types besides ed25519 (`ecdsa`, `rsa`), in
+    /// `host_key_<type>`; sshd offers them all.
+    pub extra_host_key_types: Vec<&'static str>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port_22: false,
+            extra_host_key_types: Vec::new(),
+        }
+    }
+}
+
 impl Sshd {
     /// Starts sshd on 127.0.0.1 and a free port.
     pub fn start() -> Self {
+        Self::start_with(&Options::default())
+    }
+
+    pub fn start_with(options: &Options) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        if options.port_22 {
+            return Self::start_on_port_22(dir, options);
+        }
         // A port that was free a moment ago can be taken before sshd binds
         // it; sshd then exits, and another port is tried.
         let mut last_log = String::new();
         for _ in 0..5 {
-            let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            let port = TcpListener::bind((options.ip, 0))
                 .and_then(|l| l.local_addr())
-                .expect("find a free port")
+                .unwrap_or_else(|e| panic!("find a free port on {}: {e}", options.ip))
                 .port();
-            match Self::try_start(&dir, Ipv4Addr::LOCALHOST, port) {
+            match Self::try_start(&dir, options, options.ip, port) {
                 Ok(parts) => return Self::finish(parts, dir),
                 Err(log) => last_log = log,
             }
@@ -106,22 +140,21 @@ impl Sshd {
         panic!("sshd did not start:\n{last_log}");
     }
 
-    /// Starts sshd on port 22 of a free loopback address other than
-    /// 127.0.0.1 (all of 127.0.0.0/8 is routed to `lo` on Linux). This is
-    /// what scp-style URLs (`user@host:path`) need: they cannot name a port.
-    /// Binding port 22 needs root (tests run as root here).
-    pub fn start_on_port_22() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
+    /// Port 22 of a free loopback address other than 127.0.0.1 (all of
+    /// 127.0.0.0/8 is routed to `lo` on Linux). This is what scp-style URLs
+    /// (`user@host:path`) need: they cannot name a port. Binding port 22
+    /// needs root (tests run as root here).
+    fn start_on_port_22(dir: TempDir, options: &Options) -> Self {
         let seed = std::process::id();
         let mut last_log = String::from("no free 127.x.y.z:22 found");
         for i in 0..20u32 {
             let n = seed.wrapping_mul(31).wrapping_add(i * 7919);
             let [_, b, c, d] = n.to_be_bytes();
-            let addr = Ipv4Addr::new(127, b, c, d.clamp(2, 254));
-            if TcpListener::bind(SocketAddrV4::new(addr, 22)).is_err() {
+            let ip = IpAddr::V4(Ipv4Addr::new(127, b, c, d.clamp(2, 254)));
+            if TcpListener::bind((ip, 22)).is_err() {
                 continue;
             }
-            match Self::try_start(&dir, addr, 22) {
+            match Self::try_start(&dir, options, ip, 22) {
                 Ok(parts) => return Self::finish(parts, dir),
                 Err(log) => last_log = log,
             }
@@ -150,12 +183,27 @@ impl Sshd {
         }
     }
 
-    fn try_start(dir: &TempDir, addr: Ipv4Addr, port: u16) -> Result<Started, String> {
+    fn try_start(
+        dir: &TempDir,
+        options: &Options,
+        addr: IpAddr,
+        port: u16,
+    ) -> Result<Started, String> {
         let d = dir.path();
         let host_key = d.join("host_key");
         let client_key = d.join("client_key");
+        let mut host_keys = vec![host_key.clone()];
+        host_keys.extend(
+            options
+                .extra_host_key_types
+                .iter()
+                .map(|t| d.join(format!("host_key_{t}"))),
+        );
         if !host_key.exists() {
             keygen(&host_key, "");
+            for (path, key_type) in host_keys[1..].iter().zip(&options.extra_host_key_types) {
+                keygen_type(path, key_type, "");
+            }
             keygen(&client_key, "");
             fs::copy(pub_path(&client_key), d.join("authorized_keys"))
                 .expect("write authorized_keys");
@@ -165,8 +213,7 @@ impl Sshd {
         let mut config = String::new();
         let root = current_user() == "root";
         for line in [
-            format!("ListenAddress {addr}:{port}"),
-            format!("HostKey {}", host_key.display()),
+            format!("ListenAddress {}", SocketAddr::new(addr, port)),
             format!("PidFile {}", d.join("sshd.pid").display()),
             format!("AuthorizedKeysFile {}", d.join("authorized_keys").display()),
             format!(
@@ -180,7 +227,10 @@ impl Sshd {
             "KbdInteractiveAuthentication no".to_owned(),
             "PrintMotd no".to_owned(),
             "LogLevel VERBOSE".to_owned(),
-        ] {
+        ]
+        .into_iter()
+        .chain(host_keys.iter().map(|k| format!("HostKey {}", k.display())))
+        {
             writeln!(config, "{line}").unwrap();
         }
         let config_path = d.join("sshd_config");
@@ -239,13 +289,13 @@ impl Sshd {
         self.dir.path()
     }
 
-    /// `ssh://<user>@<addr>:<port><path>` for an absolute `path`.
+    /// `ssh://<user>@<addr>:<port><path>` for an absolute `path`
+    /// (`[addr]` for IPv6).
     pub fn url(&self, path: &Path) -> String {
         format!(
-            "ssh://{}@{}:{}{}",
+            "ssh://{}@{}{}",
             current_user(),
-            self.addr,
-            self.port,
+            SocketAddr::new(self.addr, self.port),
             path.display()
         )
     }
@@ -260,12 +310,21 @@ impl Sshd {
         }
     }
 
-    /// A known_hosts line with the server's real host key.
+    /// A known_hosts line with the server's real ed25519 host key.
     pub fn known_hosts_line(&self) -> String {
         format!(
             "{} {}\n",
             self.known_hosts_name(),
             public_key(&self.host_key)
+        )
+    }
+
+    /// A known_hosts line with one of the extra host keys (`ecdsa`, `rsa`).
+    pub fn known_hosts_line_for(&self, key_type: &str) -> String {
+        format!(
+            "{} {}\n",
+            self.known_hosts_name(),
+            public_key(&self.dir.path().join(format!("host_key_{key_type}")))
         )
     }
 
@@ -295,7 +354,7 @@ impl Sshd {
 
 struct Started {
     child: Child,
-    addr: Ipv4Addr,
+    addr: IpAddr,
     port: u16,
     log: Arc<Mutex<String>>,
 }
