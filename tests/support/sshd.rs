@@ -55,7 +55,7 @@ pub fn keygen_type(path: &Path, key_type: &str, passphrase: &str) -> PathBuf {
     path.to_path_buf()
 }
 
-/// The second field and third field of a `.pub` file: `ssh-ed25519 AAAA...`.
+/// The key type and base64 key of a `.pub` file: `ssh-ed25519 AAAA...`.
 pub fn public_key(private: &Path) -> String {
     let text = fs::read_to_string(pub_path(private)).expect("read public key");
     text.split_whitespace()
