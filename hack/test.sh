@@ -25,6 +25,11 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   "${sudo[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
+# Packages installed just now may have started their services (on machines with
+# systemd): the tests start their own Prometheus and sshd on loopback only.
+if [[ " ${need_apt[*]} " == *" openssh-server "* ]] && command -v systemctl >/dev/null; then
+  systemctl disable --now ssh 2>/dev/null || true
+fi
 # Debian's package may start a Prometheus server on :9090; the tests start their own.
 if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
   systemctl stop prometheus || true
