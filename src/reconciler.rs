@@ -504,30 +504,14 @@ impl Reconciler {
         let difference = diff::compare(&key.to_string(), &live_value, &dry);
 
         if difference.is_empty() {
-            if state.applied_commit.as_deref() != Some(commit) || state.status.is_none() {
-                // Same content under a new commit (e.g. a `git revert` of a rolled-back
-                // change): record it as synced without replacing any pod.
-                let mut ann: BTreeMap<&str, Option<String>> = BTreeMap::new();
-                ann.insert(keys::APPLIED_COMMIT, Some(commit.to_string()));
-                ann.insert(keys::APPLIED_AT, Some(timestamp()));
-                ann.insert(keys::LAST_GOOD_COMMIT, Some(commit.to_string()));
-                ann.insert(keys::DESIRED_HASH, Some(content.clone()));
-                if state.rollout.is_some() {
-                    // The finished rollout (or rollback) is history now: left in
-                    // place, recording Synced would make it look unfinished again.
-                    ann.insert(keys::ROLLOUT_STATE, None);
-                }
-                self.cluster.annotate(key, &ann).await?;
+            // Same content under a new commit (e.g. a `git revert` of a rolled-back
+            // change): record it as synced without replacing any pod.
+            let changed = state.applied_commit.as_deref() != Some(commit) || state.status.is_none();
+            self.record_synced(key, live.as_ref(), &state, commit, &content, changed)
+                .await?;
+            if changed {
                 info!("in sync with Git; recorded commit without changes to pods");
             }
-            let st = DaemonSetState {
-                applied_commit: Some(commit.to_string()),
-                last_good: Some(commit.to_string()),
-                rollout: None,
-                ..state.clone()
-            };
-            self.set_status(key, live.as_ref(), &st, SyncStatus::Synced, "")
-                .await?;
             return Ok(());
         }
 
@@ -572,21 +556,7 @@ impl Reconciler {
         if live.is_some() && !difference.touches_pod_template() {
             // No new pod revision: apply directly, nothing to roll out.
             self.cluster.apply(&desired, false).await?;
-            let mut ann: BTreeMap<&str, Option<String>> = BTreeMap::new();
-            ann.insert(keys::APPLIED_AT, Some(timestamp()));
-            ann.insert(keys::LAST_GOOD_COMMIT, Some(commit.to_string()));
-            ann.insert(keys::DESIRED_HASH, Some(content.clone()));
-            if state.rollout.is_some() {
-                ann.insert(keys::ROLLOUT_STATE, None);
-            }
-            self.cluster.annotate(key, &ann).await?;
-            let st = DaemonSetState {
-                applied_commit: Some(commit.to_string()),
-                last_good: Some(commit.to_string()),
-                rollout: None,
-                ..state.clone()
-            };
-            self.set_status(key, live.as_ref(), &st, SyncStatus::Synced, "")
+            self.record_synced(key, live.as_ref(), &state, commit, &content, true)
                 .await?;
             return Ok(());
         }
@@ -600,6 +570,39 @@ impl Reconciler {
             &state,
         )
         .await
+    }
+
+    /// Records `commit` as applied, good and Synced. With `annotate`, writes the
+    /// bookkeeping annotations too; a finished rollout (or rollback) becomes
+    /// history: left in place, recording Synced would make it look unfinished.
+    async fn record_synced(
+        &self,
+        key: &ObjectKey,
+        live: Option<&DaemonSet>,
+        state: &DaemonSetState,
+        commit: &str,
+        content: &str,
+        annotate: bool,
+    ) -> Result<(), ClusterError> {
+        if annotate {
+            let mut ann: BTreeMap<&str, Option<String>> = BTreeMap::new();
+            ann.insert(keys::APPLIED_COMMIT, Some(commit.to_string()));
+            ann.insert(keys::APPLIED_AT, Some(timestamp()));
+            ann.insert(keys::LAST_GOOD_COMMIT, Some(commit.to_string()));
+            ann.insert(keys::DESIRED_HASH, Some(content.to_string()));
+            if state.rollout.is_some() {
+                ann.insert(keys::ROLLOUT_STATE, None);
+            }
+            self.cluster.annotate(key, &ann).await?;
+        }
+        let st = DaemonSetState {
+            applied_commit: Some(commit.to_string()),
+            last_good: Some(commit.to_string()),
+            rollout: None,
+            ..state.clone()
+        };
+        self.set_status(key, live, &st, SyncStatus::Synced, "")
+            .await
     }
 
     async fn start_rollout(
