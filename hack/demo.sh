@@ -350,10 +350,10 @@ good_change() {
   step "Pushing a good change: upgrade fluent-bit from 3.1.4 to 3.1.9"
   local f="$repo/logging/fluent-bit.yaml"
   sed -i -e 's#fluent-bit:3\.1\.4#fluent-bit:3.1.9-slowready#' \
-    -e 's#^\(        prometheus\.io/path: /api/v1/metrics/prometheus\)$#\1\n        nodewave.io/kwok-ready-delay-ms: "3000"#' "$f"
-  grep -q 'fluent-bit:3.1.9-slowready' "$f" && grep -q 'kwok-ready-delay-ms' "$f" ||
+    -e 's#^\(        prometheus\.io/path: /api/v1/metrics/prometheus\)$#\1\n        nodewave.io/kwok-ready-delay: "3s"#' "$f"
+  grep -q 'fluent-bit:3.1.9-slowready' "$f" && grep -q 'kwok-ready-delay' "$f" ||
     die "could not edit $f (did examples-repo/logging/fluent-bit.yaml change?)"
-  say "The '-slowready' tag and the kwok-ready-delay-ms annotation make the fake kubelet report" \
+  say "The '-slowready' tag and the kwok-ready-delay annotation make the fake kubelet report" \
     "each new pod Ready after 3s, like a real agent starting up, so the rollout can be watched."
   say "" "Before committing, nodewave diff shows what the change would do to the cluster:"
   local rc=0

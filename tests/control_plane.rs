@@ -230,7 +230,7 @@ async fn slow_marker_becomes_ready_after_its_delay() {
     env.create_nodes(&["pool-a"], 1).await;
     let mut ds = daemonset(&env, "slow", "registry.example/agent:3.0.0-slowready");
     ds["spec"]["template"]["metadata"]["annotations"] =
-        json!({"nodewave.io/kwok-ready-delay-ms": "3000"});
+        json!({"nodewave.io/kwok-ready-delay": "3s"});
     env.apply_daemonset(&ds).await;
     let pods: Api<Pod> = env.api();
     wait_for(

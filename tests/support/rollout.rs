@@ -20,7 +20,7 @@ use super::{OWNER_LABEL, TestEnv, pod_ready, wait_for};
 /// kwok `slowready` delay annotation on the pod template.
 pub fn agent_yaml(env: &TestEnv, name: &str, image: &str, ready_delay_ms: Option<u64>) -> String {
     let annotations = ready_delay_ms.map_or_else(String::new, |ms| {
-        format!("      annotations:\n        nodewave.io/kwok-ready-delay-ms: \"{ms}ms\"\n")
+        format!("      annotations:\n        nodewave.io/kwok-ready-delay: \"{ms}ms\"\n")
     });
     format!(
         r"apiVersion: apps/v1
