@@ -361,9 +361,12 @@ impl Cluster {
             .collect())
     }
 
+    /// Names and labels of every node. Metadata only: a full Node carries its
+    /// status (images, conditions), which nodewave never reads, and at thousands
+    /// of nodes that is most of its memory.
     pub async fn nodes(&self) -> Result<Vec<NodeView>> {
         let api: Api<Node> = Api::all(self.client.clone());
-        let r = api.list(&ListParams::default()).await;
+        let r = api.list_metadata(&ListParams::default()).await;
         self.record("list", &r);
         let list = r.map_err(|e| api_err("list", "nodes".into(), e))?;
         Ok(list
