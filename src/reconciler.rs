@@ -83,6 +83,9 @@ pub struct Reconciler {
     rejected_head: Option<String>,
     prom: prometheus::Gatekeeper,
     fetch_failures: u32,
+    /// Errors in the current pass; a failing pass is not re-run at once on the
+    /// watch events its own writes caused (that would spin).
+    pass_errors: u32,
 }
 
 /// How many commits back `fall_back_to_deployed` looks for the deployed one.
@@ -118,6 +121,7 @@ impl Reconciler {
             rejected_head: None,
             prom: prometheus::Gatekeeper::default(),
             fetch_failures: 0,
+            pass_errors: 0,
         }
     }
 
@@ -135,21 +139,25 @@ impl Reconciler {
             if now >= next_fetch {
                 next_fetch = now + self.fetch().await;
             }
+            self.pass_errors = 0;
             if let Err(e) = self.sync_pass().await {
                 self.metrics.reconcile_error(e.metric_label());
+                self.pass_errors += 1;
                 warn!(error = %e, "sync pass failed; retrying");
             }
             if let Err(e) = self.rollout_pass().await {
                 self.metrics.reconcile_error(e.metric_label());
+                self.pass_errors += 1;
                 warn!(error = %e, "rollout pass failed; retrying");
             }
             let sleep = tokio::time::sleep_until(
                 next_fetch.min(tokio::time::Instant::now() + self.settings.rollout_tick),
             );
+            let failing = self.pass_errors > 0;
             tokio::select! {
                 () = sleep => {}
                 () = self.triggers.fetch.notified() => { next_fetch = tokio::time::Instant::now(); }
-                () = self.triggers.resync.notified() => {}
+                () = self.triggers.resync.notified(), if !failing => {}
                 _ = shutdown.changed() => {}
             }
             if *shutdown.borrow() {
@@ -397,6 +405,7 @@ impl Reconciler {
                 .await
             {
                 self.metrics.reconcile_error(e.metric_label());
+                self.pass_errors += 1;
                 span.in_scope(|| error!(error = %e, "cannot sync DaemonSet"));
                 self.status
                     .write()
@@ -809,6 +818,7 @@ impl Reconciler {
                 .await
             {
                 self.metrics.reconcile_error(e.metric_label());
+                self.pass_errors += 1;
                 span.in_scope(|| error!(error = %e, "rollout step failed; will retry"));
             }
         }

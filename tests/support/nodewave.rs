@@ -129,13 +129,18 @@ impl Nodewave {
             addr.to_string(),
             "--state-dir".into(),
             state_dir.display().to_string(),
-            "--kubeconfig".into(),
-            kubeconfig_path().display().to_string(),
             "--log-format".into(),
             "json".into(),
             "--rollout-interval".into(),
             "500ms".into(),
         ];
+        // The admin kubeconfig unless the test brings its own (e.g. a service account's).
+        if !extra.contains(&"--kubeconfig") {
+            args.extend([
+                "--kubeconfig".into(),
+                kubeconfig_path().display().to_string(),
+            ]);
+        }
         args.extend(extra.iter().map(|s| (*s).to_string()));
         let mut nw = Self {
             child: None,
