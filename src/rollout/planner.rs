@@ -408,10 +408,7 @@ impl Planner<'_> {
             return false;
         };
         let bake_ms = stage.bake_ms;
-        let complete = self
-            .counted_nodes()
-            .iter()
-            .all(|n| self.view.target_ready(n));
+        let complete = self.counted_nodes().iter().all(|n| self.settled(n));
         if !complete {
             // Something regressed during the bake (eviction, new node, a pod going
             // unready): soak again from scratch once it is whole.
@@ -445,6 +442,20 @@ impl Planner<'_> {
                 true
             }
         }
+    }
+
+    /// A node is done when it runs a Ready pod on the target revision. In a
+    /// rollback, a node whose pod was already not Ready when the rollback began and
+    /// now runs the target revision (the good one) is done too: its readiness is
+    /// not the rollback's to fix, and waiting for it would never end.
+    fn settled(&self, node: &str) -> bool {
+        self.view.target_ready(node)
+            || (self.r.is_rollback()
+                && self.r.baseline_unready.contains(node)
+                && self.view.old_live(node).is_empty()
+                && self.obs.pods.iter().any(|p| {
+                    p.node == node && !p.terminating && p.revision == self.r.target_revision
+                }))
     }
 
     fn prometheus_is_current(&self) -> bool {
