@@ -6,44 +6,11 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::DaemonSet;
 
 use super::nodewave::nodewave_annotations;
-use super::{OWNER_LABEL, TestEnv, debug_pods, pod_ready, wait_for};
+use super::{TestEnv, debug_pods, pod_ready, wait_for};
 
 /// A compliant DaemonSet manifest confined to the test's nodes.
 pub fn ds_yaml(env: &TestEnv, name: &str, image: &str) -> String {
-    format!(
-        r"apiVersion: apps/v1
-kind: DaemonSet
-metadata:
-  name: {name}
-  namespace: {ns}
-  labels:
-    app: {name}
-spec:
-  selector:
-    matchLabels:
-      app: {name}
-  template:
-    metadata:
-      labels:
-        app: {name}
-    spec:
-      nodeSelector:
-        {owner_label}: {owner}
-      containers:
-        - name: agent
-          image: {image}
-          resources:
-            requests: {{cpu: 10m, memory: 16Mi}}
-            limits: {{cpu: 100m, memory: 64Mi}}
-          readinessProbe:
-            httpGet: {{path: /ready, port: 8080}}
-          livenessProbe:
-            httpGet: {{path: /live, port: 8080}}
-",
-        ns = env.ns,
-        owner_label = OWNER_LABEL,
-        owner = env.owner(),
-    )
+    super::rollout::agent_yaml(env, name, image, None)
 }
 
 pub async fn get_ds(env: &TestEnv, name: &str) -> Option<DaemonSet> {
