@@ -1,15 +1,15 @@
-//! Everything nodewave does to the Kubernetes API: server-side apply (and its dry
-//! run for diffs), reading DaemonSets, their pods, revisions and nodes, deleting
-//! pods with a UID precondition, state annotations, and Events. Thin on purpose:
-//! decisions are made in `rollout` and `reconciler`.
+//! Everything nodewave does to the Kubernetes API besides the rollout record:
+//! server-side apply (and its dry run for diffs), the update revision, deleting
+//! pods with a UID precondition and pruned DaemonSets, and Events. Thin on
+//! purpose: decisions are made in `plan` and `rollout`, reads come from the
+//! watch-fed `store`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
-use k8s_openapi::api::core::v1::{Namespace, Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Pod};
 use k8s_openapi::api::events::v1::{Event, EventSeries};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
@@ -49,6 +49,12 @@ impl ClusterError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::Api { source, .. } if is_status(source, 404))
     }
+
+    /// True when an apply failed because the object's namespace does not exist.
+    pub fn is_namespace_missing(&self) -> bool {
+        matches!(self, Self::Api { source, .. }
+            if matches!(source.as_ref(), kube::Error::Api(s) if s.code == 404 && s.message.contains("namespaces")))
+    }
 }
 
 fn is_status(e: &kube::Error, code: u16) -> bool {
@@ -73,95 +79,6 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client> {
             .map_err(|e| ClusterError::Config(e.to_string()))?,
     };
     Client::try_from(config).map_err(|e| ClusterError::Config(e.to_string()))
-}
-
-/// The pod of one DaemonSet as nodewave sees it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PodView {
-    pub name: String,
-    pub uid: String,
-    pub node: String,
-    pub revision: String,
-    pub ready: bool,
-    pub restarts: u32,
-    /// Current waiting reason, else the last termination reason, of any container.
-    pub reason: Option<String>,
-    pub terminating: bool,
-}
-
-impl PodView {
-    pub fn from_pod(p: &Pod) -> Option<Self> {
-        let spec = p.spec.as_ref()?;
-        let node = spec
-            .node_name
-            .clone()
-            .or_else(|| daemon_pod_target_node(spec))?;
-        let status = p.status.as_ref();
-        let ready = status
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-        let statuses = status
-            .and_then(|s| s.container_statuses.clone())
-            .unwrap_or_default();
-        let restarts = statuses
-            .iter()
-            .map(|c| u32::try_from(c.restart_count).unwrap_or(0))
-            .sum();
-        let reason = statuses.iter().find_map(|c| {
-            let st = c.state.as_ref()?;
-            st.waiting
-                .as_ref()
-                .and_then(|w| w.reason.clone())
-                .or_else(|| st.terminated.as_ref().and_then(|t| t.reason.clone()))
-        });
-        let reason = reason.or_else(|| {
-            statuses.iter().find_map(|c| {
-                let t = c.last_state.as_ref()?.terminated.as_ref()?;
-                (t.reason.as_deref() == Some("OOMKilled")).then(|| "OOMKilled".to_string())
-            })
-        });
-        Some(Self {
-            name: p.name_any(),
-            uid: p.metadata.uid.clone().unwrap_or_default(),
-            node,
-            revision: p
-                .labels()
-                .get(keys::REVISION_HASH_LABEL)
-                .cloned()
-                .unwrap_or_default(),
-            ready,
-            restarts,
-            reason,
-            terminating: p.metadata.deletion_timestamp.is_some(),
-        })
-    }
-}
-
-/// The node a DaemonSet pod is meant for before the scheduler has bound it: the
-/// DaemonSet controller pins each pod with a `metadata.name` node-affinity field.
-fn daemon_pod_target_node(spec: &k8s_openapi::api::core::v1::PodSpec) -> Option<String> {
-    let terms = &spec
-        .affinity
-        .as_ref()?
-        .node_affinity
-        .as_ref()?
-        .required_during_scheduling_ignored_during_execution
-        .as_ref()?
-        .node_selector_terms;
-    terms.iter().find_map(|t| {
-        t.match_fields.as_ref()?.iter().find_map(|f| {
-            (f.key == "metadata.name" && f.operator == "In")
-                .then(|| f.values.as_ref()?.first().cloned())
-                .flatten()
-        })
-    })
-}
-
-/// A node as the planner needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeView {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
 }
 
 /// How long a published Event is counted up (as a series) instead of repeated.
@@ -248,14 +165,11 @@ impl Cluster {
         serde_json::to_value(ds).map_err(|e| ClusterError::Invalid(e.to_string()))
     }
 
-    /// Sets (Some) or removes (None) annotations with a JSON merge patch, leaving the
-    /// applied fields to server-side apply.
-    pub async fn annotate(
-        &self,
-        key: &ObjectKey,
-        annotations: &BTreeMap<&str, Option<String>>,
-    ) -> Result<()> {
-        let patch = json!({"metadata": {"annotations": annotations}});
+    /// Removes annotations (JSON merge patch with nulls), leaving the applied
+    /// fields to server-side apply.
+    pub async fn remove_annotations(&self, key: &ObjectKey, names: &[&str]) -> Result<()> {
+        let nulls: BTreeMap<&str, Option<String>> = names.iter().map(|n| (*n, None)).collect();
+        let patch = json!({"metadata": {"annotations": nulls}});
         let pp = PatchParams {
             field_manager: Some(format!("{}-state", keys::FIELD_MANAGER)),
             ..PatchParams::default()
@@ -283,39 +197,24 @@ impl Cluster {
     }
 
     /// The revision hash new pods of `ds` get: the newest ControllerRevision the
-    /// DaemonSet controller made for it. Waits (up to `timeout`) until the controller
-    /// has observed the DaemonSet's current generation.
-    pub async fn update_revision(&self, key: &ObjectKey, timeout: Duration) -> Result<String> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some(ds) = self.get_daemonset(key).await? {
-                let generation = ds.metadata.generation.unwrap_or(0);
-                let observed = ds
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.observed_generation)
-                    .unwrap_or(0);
-                if observed >= generation
-                    && let Some(hash) = self.newest_revision(&ds).await?
-                {
-                    return Ok(hash);
-                }
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(ClusterError::Invalid(format!(
-                    "the DaemonSet controller did not record a revision for {key} within {timeout:?}; \
-                     is kube-controller-manager running?"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn newest_revision(&self, ds: &DaemonSet) -> Result<Option<String>> {
+    /// DaemonSet controller made for it (`None` when it has made none yet). One
+    /// LIST, made only when a rollout starts: the DaemonSet controller writes the
+    /// revision before it reports the generation observed, so a read after seeing
+    /// the observed generation finds it.
+    pub async fn update_revision(&self, ds: &DaemonSet) -> Result<Option<String>> {
         let ns = ds.namespace().unwrap_or_default();
         let uid = ds.metadata.uid.clone().unwrap_or_default();
+        let selector = ds
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.match_labels.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
         let api: Api<ControllerRevision> = Api::namespaced(self.client.clone(), &ns);
-        let r = api.list(&ListParams::default()).await;
+        let r = api.list(&ListParams::default().labels(&selector)).await;
         self.record("list", &r);
         let list = r.map_err(|e| api_err("list", format!("ControllerRevisions in {ns}"), e))?;
         Ok(list
@@ -329,54 +228,6 @@ impl Cluster {
             })
             .max_by_key(|cr| cr.revision)
             .and_then(|cr| cr.labels().get(keys::REVISION_HASH_LABEL).cloned()))
-    }
-
-    /// Pods owned by the DaemonSet.
-    pub async fn pods_of(&self, ds: &DaemonSet) -> Result<Vec<PodView>> {
-        let ns = ds.namespace().unwrap_or_default();
-        let uid = ds.metadata.uid.clone().unwrap_or_default();
-        let selector = ds
-            .spec
-            .as_ref()
-            .and_then(|s| s.selector.match_labels.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
-        let r = api.list(&ListParams::default().labels(&selector)).await;
-        self.record("list", &r);
-        let list = r.map_err(|e| api_err("list", format!("pods in {ns}"), e))?;
-        Ok(list
-            .items
-            .iter()
-            .filter(|p| {
-                p.metadata
-                    .owner_references
-                    .as_ref()
-                    .is_some_and(|o| o.iter().any(|o| o.uid == uid))
-            })
-            .filter_map(PodView::from_pod)
-            .collect())
-    }
-
-    /// Names and labels of every node. Metadata only: a full Node carries its
-    /// status (images, conditions), which nodewave never reads, and at thousands
-    /// of nodes that is most of its memory.
-    pub async fn nodes(&self) -> Result<Vec<NodeView>> {
-        let api: Api<Node> = Api::all(self.client.clone());
-        let r = api.list_metadata(&ListParams::default()).await;
-        self.record("list", &r);
-        let list = r.map_err(|e| api_err("list", "nodes".into(), e))?;
-        Ok(list
-            .items
-            .into_iter()
-            .map(|n| NodeView {
-                name: n.name_any(),
-                labels: n.metadata.labels.unwrap_or_default(),
-            })
-            .collect())
     }
 
     /// Deletes a pod only if it is still the one nodewave decided to replace.

@@ -8,6 +8,7 @@ use serde_json::Value;
 use similar::TextDiff;
 
 use crate::keys;
+use crate::record::legacy;
 
 /// Metadata the API server or controllers own; never part of what Git declares.
 const SERVER_METADATA: &[&str] = &[
@@ -28,18 +29,19 @@ const BOOKKEEPING_ANNOTATIONS: &[&str] = &[
     keys::SOURCE_REPO,
     keys::SOURCE_PATH,
     keys::SOURCE_FILE,
-    keys::APPLIED_COMMIT,
-    keys::APPLIED_AT,
-    keys::DESIRED_HASH,
-    keys::LAST_GOOD_COMMIT,
-    keys::FAILED_COMMITS,
-    keys::SYNC_STATUS,
-    keys::SYNC_MESSAGE,
-    keys::ROLLOUT_STATE,
-    keys::POOL_LABEL,
-    keys::CONTROL_PAUSED,
-    keys::CONTROL_ABORT,
-    keys::CONTROL_APPROVED_STAGE,
+    keys::ALLOW_TAKEOVER,
+    legacy::APPLIED_COMMIT,
+    legacy::APPLIED_AT,
+    legacy::DESIRED_HASH,
+    legacy::LAST_GOOD_COMMIT,
+    legacy::FAILED_COMMITS,
+    legacy::SYNC_STATUS,
+    legacy::SYNC_MESSAGE,
+    legacy::ROLLOUT_STATE,
+    legacy::POOL_LABEL,
+    "nodewave.io/paused",
+    "nodewave.io/abort",
+    "nodewave.io/approved-stage",
     "deprecated.daemonset.template.generation",
     "kubectl.kubernetes.io/last-applied-configuration",
 ];

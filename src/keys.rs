@@ -1,5 +1,7 @@
 //! Label and annotation keys nodewave reads and writes. They are a contract with
-//! users (opt-ins, control annotations) and with older nodewave versions (state).
+//! users (opt-ins) and with other tools (what nodewave applied and from where).
+//! The rollout state itself lives in `DaemonSetRollout` records (`crate::record`);
+//! the annotations nodewave 0.1 used for it are in `record::legacy`.
 
 /// Field manager used for every server-side apply.
 pub const FIELD_MANAGER: &str = "nodewave";
@@ -12,23 +14,11 @@ pub const MANAGED_BY_VALUE: &str = "nodewave";
 pub const SOURCE_REPO: &str = "nodewave.io/source-repo";
 pub const SOURCE_PATH: &str = "nodewave.io/source-path";
 pub const SOURCE_FILE: &str = "nodewave.io/source-file";
-pub const APPLIED_COMMIT: &str = "nodewave.io/applied-commit";
-pub const APPLIED_AT: &str = "nodewave.io/applied-at";
-/// Hash of the desired content last applied (to recognise a failed change again).
-pub const DESIRED_HASH: &str = "nodewave.io/desired-hash";
-pub const LAST_GOOD_COMMIT: &str = "nodewave.io/last-good-commit";
-pub const FAILED_COMMITS: &str = "nodewave.io/failed-commits";
-pub const SYNC_STATUS: &str = "nodewave.io/sync-status";
-pub const SYNC_MESSAGE: &str = "nodewave.io/sync-message";
-/// Node label the current rollout groups pools by.
-pub const POOL_LABEL: &str = "nodewave.io/pool-label";
-/// JSON of the rollout in progress (see `rollout::Rollout`).
-pub const ROLLOUT_STATE: &str = "nodewave.io/rollout";
 
-/// Control annotations a user sets (or `nodewave rollout ...` sets for them).
-pub const CONTROL_PAUSED: &str = "nodewave.io/paused";
-pub const CONTROL_ABORT: &str = "nodewave.io/abort";
-pub const CONTROL_APPROVED_STAGE: &str = "nodewave.io/approved-stage";
+/// Opt-in, on an object in Git, to take over an existing object of the same
+/// name that nodewave does not manage (it is applied with forced server-side
+/// apply, so it takes every field from its current managers).
+pub const ALLOW_TAKEOVER: &str = "nodewave.io/allow-takeover";
 
 /// Opt-ins for the best-practice checks.
 pub const ALLOW_PRIVILEGED: &str = "nodewave.io/allow-privileged";

@@ -5,17 +5,24 @@
 //! and optional Prometheus queries, and rolls back to the last good commit when a
 //! gate fails.
 //!
-//! Pure logic lives in [`manifest`], [`diff`] and [`rollout`]; IO lives in
-//! [`source`], [`cluster`], [`reconciler`], [`metrics`] and [`server`].
+//! Pure logic lives in [`manifest`], [`diff`], [`plan`], [`rollout`] and
+//! [`record`] (its types and codec); IO lives in [`source`], [`desired`],
+//! [`store`], [`controller`], [`cluster`], [`record::client`], [`metrics`] and
+//! [`server`].
 #![forbid(unsafe_code)]
 
 pub mod cli;
 pub mod cluster;
+pub mod controller;
+pub mod desired;
 pub mod diff;
 pub mod keys;
 pub mod manifest;
 pub mod metrics;
-pub mod reconciler;
+pub mod plan;
+pub mod record;
 pub mod rollout;
 pub mod server;
+pub mod service;
 pub mod source;
+pub mod store;

@@ -29,120 +29,9 @@ use prometheus_client::registry::Registry;
 /// Content type of [`Metrics::encode`]'s output, for the `/metrics` handler.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Sync status of a managed DaemonSet (`nodewave_daemonset_sync_status{status}`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum SyncStatus {
-    /// Live object matches the desired commit and is healthy.
-    Synced,
-    /// Git holds a change that is not applied yet.
-    OutOfSync,
-    /// A staged rollout is in progress.
-    Progressing,
-    /// Pods are unhealthy outside of a rollout, or a rollback did not restore health.
-    Degraded,
-    /// The last rollout failed a gate and was rolled back to the last good commit.
-    RolledBack,
-    /// The rollout is paused (by policy or by an operator).
-    Paused,
-}
-
-impl SyncStatus {
-    /// Every status; all of them are exported for each known DaemonSet.
-    pub const ALL: [SyncStatus; 6] = [
-        SyncStatus::Synced,
-        SyncStatus::OutOfSync,
-        SyncStatus::Progressing,
-        SyncStatus::Degraded,
-        SyncStatus::RolledBack,
-        SyncStatus::Paused,
-    ];
-
-    /// The `status` label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SyncStatus::Synced => "Synced",
-            SyncStatus::OutOfSync => "OutOfSync",
-            SyncStatus::Progressing => "Progressing",
-            SyncStatus::Degraded => "Degraded",
-            SyncStatus::RolledBack => "RolledBack",
-            SyncStatus::Paused => "Paused",
-        }
-    }
-}
-
-/// How a rollout ended (`nodewave_rollouts_total{outcome}`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RolloutOutcome {
-    /// Every stage passed its gates.
-    Succeeded,
-    /// A gate failed and the last good commit was restored.
-    RolledBack,
-    /// An operator aborted the rollout.
-    Aborted,
-    /// The rollout could not complete and could not be rolled back.
-    Failed,
-}
-
-impl RolloutOutcome {
-    /// Every outcome; counters are pre-created at 0 so `increase()` sees the first event.
-    pub const ALL: [RolloutOutcome; 4] = [
-        RolloutOutcome::Succeeded,
-        RolloutOutcome::RolledBack,
-        RolloutOutcome::Aborted,
-        RolloutOutcome::Failed,
-    ];
-
-    /// The `outcome` label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RolloutOutcome::Succeeded => "succeeded",
-            RolloutOutcome::RolledBack => "rolled_back",
-            RolloutOutcome::Aborted => "aborted",
-            RolloutOutcome::Failed => "failed",
-        }
-    }
-}
-
-/// Health gate that failed (`nodewave_gate_failures_total{gate}`).
-///
-/// The rollout module has its own gate type whose `metric_label()` returns
-/// exactly these strings; [`Metrics::gate_failed`] therefore takes a `&str` so
-/// either can be passed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Gate {
-    /// Pods of a stage did not become ready in time.
-    ReadyTimeout,
-    /// A pod reported a fatal waiting/termination reason (e.g. `CrashLoopBackOff`).
-    FatalReason,
-    /// Containers restarted more often than allowed.
-    Restarts,
-    /// A Prometheus gate query failed.
-    Prometheus,
-    /// An operator aborted the rollout.
-    Aborted,
-}
-
-impl Gate {
-    /// Every gate; counters are pre-created at 0 for each known DaemonSet.
-    pub const ALL: [Gate; 5] = [
-        Gate::ReadyTimeout,
-        Gate::FatalReason,
-        Gate::Restarts,
-        Gate::Prometheus,
-        Gate::Aborted,
-    ];
-
-    /// The `gate` label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Gate::ReadyTimeout => "ready_timeout",
-            Gate::FatalReason => "fatal_reason",
-            Gate::Restarts => "restarts",
-            Gate::Prometheus => "prometheus",
-            Gate::Aborted => "aborted",
-        }
-    }
-}
+pub use crate::plan::Outcome as RolloutOutcome;
+pub use crate::record::SyncStatus;
+use crate::rollout::Gate;
 
 /// Result of a Git fetch (`nodewave_git_fetch_total{result}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -772,10 +661,10 @@ impl Metrics {
                     &DsGateLabels {
                         namespace: namespace.to_owned(),
                         daemonset: daemonset.to_owned(),
-                        gate: gate.as_str().to_owned(),
+                        gate: gate.metric_label().to_owned(),
                     },
                 );
-                series.gates.insert(gate.as_str().to_owned());
+                series.gates.insert(gate.metric_label().to_owned());
             }
             series
         })
@@ -910,7 +799,7 @@ impl Metrics {
         namespace: &str,
         daemonset: &str,
         outcome: RolloutOutcome,
-        duration: Duration,
+        secs: f64,
     ) {
         let mut guard = self.state();
         self.ensure_known(&mut guard, namespace, daemonset);
@@ -927,11 +816,10 @@ impl Metrics {
             .get_or_create(&OutcomeLabels {
                 outcome: outcome.as_str(),
             })
-            .observe(duration.as_secs_f64());
+            .observe(secs);
     }
 
-    /// Counts a failed health gate. `gate` is one of [`Gate::as_str`]'s values
-    /// (the rollout module's `Gate::metric_label()` returns the same strings).
+    /// Counts a failed health gate. `gate` is a `Gate::metric_label()` value.
     pub fn gate_failed(&self, namespace: &str, daemonset: &str, gate: &str) {
         let mut guard = self.state();
         let series = self.ensure_known(&mut guard, namespace, daemonset);
@@ -952,8 +840,8 @@ impl Metrics {
     }
 
     /// Records a rollback duration measured by the caller.
-    pub fn observe_rollback_duration(&self, duration: Duration) {
-        self.inner.rollback_duration.observe(duration.as_secs_f64());
+    pub fn observe_rollback_duration(&self, secs: f64) {
+        self.inner.rollback_duration.observe(secs);
     }
 
     /// Removes every per-DaemonSet series of a DaemonSet that is no longer managed.
@@ -1121,13 +1009,8 @@ mod tests {
                 total: 2,
             },
         );
-        m.rollout_finished(
-            "kube-system",
-            "cilium",
-            RolloutOutcome::RolledBack,
-            Duration::from_secs(90),
-        );
-        m.gate_failed("kube-system", "cilium", Gate::Restarts.as_str());
+        m.rollout_finished("kube-system", "cilium", RolloutOutcome::RolledBack, 90.0);
+        m.gate_failed("kube-system", "cilium", Gate::Restarts.metric_label());
         drop(m.rollback_timer());
         m.reconcile_error("kube-api");
         m.kube_request("patch", true);

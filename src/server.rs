@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use crate::metrics::{self, Metrics, WebhookProvider, WebhookResult};
-use crate::reconciler::{SharedStatus, Triggers};
+use crate::service::{SharedStatus, Triggers};
 use crate::source::GitRef;
 use crate::source::webhook::{self, MAX_BODY_BYTES, Provider};
 
@@ -28,8 +28,9 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/leaderz", get(leaderz))
         .route("/status", get(status))
         .route("/webhook", post(webhook_handler))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -44,7 +45,25 @@ async fn metrics_handler(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-/// `/readyz`: 503 (the reasons in the body) until nodewave holds a valid commit
+/// `/healthz`: the process is alive and no task panicked (a panic makes it 503 so
+/// the kubelet restarts the pod and a standby takes over).
+async fn healthz(State(s): State<AppState>) -> Response {
+    match &s.status.read().await.panicked {
+        None => (StatusCode::OK, "ok\n").into_response(),
+        Some(p) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: a task panicked ({p}); restart me\n"),
+        )
+            .into_response(),
+    }
+}
+
+/// `/readyz`: 200 for a standby replica waiting for the leader lease (so a
+/// two-replica Deployment rolls out), and for the leader once it is in sync;
+/// `/leaderz` answers 200 only on the leader in sync, for a
+/// load balancer that should send webhooks to the replica that acts.
+///
+/// For the leader: 503 (the reasons in the body) until nodewave holds a valid commit
 /// from Git and has finished one sync pass comparing it with the cluster; 200 from
 /// then on.
 ///
@@ -62,7 +81,9 @@ async fn metrics_handler(State(s): State<AppState>) -> Response {
 /// `nodewave_git_last_successful_fetch_timestamp_seconds`: alert on those.
 async fn readyz(State(s): State<AppState>) -> Response {
     let st = s.status.read().await;
-    if st.synced_once {
+    if st.standby {
+        (StatusCode::OK, "standby: waiting for the leader lease\n").into_response()
+    } else if st.synced_once {
         (StatusCode::OK, "ok\n").into_response()
     } else {
         let mut why = Vec::new();
@@ -84,6 +105,18 @@ async fn readyz(State(s): State<AppState>) -> Response {
             format!("not ready: {}\n", why.join("; ")),
         )
             .into_response()
+    }
+}
+
+/// `/leaderz`: 200 only on the replica that holds the lease and is in sync.
+async fn leaderz(State(s): State<AppState>) -> Response {
+    let st = s.status.read().await;
+    if st.leader && st.synced_once {
+        (StatusCode::OK, "leader\n").into_response()
+    } else if st.leader {
+        (StatusCode::SERVICE_UNAVAILABLE, "leader, not in sync yet\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not the leader\n").into_response()
     }
 }
 

@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nodewave::metrics::{
-    FetchResult, Gate, Metrics, PoolPodCounts, RolloutOutcome, SyncStatus, WebhookProvider,
-    WebhookResult,
+    FetchResult, Metrics, PoolPodCounts, RolloutOutcome, SyncStatus, WebhookProvider, WebhookResult,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -393,15 +392,14 @@ fn metrics_with_one_sample_of_everything() -> Metrics {
         },
     );
     m.retain_pools("logging", "fluent-bit", &["canary"]);
-    m.gate_failed("logging", "fluent-bit", Gate::FatalReason.as_str());
-    m.rollout_finished(
+    m.gate_failed(
         "logging",
         "fluent-bit",
-        RolloutOutcome::RolledBack,
-        Duration::from_secs(95),
+        nodewave::rollout::Gate::FatalReason.metric_label(),
     );
+    m.rollout_finished("logging", "fluent-bit", RolloutOutcome::RolledBack, 95.0);
     drop(m.rollback_timer());
-    m.observe_rollback_duration(Duration::from_secs(20));
+    m.observe_rollback_duration(20.0);
     m.reconcile_error("apply");
     m.kube_request("patch", true);
     m.kube_request("list", false);

@@ -83,9 +83,24 @@ pub struct RunArgs {
     /// [default: auto-detect GKE, EKS, AKS, Karpenter and nodewave.io/pool labels].
     #[arg(long, env = "NODEWAVE_POOL_LABEL")]
     pub pool_label: Option<String>,
-    /// How often rollouts in progress are checked [default: 2s].
-    #[arg(long, env = "NODEWAVE_ROLLOUT_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
+    /// No longer used: rollouts are driven by watch events and their own
+    /// deadlines. Accepted (with a warning) so old configurations keep working.
+    #[arg(long, env = "NODEWAVE_ROLLOUT_INTERVAL", value_name = "DURATION", value_parser = parse_duration, hide = true)]
     pub rollout_interval: Option<Duration>,
+    /// Stop a Git fetch that has not finished after this long [default: 60s].
+    #[arg(long, env = "NODEWAVE_FETCH_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub fetch_timeout: Option<Duration>,
+    /// DaemonSets reconciled concurrently [default: 8].
+    #[arg(long, env = "NODEWAVE_WORKERS", value_name = "N")]
+    pub workers: Option<usize>,
+    /// Take over existing DaemonSets that nodewave does not manage (otherwise only
+    /// those carrying the annotation nodewave.io/allow-takeover: "true" in Git).
+    #[arg(long, env = "NODEWAVE_ALLOW_TAKEOVER")]
+    pub allow_takeover: bool,
+    /// Do not install or upgrade the DaemonSetRollout CRD at start (install
+    /// deploy/crds/ yourself; nodewave then needs no permission on CRDs).
+    #[arg(long, env = "NODEWAVE_NO_INSTALL_CRDS")]
+    pub no_install_crds: bool,
     /// Log format: human or json [default: human].
     #[arg(long, env = "NODEWAVE_LOG_FORMAT", value_parser = ["human", "json"])]
     pub log_format: Option<String>,
@@ -136,6 +151,10 @@ pub struct FileConfig {
     pub create_namespaces: Option<bool>,
     pub pool_label: Option<String>,
     pub rollout_interval: Option<String>,
+    pub fetch_timeout: Option<String>,
+    pub workers: Option<usize>,
+    pub allow_takeover: Option<bool>,
+    pub install_crds: Option<bool>,
     pub log_format: Option<String>,
     pub log_level: Option<String>,
     pub allow_namespaces: Option<Vec<String>>,
@@ -162,7 +181,12 @@ pub struct Resolved {
     pub self_heal: bool,
     pub create_namespaces: bool,
     pub pool_label: Option<String>,
-    pub rollout_interval: Duration,
+    /// Set when the obsolete `rollout-interval` was given (warned about).
+    pub rollout_interval: Option<Duration>,
+    pub fetch_timeout: Duration,
+    pub workers: usize,
+    pub allow_takeover: bool,
+    pub install_crds: bool,
     pub log_json: bool,
     pub log_level: String,
     pub rules: RuleArgs,
@@ -270,13 +294,17 @@ impl RunArgs {
             self_heal: !self.no_self_heal && file.self_heal.unwrap_or(true),
             create_namespaces: self.create_namespaces || file.create_namespaces.unwrap_or(false),
             pool_label: self.pool_label.clone().or(file.pool_label.clone()),
-            rollout_interval: self
-                .rollout_interval
-                .or(duration_opt(
-                    file.rollout_interval.as_ref(),
-                    "rollout-interval",
-                )?)
-                .unwrap_or(Duration::from_secs(2)),
+            rollout_interval: self.rollout_interval.or(duration_opt(
+                file.rollout_interval.as_ref(),
+                "rollout-interval",
+            )?),
+            fetch_timeout: self
+                .fetch_timeout
+                .or(duration_opt(file.fetch_timeout.as_ref(), "fetch-timeout")?)
+                .unwrap_or(Duration::from_mins(1)),
+            workers: self.workers.or(file.workers).unwrap_or(8).clamp(1, 256),
+            allow_takeover: self.allow_takeover || file.allow_takeover.unwrap_or(false),
+            install_crds: !self.no_install_crds && file.install_crds.unwrap_or(true),
             log_json: log_format == "json",
             log_level: self
                 .log_level

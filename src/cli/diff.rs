@@ -9,11 +9,11 @@ use serde_json::Value;
 use super::KubeArgs;
 use super::validate::RuleArgs;
 use crate::cluster::{self, Cluster};
+use crate::desired::decorate;
 use crate::diff;
 use crate::keys;
-use crate::manifest::{self, ManifestFile};
+use crate::manifest::{self, ManifestFile, ObjectKey};
 use crate::metrics::Metrics;
-use crate::reconciler::{decorate, key_of};
 use crate::source::{GitRef, GitSource, GitSourceConfig, redact_url};
 
 #[derive(Debug, clap::Args)]
@@ -106,7 +106,7 @@ fn tempfile_dir() -> Result<PathBuf, String> {
 }
 
 async fn diff_all(args: &DiffArgs) -> Result<usize, String> {
-    let (files, commit, repo) = load_files(args)?;
+    let (files, _commit, repo) = load_files(args)?;
     let desired = manifest::load(&files, &args.rules.load_options()).map_err(|r| r.to_string())?;
     let client = cluster::client(args.kube.kubeconfig.as_deref())
         .await
@@ -145,13 +145,7 @@ async fn diff_all(args: &DiffArgs) -> Result<usize, String> {
                         .unwrap_or_else(|| args.path.clone()),
                 )
             });
-        let obj = decorate(
-            &dds.manifest,
-            &dds.location.file,
-            &commit,
-            &repo_ann,
-            &path_ann,
-        );
+        let obj = decorate(&dds.manifest, &dds.location.file, &repo_ann, &path_ann);
         let live_value = match &live {
             Some(ds) => serde_json::to_value(ds).map_err(|e| e.to_string())?,
             None => Value::Null,
@@ -191,7 +185,7 @@ async fn diff_all(args: &DiffArgs) -> Result<usize, String> {
         .await
         .map_err(|e| e.to_string())?
     {
-        let key = key_of(&ds);
+        let key = ObjectKey::new(ds.namespace().unwrap_or_default(), ds.name_any());
         let same_source = ds
             .annotations()
             .get(keys::SOURCE_REPO)

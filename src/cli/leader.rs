@@ -8,8 +8,10 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 /// Lease duration and renewal grace, in seconds: a crashed leader is replaced
-/// within about this long.
-const LEASE_SECONDS: u64 = 15;
+/// within about this long. The leader renews `GRACE_SECONDS` before expiry and
+/// stops acting `controller::fence::MARGIN` before expiry (renew deadline 13 s
+/// of a 15 s lease), so its last action always precedes a takeover.
+pub const LEASE_SECONDS: u64 = 15;
 const GRACE_SECONDS: u64 = 5;
 
 pub struct Leadership {
@@ -17,7 +19,7 @@ pub struct Leadership {
     task: JoinHandle<kube_lease_manager::Result<LeaseManager>>,
 }
 
-fn identity() -> String {
+pub fn identity() -> String {
     std::env::var("POD_NAME").unwrap_or_else(|_| {
         let host = std::fs::read_to_string("/etc/hostname")
             .map_or_else(|_| "nodewave".into(), |h| h.trim().to_string());
@@ -26,8 +28,13 @@ fn identity() -> String {
 }
 
 /// Waits until this process holds the lease.
-pub async fn acquire(client: Client, namespace: &str, lease: &str) -> Result<Leadership, String> {
-    let id = identity();
+pub async fn acquire(
+    client: Client,
+    namespace: &str,
+    lease: &str,
+    id: &str,
+) -> Result<Leadership, String> {
+    let id = id.to_string();
     let manager = LeaseManagerBuilder::new(client, lease)
         .with_namespace(namespace)
         .with_identity(&id)

@@ -51,6 +51,10 @@ enum Command {
     /// Control a rollout in progress.
     #[command(subcommand)]
     Rollout(rollout::RolloutCommand),
+    /// Internal: one Git fetch, run by `nodewave run` in a child process so a
+    /// hanging remote can be stopped (source on stdin, outcome on stdout).
+    #[command(name = "internal-git-fetch", hide = true)]
+    InternalGitFetch,
 }
 
 /// Options shared by the commands that talk to a cluster.
@@ -64,6 +68,9 @@ pub struct KubeArgs {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::InternalGitFetch) {
+        return crate::source::fetch_process::child_main();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -83,6 +90,7 @@ pub fn main() -> ExitCode {
             Command::Validate(args) => validate::run(&args),
             Command::Status(args) => status::run(args).await,
             Command::Rollout(cmd) => rollout::run(cmd).await,
+            Command::InternalGitFetch => crate::source::fetch_process::child_main(),
         }
     })
 }

@@ -1,14 +1,16 @@
-//! `nodewave rollout pause|resume|abort|approve`: control annotations on a DaemonSet.
+//! `nodewave rollout pause|resume|abort|approve`: the controls in the spec of a
+//! DaemonSet's `DaemonSetRollout` record (what `kubectl patch dsrollout` does too).
 
-use std::collections::BTreeMap;
 use std::process::ExitCode;
 
+use kube::api::Api;
+use serde_json::json;
+
 use super::KubeArgs;
-use crate::cluster::{self, Cluster};
-use crate::keys;
+use crate::cluster;
 use crate::manifest::ObjectKey;
-use crate::metrics::Metrics;
-use crate::reconciler::DaemonSetState;
+use crate::record::client::{Records, WriteError};
+use crate::record::{self, DaemonSetRollout};
 use crate::rollout::Phase;
 
 #[derive(Debug, clap::Subcommand)]
@@ -65,52 +67,71 @@ async fn control(cmd: RolloutCommand) -> Result<String, String> {
     let client = cluster::client(target.kube.kubeconfig.as_deref())
         .await
         .map_err(|e| e.to_string())?;
-    let cluster = Cluster::new(client, Metrics::new());
-    let ds = cluster
-        .get_daemonset(&key)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("DaemonSet {key} not found"))?;
-    let state = DaemonSetState::of(&ds);
-    let mut ann: BTreeMap<&str, Option<String>> = BTreeMap::new();
-    let msg = match verb {
-        "pause" => {
-            ann.insert(keys::CONTROL_PAUSED, Some("true".into()));
-            format!("{key}: pause requested; nodewave stops replacing pods at its next step")
+    let api: Api<DaemonSetRollout> = Api::namespaced(client.clone(), &key.namespace);
+    let records = Records::new(client, "", "");
+    // A conflict means nodewave wrote the record in between: read it again.
+    for _ in 0..5 {
+        let current = api
+            .get_opt(&key.name)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| {
+                format!("{key}: no DaemonSetRollout record; is it managed by nodewave?")
+            })?;
+        let (spec, msg) = request(&key, verb, &current)?;
+        match records.patch_spec(&current, &spec).await {
+            Ok(_) => return Ok(msg),
+            Err(WriteError::Conflict(_)) => {}
+            Err(e) => return Err(e.to_string()),
         }
-        "resume" => {
-            ann.insert(keys::CONTROL_PAUSED, None);
-            format!("{key}: resume requested")
-        }
+    }
+    Err(format!("{key}: the record kept changing; try again"))
+}
+
+/// The spec change for `verb`, and what to tell the user.
+fn request(
+    key: &ObjectKey,
+    verb: &str,
+    current: &DaemonSetRollout,
+) -> Result<(serde_json::Value, String), String> {
+    let state = current
+        .status
+        .as_ref()
+        .filter(|s| !s.state.is_empty())
+        .map(|s| record::codec::decode(&s.state))
+        .transpose()
+        .map_err(|e| format!("{key}: {e}"))?
+        .unwrap_or_default();
+    let rollout = state.rollout();
+    Ok(match verb {
+        "pause" => (
+            json!({"paused": true}),
+            format!("{key}: pause requested; nodewave stops replacing pods at once"),
+        ),
+        "resume" => (json!({"paused": null}), format!("{key}: resume requested")),
         "abort" => {
-            let active = state
-                .rollout
-                .as_ref()
-                .is_some_and(|r| !r.phase.is_terminal());
-            if !active {
+            let Some(r) = rollout.filter(|r| !r.phase.is_terminal() && !r.is_rollback()) else {
                 return Err(format!("{key} has no rollout in progress to abort"));
-            }
-            ann.insert(keys::CONTROL_ABORT, Some("true".into()));
-            format!("{key}: abort requested; nodewave rolls back to the last good commit")
+            };
+            (
+                json!({"abortCommit": r.commit}),
+                format!(
+                    "{key}: abort of commit {} requested; nodewave rolls back to the last good commit",
+                    record::short(&r.commit)
+                ),
+            )
         }
         _ => {
-            let Some(r) = state
-                .rollout
-                .as_ref()
-                .filter(|r| matches!(r.phase, Phase::AwaitingApproval))
-            else {
+            let Some(r) = rollout.filter(|r| matches!(r.phase, Phase::AwaitingApproval)) else {
                 return Err(format!("{key} has no stage awaiting approval"));
             };
             let name = r.stages.get(r.stage).map_or("?", |s| s.name.as_str());
-            ann.insert(keys::CONTROL_APPROVED_STAGE, Some(r.stage.to_string()));
-            format!("{key}: stage {} ({name}) approved", r.stage)
+            (
+                json!({"approvedStage": {"commit": r.commit, "stage": r.stage}}),
+                format!("{key}: stage {} ({name}) approved", r.stage + 1),
+            )
         }
-    };
-    cluster
-        .annotate(&key, &ann)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(msg)
+    })
 }
 
 #[cfg(test)]

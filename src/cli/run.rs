@@ -1,24 +1,27 @@
-//! `nodewave run`: wires source, cluster, reconciler and HTTP server together.
+//! `nodewave run`: wires the HTTP server, leader election, the watches, the
+//! desired-state pipeline and the controller together.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use futures::StreamExt;
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
-use kube::runtime::watcher;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use super::RunArgs;
 use super::leader;
 use crate::cluster::{self, Cluster};
-use crate::keys;
+use crate::controller::{self, Fence};
+use crate::desired::{Loader, Pipeline, SourceIdentity};
 use crate::manifest::CHECKS;
 use crate::metrics::Metrics;
-use crate::reconciler::{Reconciler, Settings, SharedStatus, Triggers};
+use crate::plan;
+use crate::record::client::{Records, ensure_crd};
 use crate::server::{self, AppState};
+use crate::service::{SharedStatus, Triggers};
 use crate::source::{GitSourceConfig, SourceWorker, redact_url};
+use crate::store::{Scope, Touched, Watches};
 
 pub fn init_logging(json: bool, filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
@@ -40,6 +43,25 @@ pub fn init_logging(json: bool, filter: &str) {
     }
 }
 
+fn read_webhook_secret(path: &std::path::Path) -> Result<Arc<Vec<u8>>, String> {
+    let mut bytes = std::fs::read(path).map_err(|e| {
+        format!(
+            "cannot read the webhook secret file {}: {e}",
+            path.display()
+        )
+    })?;
+    while bytes.last().is_some_and(u8::is_ascii_whitespace) {
+        bytes.pop();
+    }
+    if bytes.is_empty() {
+        return Err(format!(
+            "the webhook secret file {} is empty",
+            path.display()
+        ));
+    }
+    Ok(Arc::new(bytes))
+}
+
 pub async fn run(args: RunArgs) -> ExitCode {
     let cfg = match args.resolve() {
         Ok(c) => c,
@@ -51,9 +73,15 @@ pub async fn run(args: RunArgs) -> ExitCode {
     init_logging(cfg.log_json, &cfg.log_level);
     let repo_display = redact_url(&cfg.repo);
     info!(version = env!("CARGO_PKG_VERSION"), repo = %repo_display, reference = %cfg.reference, path = %cfg.path, "starting nodewave");
+    if cfg.rollout_interval.is_some() {
+        warn!(
+            "--rollout-interval is no longer used: rollouts follow watch events and their own deadlines"
+        );
+    }
 
     let metrics = Metrics::new();
     metrics.init_commit_reject_reasons(CHECKS.iter().map(|c| c.id));
+    metrics.init_commit_reject_reasons(["read-error"]);
     let client = match cluster::client(cfg.kubeconfig.as_deref()).await {
         Ok(c) => c,
         Err(e) => {
@@ -61,54 +89,31 @@ pub async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let source = match SourceWorker::open(GitSourceConfig {
+    let source_cfg = GitSourceConfig {
         url: cfg.repo.clone(),
         reference: cfg.reference.clone(),
         path: cfg.path.clone(),
         checkout_dir: cfg.state_dir.clone(),
         credentials: cfg.credentials.clone(),
-    }) {
+    };
+    let source = match SourceWorker::open(source_cfg.clone()) {
         Ok(s) => s,
         Err(e) => {
             error!(error = %e, "cannot open the Git source");
             return ExitCode::from(2);
         }
     };
-    let webhook_secret = match &cfg.webhook_secret_file {
-        Some(p) => match std::fs::read(p) {
-            Ok(mut bytes) => {
-                while bytes.last().is_some_and(u8::is_ascii_whitespace) {
-                    bytes.pop();
-                }
-                if bytes.is_empty() {
-                    error!(file = %p.display(), "the webhook secret file is empty");
-                    return ExitCode::from(2);
-                }
-                Some(Arc::new(bytes))
-            }
-            Err(e) => {
-                error!(file = %p.display(), error = %e, "cannot read the webhook secret file");
-                return ExitCode::from(2);
-            }
-        },
+    let webhook_secret = match cfg.webhook_secret_file.as_deref().map(read_webhook_secret) {
+        Some(Ok(s)) => Some(s),
+        Some(Err(e)) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
         None => None,
     };
 
     let status = SharedStatus::default();
     let triggers = Arc::new(Triggers::default());
-    let cluster = Cluster::new(client.clone(), metrics.clone());
-    let settings = Settings {
-        repo_display,
-        path: cfg.path.clone(),
-        poll_interval: cfg.poll_interval,
-        prune: cfg.prune,
-        self_heal: cfg.self_heal,
-        create_namespaces: cfg.create_namespaces,
-        pool_label: cfg.pool_label.clone(),
-        load: cfg.rules.load_options(),
-        rollout_tick: cfg.rollout_interval,
-    };
-
     let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -124,7 +129,6 @@ pub async fn run(args: RunArgs) -> ExitCode {
         webhook_secret,
         reference: cfg.reference.clone(),
     });
-
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut server_shutdown = shutdown_rx.clone();
     let server = tokio::spawn(async move {
@@ -137,60 +141,123 @@ pub async fn run(args: RunArgs) -> ExitCode {
             error!(error = %e, "HTTP server failed");
         }
     });
+    let stop = |code: ExitCode| async move {
+        let _ = shutdown_tx.send(true);
+        let _ = server.await;
+        code
+    };
 
-    // Any change to a managed DaemonSet (ours or someone's `kubectl edit`) wakes the
-    // loop, so drift is seen within seconds rather than at the next poll.
-    let watch_triggers = triggers.clone();
-    let client_for_lease = client.clone();
-    let ds_api: Api<DaemonSet> = Api::all(client);
-    let watcher_task = tokio::spawn(async move {
-        let cfg = watcher::Config::default().labels(&format!(
-            "{}={}",
-            keys::MANAGED_BY_LABEL,
-            keys::MANAGED_BY_VALUE
-        ));
-        let mut stream = watcher(ds_api, cfg).boxed();
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(
-                    watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone,
-                ) => {
-                    watch_triggers.resync.notify_one();
-                }
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "DaemonSet watch interrupted; retrying"),
-            }
-        }
-    });
-
-    // Only the leader reconciles; the HTTP server already answers /healthz (and
-    // /readyz says not ready) while a replica waits.
-    let mut exit = ExitCode::SUCCESS;
-    let mut leadership = None;
-    if let Some((namespace, lease)) = &cfg.leader_election {
-        tokio::select! {
-            r = leader::acquire(client_for_lease, namespace, lease) => match r {
-                Ok(l) => leadership = Some(l),
-                Err(e) => {
-                    error!(error = %e, "leader election failed");
-                    let _ = shutdown_tx.send(true);
-                    watcher_task.abort();
-                    let _ = server.await;
-                    return ExitCode::from(1);
-                }
-            },
-            () = shutdown_signal() => {
-                let _ = shutdown_tx.send(true);
-                watcher_task.abort();
-                let _ = server.await;
-                return ExitCode::SUCCESS;
-            }
-        }
+    if cfg.install_crds
+        && let Err(e) = ensure_crd(&client).await
+    {
+        error!("{e}");
+        return stop(ExitCode::from(2)).await;
     }
 
-    let reconciler = Reconciler::new(settings, cluster, source, metrics, status, triggers);
-    let loop_task = tokio::spawn(reconciler.run(shutdown_rx));
+    // Only the leader watches and acts; a standby serves /healthz and /readyz
+    // (ready: "standby") and takes over within the lease duration.
+    let identity = leader::identity();
+    let mut leadership = None;
+    let mut lease_watch = None;
+    let fence = match &cfg.leader_election {
+        Some((namespace, lease)) => {
+            status.write().await.standby = true;
+            let fence = Fence::lease(&identity);
+            lease_watch =
+                Some(fence.follow(Api::<Lease>::namespaced(client.clone(), namespace), lease));
+            tokio::select! {
+                r = leader::acquire(client.clone(), namespace, lease, &identity) => match r {
+                    Ok(l) => leadership = Some(l),
+                    Err(e) => {
+                        error!(error = %e, "leader election failed");
+                        return stop(ExitCode::from(1)).await;
+                    }
+                },
+                () = shutdown_signal() => return stop(ExitCode::SUCCESS).await,
+            }
+            fence
+        }
+        None => Fence::unfenced(),
+    };
+    {
+        let mut st = status.write().await;
+        st.standby = false;
+        st.leader = true;
+    }
 
+    let scope = Scope::AllNamespaces;
+    let (touch_tx, touch_rx) = mpsc::unbounded_channel::<Touched>();
+    let mut watches = Watches::start(
+        &client,
+        &scope,
+        Arc::new(move |t| {
+            let _ = touch_tx.send(t);
+        }),
+    );
+    info!("waiting for the watches to list DaemonSets, pods, nodes and records");
+    tokio::select! {
+        () = watches.wait_ready() => {}
+        () = shutdown_signal() => return stop(ExitCode::SUCCESS).await,
+    }
+    info!(
+        daemonsets = watches.stores.daemonsets().iter().count(),
+        pods = watches.stores.pod_count(),
+        nodes = watches.stores.nodes().len(),
+        "watches ready"
+    );
+
+    let identity_src = SourceIdentity {
+        repo: repo_display.clone(),
+        path: cfg.path.clone(),
+    };
+    let cluster = Cluster::new(client.clone(), metrics.clone());
+    let loader = Arc::new(Loader::new(
+        source,
+        cfg.rules.load_options(),
+        identity_src.clone(),
+    ));
+    let (desired_tx, desired_rx) = watch::channel(None);
+    let pipeline = Pipeline {
+        loader: loader.clone(),
+        fetch: source_cfg,
+        fetch_timeout: cfg.fetch_timeout,
+        poll_interval: cfg.poll_interval,
+        status: status.clone(),
+        metrics: metrics.clone(),
+        triggers: triggers.clone(),
+        cluster: cluster.clone(),
+        stores: watches.stores.clone(),
+        report_namespaces: cfg.rules.allow_namespaces.clone(),
+    };
+    let pipeline_task = tokio::spawn(pipeline.run(desired_tx, shutdown_rx.clone()));
+    let ctx = controller::Context::new(
+        controller::Config {
+            identity: identity_src.clone(),
+            settings: plan::Settings {
+                self_heal: cfg.self_heal,
+                prune: cfg.prune,
+                pool_label: cfg.pool_label.clone(),
+                allow_takeover: cfg.allow_takeover,
+            },
+            workers: cfg.workers,
+            create_namespaces: cfg.create_namespaces,
+        },
+        cluster,
+        Records::new(
+            client.clone(),
+            identity_src.repo.clone(),
+            identity_src.path.clone(),
+        ),
+        watches.stores.clone(),
+        desired_rx,
+        loader,
+        metrics,
+        status,
+        fence,
+    );
+    let controller_task = tokio::spawn(controller::run(ctx, touch_rx, shutdown_rx.clone()));
+
+    let mut exit = ExitCode::SUCCESS;
     if let Some(l) = leadership.as_mut() {
         tokio::select! {
             () = shutdown_signal() => info!("signal received, stopping"),
@@ -204,14 +271,17 @@ pub async fn run(args: RunArgs) -> ExitCode {
         shutdown_signal().await;
         info!("signal received, stopping");
     }
-    let _ = shutdown_tx.send(true);
-    watcher_task.abort();
-    let _ = loop_task.await;
-    let _ = server.await;
+    let code = stop(exit).await;
+    let _ = controller_task.await;
+    let _ = pipeline_task.await;
+    drop(watches);
+    if let Some(t) = lease_watch {
+        t.abort();
+    }
     if let Some(l) = leadership {
         l.release().await;
     }
-    exit
+    code
 }
 
 async fn shutdown_signal() {

@@ -1,17 +1,19 @@
-//! `nodewave status`: what nodewave manages, read from the cluster (works from a
-//! laptop: everything is recorded on the DaemonSets themselves).
+//! `nodewave status`: what nodewave manages, read from the DaemonSetRollout
+//! records (works from a laptop: everything is recorded in the cluster).
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use kube::ResourceExt;
+use kube::api::{Api, ListParams};
 use serde::Serialize;
 
 use super::KubeArgs;
-use crate::cluster::{self, Cluster};
+use crate::cluster;
 use crate::keys;
-use crate::metrics::Metrics;
-use crate::reconciler::{DaemonSetState, PoolProgress, key_of, progress_by_pool};
-use crate::rollout::{Phase, RolloutKind};
+use crate::plan::PoolProgress;
+use crate::record::{self, DaemonSetRollout, RecordState, Work};
+use crate::rollout::RolloutKind;
 
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
@@ -32,11 +34,15 @@ pub struct Row {
     pub status: String,
     pub message: Option<String>,
     pub applied_commit: Option<String>,
-    pub applied_at: Option<String>,
+    pub observed_at: Option<String>,
     pub last_good_commit: Option<String>,
     pub failed_commits: Vec<String>,
     pub rollout: Option<RolloutRow>,
-    pub pools: std::collections::BTreeMap<String, PoolProgress>,
+    pub pools: BTreeMap<String, PoolProgress>,
+    pub source_repo: Option<String>,
+    pub source_path: Option<String>,
+    /// Set when the record cannot be decoded (nodewave does not act on it).
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -77,10 +83,96 @@ pub async fn run(args: StatusArgs) -> ExitCode {
     }
 }
 
-pub fn phase_name(p: &Phase) -> String {
-    match p {
-        Phase::Failed { failure } => format!("Failed ({})", failure.gate.metric_label()),
-        other => other.name().to_string(),
+fn rollout_row(state: &RecordState) -> Option<RolloutRow> {
+    match &state.work {
+        Work::Rolling { rollout: r, .. } => Some(RolloutRow {
+            kind: match &r.kind {
+                RolloutKind::Forward => "forward".into(),
+                RolloutKind::Rollback { .. } => "rollback".into(),
+            },
+            commit: r.commit.clone(),
+            phase: record::phase_name(&r.phase),
+            stage: r.stage,
+            stage_name: r
+                .stages
+                .get(r.stage)
+                .map(|s| s.name.clone())
+                .unwrap_or_default(),
+            stages: r.stages.len(),
+            last_gate: r.last_gate.as_ref().map(|g| {
+                format!(
+                    "{} {}",
+                    if g.passed { "passed:" } else { "FAILED:" },
+                    g.message
+                )
+            }),
+        }),
+        Work::Applying { target, mode, .. } => Some(RolloutRow {
+            kind: match mode {
+                record::ApplyMode::Rollback { .. } => "rollback".into(),
+                _ => "forward".into(),
+            },
+            commit: target.commit.clone(),
+            phase: "Applying".into(),
+            stage: 0,
+            stage_name: String::new(),
+            stages: 0,
+            last_gate: None,
+        }),
+        Work::Idle | Work::Pruning => None,
+    }
+}
+
+/// One row per record.
+pub fn row_of(r: &DaemonSetRollout) -> Row {
+    let ann = r.annotations();
+    let status = r.status.clone().unwrap_or_default();
+    let decoded = if status.state.is_empty() {
+        Ok(RecordState::default())
+    } else {
+        record::codec::decode(&status.state)
+    };
+    let pools = status
+        .pools
+        .iter()
+        .map(|p| {
+            let n = |v: i64| usize::try_from(v).unwrap_or(0);
+            (
+                p.name.clone(),
+                PoolProgress {
+                    updated: n(p.updated),
+                    ready: n(p.ready),
+                    total: n(p.total),
+                },
+            )
+        })
+        .collect();
+    let (rollout, error) = match &decoded {
+        Ok(s) => (rollout_row(s), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    Row {
+        namespace: r.namespace().unwrap_or_default(),
+        daemonset: r.name_any(),
+        status: if status.phase.is_empty() {
+            "Unknown".into()
+        } else {
+            status.phase.clone()
+        },
+        message: (!status.message.is_empty()).then(|| status.message.clone()),
+        applied_commit: status.applied_commit.clone(),
+        observed_at: (!status.observed_at.is_empty()).then(|| status.observed_at.clone()),
+        last_good_commit: status.last_good_commit.clone(),
+        failed_commits: status
+            .failed_commits
+            .iter()
+            .map(|f| f.commit.clone())
+            .collect(),
+        rollout,
+        pools,
+        source_repo: ann.get(keys::SOURCE_REPO).cloned(),
+        source_path: ann.get(keys::SOURCE_PATH).cloned(),
+        error,
     }
 }
 
@@ -88,62 +180,20 @@ async fn collect(args: &StatusArgs) -> Result<Vec<Row>, String> {
     let client = cluster::client(args.kube.kubeconfig.as_deref())
         .await
         .map_err(|e| e.to_string())?;
-    let cluster = Cluster::new(client, Metrics::new());
-    let nodes = cluster.nodes().await.map_err(|e| e.to_string())?;
-    let mut rows = Vec::new();
-    for ds in cluster
-        .managed_daemonsets()
+    let api: Api<DaemonSetRollout> = match &args.namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    };
+    let list = api
+        .list(&ListParams::default().labels(&format!(
+            "{}={}",
+            keys::MANAGED_BY_LABEL,
+            keys::MANAGED_BY_VALUE
+        )))
         .await
-        .map_err(|e| e.to_string())?
-    {
-        let key = key_of(&ds);
-        if args.namespace.as_ref().is_some_and(|n| n != &key.namespace) {
-            continue;
-        }
-        let st = DaemonSetState::of(&ds);
-        let pods = cluster.pods_of(&ds).await.map_err(|e| e.to_string())?;
-        let pool_label = ds.annotations().get(keys::POOL_LABEL).cloned();
-        let pools = st
-            .rollout
-            .as_ref()
-            .map(|r| progress_by_pool(r, &pods, &nodes, pool_label.as_deref()))
-            .unwrap_or_default();
-        rows.push(Row {
-            namespace: key.namespace.clone(),
-            daemonset: key.name.clone(),
-            status: st
-                .status
-                .map_or_else(|| "Unknown".to_string(), |s| s.as_str().to_string()),
-            message: st.message.clone(),
-            applied_commit: st.applied_commit.clone(),
-            applied_at: st.applied_at.clone(),
-            last_good_commit: st.last_good.clone(),
-            failed_commits: st.failed.iter().map(|f| f.commit.clone()).collect(),
-            rollout: st.rollout.as_ref().map(|r| RolloutRow {
-                kind: match &r.kind {
-                    RolloutKind::Forward => "forward".into(),
-                    RolloutKind::Rollback { .. } => "rollback".into(),
-                },
-                commit: r.commit.clone(),
-                phase: phase_name(&r.phase),
-                stage: r.stage,
-                stage_name: r
-                    .stages
-                    .get(r.stage)
-                    .map(|s| s.name.clone())
-                    .unwrap_or_default(),
-                stages: r.stages.len(),
-                last_gate: r.last_gate.as_ref().map(|g| {
-                    format!(
-                        "{} {}",
-                        if g.passed { "passed:" } else { "FAILED:" },
-                        g.message
-                    )
-                }),
-            }),
-            pools,
-        });
-    }
+        .map_err(|e| format!("cannot list DaemonSetRollout records: {e}"))?;
+    let mut rows: Vec<Row> = list.items.iter().map(row_of).collect();
+    rows.sort_by(|a, b| (&a.namespace, &a.daemonset).cmp(&(&b.namespace, &b.daemonset)));
     Ok(rows)
 }
 
@@ -160,14 +210,18 @@ fn print_table(rows: &[Row]) {
         let rollout = r.rollout.as_ref().map_or_else(
             || "-".to_string(),
             |ro| {
-                format!(
-                    "{} {} {}/{} {}",
-                    ro.kind,
-                    ro.phase,
-                    (ro.stage + 1).min(ro.stages),
-                    ro.stages,
-                    ro.stage_name
-                )
+                if ro.stages == 0 {
+                    format!("{} {}", ro.kind, ro.phase)
+                } else {
+                    format!(
+                        "{} {} {}/{} {}",
+                        ro.kind,
+                        ro.phase,
+                        (ro.stage + 1).min(ro.stages),
+                        ro.stages,
+                        ro.stage_name
+                    )
+                }
             },
         );
         let pools = r
@@ -190,6 +244,9 @@ fn print_table(rows: &[Row]) {
         }
         if let Some(m) = &r.message {
             println!("    {m}");
+        }
+        if let Some(e) = &r.error {
+            println!("    RECORD ERROR: {e}");
         }
     }
 }

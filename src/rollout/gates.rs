@@ -79,6 +79,15 @@ pub enum Gate {
 }
 
 impl Gate {
+    /// Every gate; the failure counters exist at 0 for each from the start.
+    pub const ALL: [Gate; 5] = [
+        Gate::ReadyTimeout,
+        Gate::FatalReason,
+        Gate::Restarts,
+        Gate::Prometheus,
+        Gate::Aborted,
+    ];
+
     /// Value of the `gate` label on failure metrics.
     pub fn metric_label(self) -> &'static str {
         match self {

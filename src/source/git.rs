@@ -61,7 +61,7 @@ const SOURCE_CONFIG_KEY: &str = "nodewave.source";
 pub const MAX_FILE_BYTES: usize = 4 * 1024 * 1024;
 
 /// What to track on the remote.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum GitRef {
     Branch(String),
     Tag(String),
@@ -110,7 +110,7 @@ impl fmt::Display for GitRef {
 /// the URL, else `git`. Host keys are verified against `known_hosts_file`;
 /// unknown hosts are refused unless `accept_new_host_keys` (then the key is
 /// appended to that file); changed keys are always refused.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Credentials {
     pub token_file: Option<PathBuf>,
     pub username: Option<String>,
@@ -205,7 +205,7 @@ fn read_secret_file(path: &Path) -> Result<Secret, SourceError> {
 }
 
 /// Everything needed to track one repository.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GitSourceConfig {
     pub url: String,
     pub reference: GitRef,
@@ -217,7 +217,7 @@ pub struct GitSourceConfig {
 }
 
 /// Result of a fetch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FetchOutcome {
     /// Commit the tracked ref points to now.
     pub head: String,
@@ -316,6 +316,14 @@ pub enum SourceError {
     Git { context: String, cause: String },
     #[error("the git source worker has stopped")]
     WorkerGone,
+    /// A failure reported by the fetch subprocess (see `fetch_process`), with the
+    /// label and message of the error it hit.
+    #[error("{message}")]
+    Remote {
+        label: &'static str,
+        message: String,
+        transient: bool,
+    },
 }
 
 impl SourceError {
@@ -338,6 +346,7 @@ impl SourceError {
             SourceError::Cache { .. } => "cache",
             SourceError::Git { .. } => "git",
             SourceError::WorkerGone => "worker_gone",
+            SourceError::Remote { label, .. } => label,
         }
     }
 
@@ -346,7 +355,12 @@ impl SourceError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            SourceError::Unreachable { .. } | SourceError::Git { .. }
+            SourceError::Unreachable { .. }
+                | SourceError::Git { .. }
+                | SourceError::Remote {
+                    transient: true,
+                    ..
+                }
         )
     }
 }

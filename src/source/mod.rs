@@ -7,6 +7,7 @@
 //! - [`known_hosts`]: SSH host-key verification (pure).
 //! - [`url`]: URL classification and [`redact_url`].
 
+pub mod fetch_process;
 pub mod git;
 pub mod known_hosts;
 pub mod url;

@@ -3,6 +3,7 @@
 //! hands the values to the planner, which decides pass or fail.
 
 use std::collections::BTreeMap;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -11,10 +12,13 @@ use crate::manifest::ObjectKey;
 use crate::manifest::policy::PrometheusSpec;
 use crate::rollout::{CheckValue, PromOutcome, Rollout};
 
+/// Remembers each DaemonSet's last evaluation, so checks run once per interval
+/// however often the rollout is looked at. Shared by the workers: the map is
+/// locked only to read and store results, never across a query.
 #[derive(Default)]
 pub struct Gatekeeper {
-    http: Option<reqwest::Client>,
-    last: BTreeMap<ObjectKey, Tracked>,
+    http: Mutex<Option<reqwest::Client>>,
+    last: Mutex<BTreeMap<ObjectKey, Tracked>>,
 }
 
 struct Tracked {
@@ -79,14 +83,17 @@ fn values(data: &ApiData) -> Result<Vec<f64>, String> {
 }
 
 impl Gatekeeper {
-    pub fn forget(&mut self, key: &ObjectKey) {
-        self.last.remove(key);
+    pub fn forget(&self, key: &ObjectKey) {
+        self.last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
     }
 
     /// The checks' outcome for this rollout stage, evaluated again once the
     /// policy's interval has passed.
     pub async fn evaluate(
-        &mut self,
+        &self,
         key: &ObjectKey,
         r: &Rollout,
         spec: &PrometheusSpec,
@@ -95,19 +102,22 @@ impl Gatekeeper {
     ) -> PromOutcome {
         let scope = (r.commit.clone(), r.stage);
         let interval = i64::try_from(spec.interval.as_millis()).unwrap_or(i64::MAX);
-        if let Some(t) = self.last.get(key)
-            && t.scope == scope
-            && now_ms - t.evaluated_ms < interval
-        {
-            return t.outcome.clone();
-        }
-        let previous_unreachable = match self.last.get(key) {
-            Some(Tracked {
-                scope: s,
-                outcome: PromOutcome::Unreachable { since_ms, .. },
-                ..
-            }) if *s == scope => Some(*since_ms),
-            _ => None,
+        let previous_unreachable = {
+            let last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(t) = last.get(key)
+                && t.scope == scope
+                && now_ms - t.evaluated_ms < interval
+            {
+                return t.outcome.clone();
+            }
+            match last.get(key) {
+                Some(Tracked {
+                    scope: s,
+                    outcome: PromOutcome::Unreachable { since_ms, .. },
+                    ..
+                }) if *s == scope => Some(*since_ms),
+                _ => None,
+            }
         };
         let outcome = match self.query_all(spec, nodes).await {
             Ok(values) => PromOutcome::Values(values),
@@ -119,32 +129,39 @@ impl Gatekeeper {
                 }
             }
         };
-        self.last.insert(
-            key.clone(),
-            Tracked {
-                scope,
-                evaluated_ms: now_ms,
-                outcome: outcome.clone(),
-            },
-        );
+        self.last
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                key.clone(),
+                Tracked {
+                    scope,
+                    evaluated_ms: now_ms,
+                    outcome: outcome.clone(),
+                },
+            );
         outcome
     }
 
+    fn client(&self) -> Result<reqwest::Client, String> {
+        let mut http = self.http.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = http.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| e.to_string())?;
+        *http = Some(c.clone());
+        Ok(c)
+    }
+
     async fn query_all(
-        &mut self,
+        &self,
         spec: &PrometheusSpec,
         nodes: &[String],
     ) -> Result<Vec<CheckValue>, String> {
-        let http = if let Some(c) = &self.http {
-            c.clone()
-        } else {
-            let c = reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .map_err(|e| e.to_string())?;
-            self.http = Some(c.clone());
-            c
-        };
+        let http = self.client()?;
         let url = format!("{}/api/v1/query", spec.url.trim_end_matches('/'));
         let mut out = Vec::new();
         for check in &spec.checks {

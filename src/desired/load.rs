@@ -1,0 +1,249 @@
+//! From a commit to the DaemonSets nodewave applies: read the files from the local
+//! clone, validate the whole commit, decorate each DaemonSet for applying. The
+//! last few loaded commits are cached, so a rollback target (the last good
+//! commit) is at hand without reading Git again.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::keys;
+use crate::manifest::{self, Finding, LoadOptions, ObjectKey, Rejected};
+use crate::plan::DesiredDs;
+use crate::source::{SourceError, SourceWorker};
+
+/// Commits kept loaded: the head, the last good one, a few in between.
+const CACHED_COMMITS: usize = 4;
+
+/// A valid commit, ready to apply.
+#[derive(Debug)]
+pub struct Loaded {
+    pub commit: String,
+    pub daemonsets: BTreeMap<ObjectKey, Arc<DesiredDs>>,
+    pub warnings: Vec<Finding>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read commit {commit}: {source}")]
+    Read {
+        commit: String,
+        #[source]
+        source: SourceError,
+    },
+    #[error("{0}")]
+    Rejected(Rejected),
+}
+
+impl LoadError {
+    /// Bounded label: the failed check id, or `read-error`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Read { .. } => "read-error",
+            Self::Rejected(r) => r.reason(),
+        }
+    }
+
+    /// One line per problem, for `/status` and logs.
+    pub fn messages(&self) -> Vec<String> {
+        match self {
+            Self::Read { .. } => vec![self.to_string()],
+            Self::Rejected(r) => r.errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+/// Where applied objects say they came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceIdentity {
+    /// Repository URL without credentials.
+    pub repo: String,
+    pub path: String,
+}
+
+impl SourceIdentity {
+    /// Whether an object's labels and annotations say nodewave applied it from
+    /// this repository and path.
+    /// [`Self::owns`] on an object's metadata.
+    pub fn owns_meta(
+        &self,
+        m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ) -> bool {
+        let none = BTreeMap::new();
+        self.owns(
+            m.labels.as_ref().unwrap_or(&none),
+            m.annotations.as_ref().unwrap_or(&none),
+        )
+    }
+
+    pub fn owns(
+        &self,
+        labels: &BTreeMap<String, String>,
+        annotations: &BTreeMap<String, String>,
+    ) -> bool {
+        labels.get(keys::MANAGED_BY_LABEL).map(String::as_str) == Some(keys::MANAGED_BY_VALUE)
+            && annotations.get(keys::SOURCE_REPO) == Some(&self.repo)
+            && annotations
+                .get(keys::SOURCE_PATH)
+                .map_or("", String::as_str)
+                == self.path
+    }
+}
+
+pub struct Loader {
+    source: SourceWorker,
+    options: LoadOptions,
+    identity: SourceIdentity,
+    cache: Mutex<VecDeque<Arc<Loaded>>>,
+}
+
+impl Loader {
+    pub fn new(source: SourceWorker, options: LoadOptions, identity: SourceIdentity) -> Self {
+        Self {
+            source,
+            options,
+            identity,
+            cache: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    pub fn source(&self) -> &SourceWorker {
+        &self.source
+    }
+
+    pub fn identity(&self) -> &SourceIdentity {
+        &self.identity
+    }
+
+    pub fn options(&self) -> &LoadOptions {
+        &self.options
+    }
+
+    fn cached(&self, commit: &str) -> Option<Arc<Loaded>> {
+        let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.iter().find(|l| l.commit == commit).cloned()
+    }
+
+    /// Loads and validates `commit` (from the cache when it was loaded lately).
+    pub async fn load(&self, commit: &str) -> Result<Arc<Loaded>, LoadError> {
+        if let Some(l) = self.cached(commit) {
+            return Ok(l);
+        }
+        let files = self
+            .source
+            .files_at(commit.to_string())
+            .await
+            .map_err(|source| LoadError::Read {
+                commit: commit.to_string(),
+                source,
+            })?;
+        let state = manifest::load(&files, &self.options).map_err(LoadError::Rejected)?;
+        let daemonsets = state
+            .daemonsets
+            .into_iter()
+            .map(|(key, dds)| {
+                let object = decorate(
+                    &dds.manifest,
+                    &dds.location.file,
+                    &self.identity.repo,
+                    &self.identity.path,
+                );
+                let policy = state
+                    .policies
+                    .get(&key)
+                    .map(|p| p.spec.clone())
+                    .unwrap_or_default();
+                let ds = DesiredDs {
+                    key: key.clone(),
+                    commit: commit.to_string(),
+                    hash: content_hash(&object),
+                    object,
+                    policy,
+                };
+                (key, Arc::new(ds))
+            })
+            .collect();
+        let loaded = Arc::new(Loaded {
+            commit: commit.to_string(),
+            daemonsets,
+            warnings: state.warnings,
+        });
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.retain(|l| l.commit != commit);
+        cache.push_front(loaded.clone());
+        cache.truncate(CACHED_COMMITS);
+        Ok(loaded)
+    }
+}
+
+/// The object nodewave applies for a DaemonSet from Git: the manifest as written,
+/// plus the managed-by label, where it came from, and `updateStrategy: OnDelete`
+/// (nodewave drives every update itself: the controller only replaces pods it
+/// deletes).
+pub fn decorate(manifest: &Value, file: &str, repo: &str, path: &str) -> Value {
+    let mut obj = manifest.clone();
+    let meta = &mut obj["metadata"];
+    if !meta["labels"].is_object() {
+        meta["labels"] = json!({});
+    }
+    meta["labels"][keys::MANAGED_BY_LABEL] = json!(keys::MANAGED_BY_VALUE);
+    if !meta["annotations"].is_object() {
+        meta["annotations"] = json!({});
+    }
+    let ann = &mut meta["annotations"];
+    ann[keys::SOURCE_REPO] = json!(repo);
+    ann[keys::SOURCE_PATH] = json!(path);
+    ann[keys::SOURCE_FILE] = json!(file);
+    obj["spec"]["updateStrategy"] = json!({"type": "OnDelete"});
+    obj
+}
+
+/// Hash of what Git declares for a DaemonSet, without nodewave's bookkeeping.
+pub fn content_hash(desired: &Value) -> String {
+    let normal = crate::diff::normalise(desired);
+    let bytes = serde_json::to_vec(&normal).unwrap_or_default();
+    let digest = Sha256::digest(&bytes);
+    hex::encode(&digest[..12])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_hash_ignores_bookkeeping() {
+        let a = json!({"metadata": {"name": "x", "annotations": {"nodewave.io/source-file": "a"}}, "spec": {"k": 1}});
+        let b = json!({"metadata": {"name": "x", "annotations": {"nodewave.io/source-file": "b"}}, "spec": {"k": 1}});
+        let c = json!({"metadata": {"name": "x"}, "spec": {"k": 2}});
+        assert_eq!(content_hash(&a), content_hash(&b));
+        assert_ne!(content_hash(&a), content_hash(&c));
+    }
+
+    #[test]
+    fn decorated_objects_are_on_delete_and_carry_their_source() {
+        let m = json!({"metadata": {"name": "x", "namespace": "n"}, "spec": {"updateStrategy": {"type": "RollingUpdate"}}});
+        let d = decorate(&m, "a.yaml", "https://g/r.git", "clusters/prod");
+        assert_eq!(d["spec"]["updateStrategy"]["type"], "OnDelete");
+        assert_eq!(d["metadata"]["labels"][keys::MANAGED_BY_LABEL], "nodewave");
+        assert_eq!(
+            d["metadata"]["annotations"][keys::SOURCE_PATH],
+            "clusters/prod"
+        );
+        let id = SourceIdentity {
+            repo: "https://g/r.git".into(),
+            path: "clusters/prod".into(),
+        };
+        let labels: BTreeMap<String, String> =
+            serde_json::from_value(d["metadata"]["labels"].clone()).unwrap();
+        let ann: BTreeMap<String, String> =
+            serde_json::from_value(d["metadata"]["annotations"].clone()).unwrap();
+        assert!(id.owns(&labels, &ann));
+        let other = SourceIdentity {
+            repo: "https://g/r.git".into(),
+            path: "clusters/dev".into(),
+        };
+        assert!(!other.owns(&labels, &ann));
+    }
+}

@@ -1,0 +1,1031 @@
+//! The per-DaemonSet decision: given what Git wants, what runs, and what the record
+//! says nodewave was doing, decide what to do *now*. Pure and synchronous, like the
+//! planner it drives, so every rule is tested without a cluster.
+//!
+//! [`decide`] returns either a [`Plan`] (a record write, then actions in order) or
+//! a [`Need`]: an input the controller must fetch first (a dry-run diff, the
+//! DaemonSet's update revision, the last good commit's manifest, Prometheus values,
+//! commit ancestry). The controller supplies it and calls again; only the inputs a
+//! decision actually needs are ever fetched, so an unchanged DaemonSet costs no
+//! API request.
+//!
+//! The contract with the controller: `Plan::write` is persisted (conditionally on
+//! the record's resourceVersion) *before* any of `Plan::actions` runs; if the write
+//! fails nothing runs. Every state the record can be in leads to the same decision
+//! when replayed, so a crash between any two steps only repeats idempotent work:
+//!
+//! * `Idle` → (write `Applying`) → apply the template
+//! * `Applying` → apply again until the live object matches, then, once the
+//!   DaemonSet controller has observed it, (write `Rolling`) with resolved stages
+//! * `Rolling` → planner step: (write its state) → delete pods / Events; a failed
+//!   gate is first recorded as `Failed`, then (write `Applying` rollback) → apply the
+//!   last good template; a finished rollout (write `Idle`)
+//! * not in Git → (write `Pruning`) → delete the DaemonSet, then the record
+
+mod progress;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use crate::diff::Difference;
+use crate::keys;
+use crate::manifest::ObjectKey;
+use crate::manifest::policy::RolloutPolicySpec;
+use crate::record::{self, ApplyMode, FailedCommit, RecordState, SyncStatus, Target, Work, short};
+use crate::rollout::{
+    self, Action, Control, Gate, HealthRules, Observation, Phase, PodObservation, PromOutcome,
+    Rollout, RolloutEvent, RolloutKind,
+};
+
+pub use progress::{
+    NodeIndex, PoolProgress, eligible_nodes, pool_label, progress_by_pool, progress_changed,
+    record_status, target_revision,
+};
+
+/// How long a new DaemonSet may report zero scheduled nodes before nodewave
+/// believes it (the controller counts nodes right after creation).
+pub const NEW_DAEMONSET_GRACE_MS: i64 = 3_000;
+/// How long a rollout start waits for pods on every scheduled node before it
+/// starts with the pods that exist (the rest are adopted as they appear).
+pub const SETTLE_TIMEOUT_MS: i64 = 30_000;
+/// Upper bound between two looks at an open rollout with no event.
+pub const OPEN_WORK_RESYNC_MS: i64 = 30_000;
+
+/// Service-wide switches that shape decisions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Settings {
+    pub self_heal: bool,
+    pub prune: bool,
+    /// Pool label given to `nodewave run`, when policies name none.
+    pub pool_label: Option<String>,
+    /// Take over existing DaemonSets not managed by nodewave.
+    pub allow_takeover: bool,
+}
+
+/// A DaemonSet as the desired commit declares it, decorated for applying.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredDs {
+    pub key: ObjectKey,
+    pub commit: String,
+    /// What nodewave applies (managed-by label, source annotations, OnDelete).
+    pub object: Value,
+    /// Content hash of the declaration (bookkeeping excluded).
+    pub hash: String,
+    pub policy: RolloutPolicySpec,
+}
+
+impl DesiredDs {
+    pub fn target(&self) -> Target {
+        Target {
+            commit: self.commit.clone(),
+            hash: self.hash.clone(),
+        }
+    }
+
+    fn takeover_opted_in(&self) -> bool {
+        self.object
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(keys::ALLOW_TAKEOVER))
+            .and_then(Value::as_str)
+            == Some("true")
+    }
+}
+
+/// The live DaemonSet, as much of it as decisions need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveDs {
+    pub generation: i64,
+    pub observed_generation: i64,
+    pub desired_scheduled: usize,
+    /// Carries nodewave's managed-by label.
+    pub managed: bool,
+    /// Its source annotations name this nodewave's repository and path.
+    pub same_source: bool,
+}
+
+impl LiveDs {
+    fn ours(&self) -> bool {
+        self.managed && self.same_source
+    }
+
+    fn observed(&self) -> bool {
+        self.observed_generation >= self.generation
+    }
+}
+
+/// The record as read.
+#[derive(Debug, Clone, Copy)]
+pub enum RecordView<'a> {
+    Missing,
+    /// Present but its state cannot be decoded: reported, never acted on.
+    Invalid(&'a str),
+    Valid(&'a RecordState),
+}
+
+/// Everything [`decide`] may look at.
+#[derive(Debug, Clone)]
+pub struct Inputs<'a> {
+    pub key: &'a ObjectKey,
+    pub now_ms: i64,
+    pub settings: &'a Settings,
+    /// `None`: the DaemonSet is not in the desired commit.
+    pub desired: Option<&'a DesiredDs>,
+    /// The desired state comes from a fetch this process made (not only from a
+    /// possibly stale local clone).
+    pub fresh: bool,
+    /// Pruning is allowed for the desired commit (the prune guard passed).
+    pub prune_allowed: bool,
+    pub live: Option<&'a LiveDs>,
+    pub record: RecordView<'a>,
+    pub pods: &'a [PodObservation],
+    pub nodes: &'a NodeIndex,
+    pub control: Control,
+    // Inputs supplied on request (see `Need`).
+    /// Diff of the object with the given content hash against the live one.
+    pub diff: Option<(&'a str, &'a Difference)>,
+    /// The update revision of the live DaemonSet at its current generation.
+    pub revision: Option<&'a str>,
+    /// The DaemonSet as the given last good commit declared it.
+    pub rollback_target: Option<&'a DesiredDs>,
+    /// Values of the current stage's Prometheus checks, and the stage they are for.
+    pub prometheus: Option<(PromOutcome, usize)>,
+    /// Whether the record's applied commit is the desired commit or an ancestor.
+    pub ancestry: Option<bool>,
+}
+
+/// An input [`decide`] needs before it can decide.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Need {
+    /// A server-side-apply dry run of the object with this content hash, compared
+    /// with the live object.
+    Diff { hash: String },
+    /// The DaemonSet's update revision (the newest ControllerRevision).
+    Revision,
+    /// The DaemonSet at this commit (from the local clone).
+    RollbackTarget { commit: String },
+    /// The current stage's Prometheus checks.
+    Prometheus,
+    /// Whether `applied` is `desired` or one of its ancestors.
+    Ancestry { applied: String, desired: String },
+}
+
+/// A counted fact for the metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Count {
+    RolloutFinished { outcome: Outcome, secs: f64 },
+    RollbackFinished { secs: f64 },
+    GateFailed(Gate),
+    Drift,
+}
+
+/// How a rollout ended (`nodewave_rollouts_total{outcome}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Succeeded,
+    RolledBack,
+    Aborted,
+    Failed,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Succeeded,
+        Outcome::RolledBack,
+        Outcome::Aborted,
+        Outcome::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::RolledBack => "rolled_back",
+            Outcome::Aborted => "aborted",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// One action, executed in order after the record write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Act {
+    /// Server-side apply of this DaemonSet object.
+    Apply(Value),
+    DeletePod {
+        node: String,
+        name: String,
+        uid: String,
+    },
+    Event {
+        warning: bool,
+        reason: String,
+        message: String,
+    },
+    DeleteDaemonSet,
+    DeleteRecord,
+    Count(Count),
+    /// A line for the log (warnings for failures, info otherwise).
+    Log {
+        warning: bool,
+        message: String,
+    },
+}
+
+/// What to do now.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Plan {
+    /// Persisted first, conditionally; nothing below runs when it fails.
+    pub write: Option<RecordState>,
+    pub actions: Vec<Act>,
+    /// Look again at this time (unix ms) even without an event.
+    pub wake_at_ms: Option<i64>,
+}
+
+impl Plan {
+    fn write(state: RecordState) -> Self {
+        Self {
+            write: Some(state),
+            ..Self::default()
+        }
+    }
+
+    fn act(mut self, a: Act) -> Self {
+        self.actions.push(a);
+        self
+    }
+
+    fn log(self, message: impl Into<String>) -> Self {
+        self.act(Act::Log {
+            warning: false,
+            message: message.into(),
+        })
+    }
+
+    fn warn(self, message: impl Into<String>) -> Self {
+        self.act(Act::Log {
+            warning: true,
+            message: message.into(),
+        })
+    }
+
+    fn event(self, warning: bool, reason: &str, message: impl Into<String>) -> Self {
+        self.act(Act::Event {
+            warning,
+            reason: reason.to_string(),
+            message: message.into(),
+        })
+    }
+
+    fn wake(mut self, at_ms: i64) -> Self {
+        self.wake_at_ms = Some(self.wake_at_ms.map_or(at_ms, |w| w.min(at_ms)));
+        self
+    }
+}
+
+/// [`decide`]'s answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Plan(Box<Plan>),
+    Need(Need),
+}
+
+impl From<Plan> for Decision {
+    fn from(p: Plan) -> Self {
+        Decision::Plan(Box::new(p))
+    }
+}
+
+type Step<T> = Result<T, Need>;
+
+/// Decides what to do with one DaemonSet now. See the module docs.
+pub fn decide(i: &Inputs<'_>) -> Decision {
+    match (Decider { i }).run() {
+        Ok(plan) => Decision::Plan(Box::new(plan)),
+        Err(need) => Decision::Need(need),
+    }
+}
+
+struct Decider<'a, 'b> {
+    i: &'b Inputs<'a>,
+}
+
+fn secs_between(from_ms: i64, to_ms: i64) -> f64 {
+    #[allow(clippy::cast_precision_loss)]
+    let ms = (to_ms - from_ms).max(0) as f64;
+    ms / 1000.0
+}
+
+fn timestamp(now_ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(now_ms)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+impl Decider<'_, '_> {
+    fn run(&self) -> Step<Plan> {
+        let rec = match self.i.record {
+            RecordView::Invalid(error) => return Ok(self.invalid_record(error)),
+            RecordView::Missing => RecordState::default(),
+            RecordView::Valid(r) => r.clone(),
+        };
+        let Some(desired) = self.i.desired else {
+            return Ok(self.not_in_git(&rec));
+        };
+        match &rec.work {
+            Work::Applying {
+                target,
+                mode,
+                since_ms,
+            } => self.applying(&rec, desired, target, mode, *since_ms),
+            Work::Rolling { target, rollout } => self.rolling(&rec, desired, target, rollout),
+            Work::Idle | Work::Pruning => self.idle(&rec, desired),
+        }
+    }
+
+    fn invalid_record(&self, error: &str) -> Plan {
+        Plan::default()
+            .warn(format!(
+                "the rollout record of {} cannot be read ({error}); nodewave does nothing with this DaemonSet until it is fixed or deleted",
+                self.i.key
+            ))
+            .event(
+                true,
+                "RecordInvalid",
+                format!(
+                    "the DaemonSetRollout record cannot be read: {error}; nodewave takes no action on this DaemonSet. Delete the record (kubectl delete dsrollout -n {} {}) to start over from the live state",
+                    self.i.key.namespace, self.i.key.name
+                ),
+            )
+    }
+
+    /// Writes `status`/`message` when they differ from the record (so steady
+    /// state writes nothing).
+    fn set_status(rec: &RecordState, status: SyncStatus, message: &str) -> Plan {
+        if rec.status == status && rec.message == message {
+            return Plan::default();
+        }
+        let mut st = rec.clone();
+        st.status = status;
+        st.message = message.to_string();
+        Plan::write(st)
+    }
+
+    fn diff_of(&self, hash: &str) -> Step<&Difference> {
+        match self.i.diff {
+            Some((h, d)) if h == hash => Ok(d),
+            _ => Err(Need::Diff {
+                hash: hash.to_string(),
+            }),
+        }
+    }
+
+    /// A reason not to apply `desired` yet: this replica has not fetched since it
+    /// started, and the cluster may already run something newer than its clone.
+    fn held_back(&self, rec: &RecordState, desired: &DesiredDs) -> Step<Option<String>> {
+        if self.i.fresh {
+            return Ok(None);
+        }
+        let Some(applied) = &rec.applied else {
+            return Ok(None);
+        };
+        if applied.commit == desired.commit || applied.hash == desired.hash {
+            return Ok(None);
+        }
+        match self.i.ancestry {
+            None => Err(Need::Ancestry {
+                applied: applied.commit.clone(),
+                desired: desired.commit.clone(),
+            }),
+            Some(true) => Ok(None),
+            Some(false) => Ok(Some(format!(
+                "the cluster runs commit {} which this replica's clone does not have before {}; waiting for a successful fetch before applying anything",
+                short(&applied.commit),
+                short(&desired.commit)
+            ))),
+        }
+    }
+
+    fn idle(&self, rec: &RecordState, desired: &DesiredDs) -> Step<Plan> {
+        if let Some(live) = self.i.live
+            && !live.ours()
+            && !(self.i.settings.allow_takeover || desired.takeover_opted_in())
+        {
+            let why = if live.managed {
+                "is managed by nodewave from another repository or path"
+            } else {
+                "exists and is not managed by nodewave"
+            };
+            let msg = format!(
+                "DaemonSet {} {why}; nodewave leaves it alone. To take it over, add the annotation {}: \"true\" to it in Git (or run nodewave with --allow-takeover)",
+                self.i.key,
+                keys::ALLOW_TAKEOVER
+            );
+            let plan = Self::set_status(rec, SyncStatus::OutOfSync, &msg);
+            return Ok(if plan.write.is_some() {
+                plan.warn(msg.clone()).event(true, "TakeoverRefused", msg)
+            } else {
+                plan
+            });
+        }
+        if let Some(f) = rec.failed_for(&desired.hash) {
+            // Never re-apply a failed change by itself: wait for a commit that changes it.
+            let status = rec.status_or(SyncStatus::RolledBack);
+            let msg = if status == SyncStatus::Degraded && !rec.message.is_empty() {
+                rec.message.clone()
+            } else {
+                format!(
+                    "commit {} failed ({}) and was rolled back; push a fix or a revert",
+                    short(&f.commit),
+                    f.reason
+                )
+            };
+            return Ok(Self::set_status(rec, status, &msg));
+        }
+        if self.i.live.is_none() {
+            if let Some(why) = self.held_back(rec, desired)? {
+                return Ok(Self::set_status(rec, SyncStatus::OutOfSync, &why));
+            }
+            return Ok(self.begin(rec, desired, ApplyMode::Forward, "creating the DaemonSet"));
+        }
+        let diff = self.diff_of(&desired.hash)?;
+        let target = desired.target();
+        if diff.is_empty() {
+            // Same content under a new commit (a `git revert` of a rolled-back
+            // change, or a commit that did not touch this DaemonSet): record it as
+            // synced without replacing any pod.
+            if rec.applied.as_ref() == Some(&target)
+                && rec.status == SyncStatus::Synced
+                && rec.last_good.as_deref() == Some(desired.commit.as_str())
+                && rec.message.is_empty()
+            {
+                return Ok(Plan::default());
+            }
+            let mut st = rec.clone();
+            st.applied = Some(target);
+            st.last_good = Some(desired.commit.clone());
+            st.status = SyncStatus::Synced;
+            st.message.clear();
+            st.work = Work::Idle;
+            return Ok(Plan::write(st).log(format!(
+                "in sync with Git at {}; recorded without changes to pods",
+                short(&desired.commit)
+            )));
+        }
+        let drift = rec.applied.as_ref().is_some_and(|a| a.hash == desired.hash);
+        let mut lead = Plan::default();
+        if drift {
+            let action = if self.i.settings.self_heal {
+                "re-applying Git's version"
+            } else {
+                "self-heal is off, reporting only"
+            };
+            let msg = format!(
+                "live DaemonSet differs from Git at {}: {}; {action}",
+                short(&desired.commit),
+                diff.paths.join(", ")
+            );
+            lead = lead
+                .act(Act::Count(Count::Drift))
+                .warn(format!("drift: {msg}\n{}", diff.unified))
+                .event(true, "DriftDetected", msg);
+            if !self.i.settings.self_heal {
+                let status = Self::set_status(
+                    rec,
+                    SyncStatus::OutOfSync,
+                    "drift detected; self-heal is off",
+                );
+                return Ok(Plan {
+                    write: status.write,
+                    ..lead
+                });
+            }
+        } else if let Some(why) = self.held_back(rec, desired)? {
+            return Ok(Self::set_status(rec, SyncStatus::OutOfSync, &why));
+        }
+        let mode = if diff.touches_pod_template() {
+            ApplyMode::Forward
+        } else {
+            ApplyMode::InPlace
+        };
+        let why = if drift {
+            "undoing drift".to_string()
+        } else {
+            format!(
+                "change from Git ({}):\n{}",
+                diff.paths.join(", "),
+                diff.unified
+            )
+        };
+        let mut plan = self.begin(rec, desired, mode, &why);
+        lead.actions.append(&mut plan.actions);
+        plan.actions = lead.actions;
+        Ok(plan)
+    }
+
+    /// Records the intent to apply `desired`, then applies it.
+    fn begin(&self, rec: &RecordState, desired: &DesiredDs, mode: ApplyMode, why: &str) -> Plan {
+        let mut st = rec.clone();
+        st.applied = Some(desired.target());
+        st.status = if matches!(mode, ApplyMode::InPlace) && rec.status == SyncStatus::Synced {
+            SyncStatus::Synced
+        } else {
+            SyncStatus::Progressing
+        };
+        st.message.clear();
+        st.work = Work::Applying {
+            target: desired.target(),
+            mode,
+            since_ms: self.i.now_ms,
+        };
+        Plan::write(st)
+            .log(format!("applying commit {}: {why}", short(&desired.commit)))
+            .act(Act::Apply(desired.object.clone()))
+            .wake(self.i.now_ms + 5_000)
+    }
+
+    fn rollback_target(&self, commit: &str) -> Step<&DesiredDs> {
+        match self.i.rollback_target {
+            Some(t) if t.commit == commit => Ok(t),
+            _ => Err(Need::RollbackTarget {
+                commit: commit.to_string(),
+            }),
+        }
+    }
+
+    fn applying(
+        &self,
+        rec: &RecordState,
+        desired: &DesiredDs,
+        target: &Target,
+        mode: &ApplyMode,
+        since_ms: i64,
+    ) -> Step<Plan> {
+        let rollback = matches!(mode, ApplyMode::Rollback { .. });
+        if !rollback && desired.hash != target.hash {
+            // A newer commit arrived before the rollout started: start over with it.
+            return self.idle(rec, desired);
+        }
+        let object = if rollback {
+            self.rollback_target(&target.commit)?
+        } else {
+            desired
+        };
+        let now = self.i.now_ms;
+        let Some(live) = self.i.live else {
+            return Ok(Plan::default()
+                .act(Act::Apply(object.object.clone()))
+                .wake(now + 5_000));
+        };
+        let diff = self.diff_of(&target.hash)?;
+        if !diff.is_empty() {
+            return Ok(Plan::default()
+                .act(Act::Apply(object.object.clone()))
+                .wake(now + 5_000));
+        }
+        if matches!(mode, ApplyMode::InPlace) {
+            let mut st = rec.clone();
+            st.status = SyncStatus::Synced;
+            st.last_good = Some(target.commit.clone());
+            st.work = Work::Idle;
+            return Ok(Plan::write(st).log(format!(
+                "applied commit {} (no pod template change)",
+                short(&target.commit)
+            )));
+        }
+        if !live.observed() {
+            let msg = format!(
+                "waiting for the DaemonSet controller to observe generation {} (observed {}); is kube-controller-manager running?",
+                live.generation, live.observed_generation
+            );
+            return Ok(Self::set_status(rec, SyncStatus::Progressing, &msg)
+                .wake(now + OPEN_WORK_RESYNC_MS));
+        }
+        let revision = self.i.revision.ok_or(Need::Revision)?;
+        let nodes_with_pods = self
+            .i
+            .pods
+            .iter()
+            .filter(|p| !p.terminating)
+            .map(|p| p.node.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        let waited = now - since_ms;
+        let counted = live.desired_scheduled > 0 || waited > NEW_DAEMONSET_GRACE_MS;
+        let settled = counted && nodes_with_pods >= live.desired_scheduled;
+        if !settled && waited <= SETTLE_TIMEOUT_MS {
+            let wake = if counted {
+                since_ms + SETTLE_TIMEOUT_MS + 1
+            } else {
+                since_ms + NEW_DAEMONSET_GRACE_MS + 1
+            };
+            return Ok(Plan::default().wake(wake));
+        }
+        let policy = &object.policy;
+        let label = pool_label(
+            policy.pool_label.as_deref(),
+            self.i.settings.pool_label.as_deref(),
+            self.i.nodes,
+            self.i.pods,
+        );
+        let obs = self.observation(None);
+        let mut st = rec.clone();
+        st.message.clear();
+        st.status = SyncStatus::Progressing;
+        let plan = match mode {
+            ApplyMode::Rollback {
+                from,
+                failed_commit,
+                reason,
+            } => {
+                let rb = Rollout::rollback(
+                    from,
+                    target.commit.clone(),
+                    failed_commit.clone(),
+                    reason.clone(),
+                    revision.to_string(),
+                    &obs,
+                    policy.rollback.max_unavailable,
+                );
+                let nodes: usize = rb.stages.iter().map(|s| s.nodes.len()).sum();
+                st.work = Work::Rolling {
+                    target: target.clone(),
+                    rollout: rb,
+                };
+                Plan::write(st).warn(format!(
+                    "rolling back from {} to last good commit {} on {nodes} node(s): {reason}",
+                    short(failed_commit),
+                    short(&target.commit)
+                ))
+            }
+            ApplyMode::Forward | ApplyMode::InPlace => {
+                let eligible = eligible_nodes(self.i.nodes, self.i.pods, label.as_deref());
+                let restarts: BTreeMap<String, u32> = self
+                    .i
+                    .pods
+                    .iter()
+                    .map(|p| (p.node.clone(), p.restarts))
+                    .collect();
+                let stages = rollout::resolve_stages(policy, &eligible, &restarts);
+                let r = Rollout::start(target.commit.clone(), revision.to_string(), stages, &obs);
+                let described = r
+                    .stages
+                    .iter()
+                    .map(|s| format!("{} ({} nodes)", s.name, s.nodes.len()))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let msg = format!(
+                    "rolling out commit {} (revision {revision}) in {} stage(s): {described}",
+                    short(&target.commit),
+                    r.stages.len()
+                );
+                st.pool_label = label;
+                st.work = Work::Rolling {
+                    target: target.clone(),
+                    rollout: r,
+                };
+                Plan::write(st)
+                    .log(msg.clone())
+                    .event(false, "RolloutStarted", msg)
+            }
+        };
+        Ok(plan.wake(now))
+    }
+
+    fn observation(&self, prometheus: Option<(PromOutcome, usize)>) -> Observation {
+        Observation {
+            now_ms: self.i.now_ms,
+            nodes: self.i.nodes.names(),
+            pods: self.i.pods.to_vec(),
+            control: self.i.control.clone(),
+            prometheus_stage: prometheus.as_ref().map(|(_, s)| *s),
+            prometheus: prometheus.map_or(PromOutcome::NotConfigured, |(p, _)| p),
+        }
+    }
+
+    fn wants_prometheus(r: &Rollout, policy: &RolloutPolicySpec) -> bool {
+        policy.health.prometheus.is_some()
+            && matches!(r.kind, RolloutKind::Forward)
+            && r.stage < r.stages.len()
+            && matches!(
+                r.phase,
+                Phase::Pending | Phase::Updating | Phase::Baking { .. }
+            )
+    }
+
+    fn rolling(
+        &self,
+        rec: &RecordState,
+        desired: &DesiredDs,
+        target: &Target,
+        r: &Rollout,
+    ) -> Step<Plan> {
+        if !r.is_rollback() && desired.hash != target.hash {
+            return Ok(self.idle(rec, desired)?.log(format!(
+                "commit {} supersedes the rollout of {} in progress",
+                short(&desired.commit),
+                short(&r.commit)
+            )));
+        }
+        let object = if r.is_rollback() {
+            self.rollback_target(&target.commit)?
+        } else {
+            desired
+        };
+        let now = self.i.now_ms;
+        // Drift during a rollout (an edited template, updateStrategy switched to
+        // RollingUpdate) is undone before anything else: no pod is deleted while
+        // the live template is not the one this rollout is about.
+        if self.i.live.is_some() && !matches!(r.phase, Phase::Succeeded | Phase::Failed { .. }) {
+            let diff = self.diff_of(&target.hash)?;
+            if !diff.is_empty() {
+                let msg = format!(
+                    "live DaemonSet changed during the {} of {}: {}; re-applying it at once",
+                    if r.is_rollback() {
+                        "rollback"
+                    } else {
+                        "rollout"
+                    },
+                    short(&r.commit),
+                    diff.paths.join(", ")
+                );
+                return Ok(Plan::default()
+                    .act(Act::Count(Count::Drift))
+                    .warn(msg.clone())
+                    .event(true, "DriftDetected", msg)
+                    .act(Act::Apply(object.object.clone()))
+                    .wake(now + 5_000));
+            }
+        }
+        let policy = &object.policy;
+        let prometheus = if Self::wants_prometheus(r, policy) {
+            Some(self.i.prometheus.clone().ok_or(Need::Prometheus)?)
+        } else {
+            None
+        };
+        let rules = HealthRules::from(&policy.health);
+        let obs = self.observation(prometheus);
+        let d = rollout::step(r, &obs, &rules);
+        let mut plan = Plan::default();
+        let mut st = rec.clone();
+        let mut changed = d.rollout != *r;
+        for action in d.actions {
+            match action {
+                Action::DeletePod { node, name, uid } => {
+                    plan = plan.act(Act::DeletePod { node, name, uid });
+                }
+                Action::Event(ev) => {
+                    let message = ev.message();
+                    plan = plan.log(format!("{}: {message}", ev.reason())).event(
+                        ev.is_warning(),
+                        ev.reason(),
+                        message,
+                    );
+                    if let RolloutEvent::GateFailed(f) = &ev {
+                        plan = plan.act(Act::Count(Count::GateFailed(f.gate)));
+                    }
+                }
+                Action::Complete => return Ok(self.complete(rec, target, &d.rollout, plan)),
+                Action::RollBack(failure) => {
+                    if matches!(r.phase, Phase::Failed { .. }) {
+                        return self.start_rollback(rec, target, r, &failure, policy);
+                    }
+                    // Just failed: record it (and the failed content) first.
+                    st.record_failure(FailedCommit {
+                        commit: r.commit.clone(),
+                        hash: target.hash.clone(),
+                        reason: failure.message.clone(),
+                        at: timestamp(now),
+                    });
+                    plan = plan
+                        .warn(format!(
+                            "gate {} failed: {}",
+                            failure.gate.metric_label(),
+                            failure.message
+                        ))
+                        .wake(now);
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            st.status = match d.rollout.phase {
+                Phase::Paused { .. } => SyncStatus::Paused,
+                _ => SyncStatus::Progressing,
+            };
+            st.message.clear();
+            st.work = Work::Rolling {
+                target: target.clone(),
+                rollout: d.rollout.clone(),
+            };
+            plan.write = Some(st);
+        }
+        let wake = next_deadline(&d.rollout, &rules, policy, now);
+        Ok(plan.wake(wake))
+    }
+
+    fn complete(&self, rec: &RecordState, target: &Target, r: &Rollout, mut plan: Plan) -> Plan {
+        let mut st = rec.clone();
+        let secs = secs_between(r.started_at_ms, self.i.now_ms);
+        st.work = Work::Idle;
+        match &r.kind {
+            RolloutKind::Forward => {
+                st.last_good = Some(r.commit.clone());
+                st.applied = Some(target.clone());
+                st.status = SyncStatus::Synced;
+                st.message.clear();
+                let msg = format!(
+                    "commit {} rolled out to every stage in {secs:.0}s",
+                    short(&r.commit)
+                );
+                plan = plan
+                    .log(msg.clone())
+                    .event(false, "RolloutSucceeded", msg)
+                    .act(Act::Count(Count::RolloutFinished {
+                        outcome: Outcome::Succeeded,
+                        secs,
+                    }));
+            }
+            RolloutKind::Rollback {
+                failed_commit,
+                reason,
+            } => {
+                st.applied = Some(target.clone());
+                st.status = SyncStatus::RolledBack;
+                st.message = format!(
+                    "rolled back to {} after commit {} failed: {reason}",
+                    short(&r.commit),
+                    short(failed_commit)
+                );
+                plan = plan
+                    .log(st.message.clone())
+                    .act(Act::Count(Count::RollbackFinished { secs }));
+            }
+        }
+        plan.write = Some(st);
+        plan
+    }
+
+    fn start_rollback(
+        &self,
+        rec: &RecordState,
+        target: &Target,
+        failed: &Rollout,
+        failure: &rollout::GateFailure,
+        policy: &RolloutPolicySpec,
+    ) -> Step<Plan> {
+        let aborted = failure.gate == Gate::Aborted;
+        let secs = secs_between(failed.started_at_ms, self.i.now_ms);
+        let last_good = rec.last_good.clone().filter(|c| c != &failed.commit);
+        let allowed = policy.rollback.automatic || aborted;
+        let (Some(good), true) = (last_good.as_ref(), allowed) else {
+            let why = if allowed {
+                "there is no last good commit to roll back to (first rollout of this DaemonSet)"
+            } else {
+                "automatic rollback is disabled by the policy"
+            };
+            let msg = format!(
+                "rollout of {} failed: {}; {why}. Rollout paused: fix forward with a new commit or revert in Git",
+                short(&failed.commit),
+                failure.message
+            );
+            let mut st = rec.clone();
+            st.status = SyncStatus::Degraded;
+            st.message.clone_from(&msg);
+            st.work = Work::Idle;
+            return Ok(Plan::write(st)
+                .warn(msg.clone())
+                .event(true, "RolloutDegraded", msg)
+                .act(Act::Count(Count::RolloutFinished {
+                    outcome: Outcome::Failed,
+                    secs,
+                })));
+        };
+        let good_ds = self.rollback_target(good)?;
+        let mut st = rec.clone();
+        st.applied = Some(good_ds.target());
+        st.status = SyncStatus::Progressing;
+        st.message.clear();
+        st.work = Work::Applying {
+            target: good_ds.target(),
+            mode: ApplyMode::Rollback {
+                from: Box::new(failed.clone()),
+                failed_commit: failed.commit.clone(),
+                reason: failure.message.clone(),
+            },
+            since_ms: self.i.now_ms,
+        };
+        let _ = target;
+        Ok(Plan::write(st)
+            .warn(format!(
+                "rolling back from {} to last good commit {}: {}",
+                short(&failed.commit),
+                short(good),
+                failure.message
+            ))
+            .act(Act::Count(Count::RolloutFinished {
+                outcome: if aborted {
+                    Outcome::Aborted
+                } else {
+                    Outcome::RolledBack
+                },
+                secs,
+            }))
+            .act(Act::Apply(good_ds.object.clone()))
+            .wake(self.i.now_ms + 5_000))
+    }
+
+    fn not_in_git(&self, rec: &RecordState) -> Plan {
+        let has_record = !matches!(self.i.record, RecordView::Missing);
+        let Some(live) = self.i.live else {
+            // The DaemonSet is gone; its record goes too.
+            return if has_record {
+                Plan::default().act(Act::DeleteRecord)
+            } else {
+                Plan::default()
+            };
+        };
+        if !live.ours() {
+            return Plan::default();
+        }
+        if matches!(rec.work, Work::Pruning) {
+            return Plan::default()
+                .act(Act::DeleteDaemonSet)
+                .act(Act::DeleteRecord);
+        }
+        if !self.i.settings.prune {
+            return Self::set_status(
+                rec,
+                SyncStatus::OutOfSync,
+                "removed from Git; not pruned (pruning is off)",
+            );
+        }
+        if !self.i.prune_allowed {
+            return Self::set_status(
+                rec,
+                SyncStatus::OutOfSync,
+                "removed from Git; not pruned until the commit is confirmed (see the CommitRejected or PruneRefused Event)",
+            );
+        }
+        let mut st = rec.clone();
+        st.work = Work::Pruning;
+        st.message = "removed from Git: pruning".into();
+        Plan::write(st)
+            .log("DaemonSet removed from Git: pruning")
+            .act(Act::DeleteDaemonSet)
+            .act(Act::DeleteRecord)
+    }
+}
+
+/// When an open rollout must be looked at again without any event: the end of a
+/// bake, the earliest ready timeout of a replacement, the next Prometheus
+/// evaluation; at most [`OPEN_WORK_RESYNC_MS`] away.
+pub fn next_deadline(
+    r: &Rollout,
+    rules: &HealthRules,
+    policy: &RolloutPolicySpec,
+    now_ms: i64,
+) -> i64 {
+    let mut at = now_ms + OPEN_WORK_RESYNC_MS;
+    let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let ready_timeout = i64::try_from(rules.ready_timeout_ms).unwrap_or(i64::MAX);
+    match &r.phase {
+        Phase::Succeeded | Phase::Failed { .. } => return now_ms,
+        Phase::Paused { .. } | Phase::AwaitingApproval => return at,
+        Phase::Baking { since_ms } => {
+            if let Some(s) = r.current_stage() {
+                let bake = i64::try_from(s.bake_ms).unwrap_or(i64::MAX);
+                at = at.min(since_ms.saturating_add(bake).saturating_add(1));
+            }
+        }
+        Phase::Pending | Phase::Updating => {}
+    }
+    for rep in r.replacing.values() {
+        at = at.min(
+            rep.deleted_at_ms
+                .saturating_add(ready_timeout)
+                .saturating_add(1),
+        );
+    }
+    if let Some(p) = &policy.health.prometheus
+        && matches!(r.kind, RolloutKind::Forward)
+    {
+        at = at.min(now_ms.saturating_add(ms(p.interval).max(1)));
+    }
+    at.max(now_ms)
+}
+
+/// The controls a user set on the record, as the planner sees them for `r`.
+pub fn control_for(spec: &record::RecordSpec, r: Option<&Rollout>) -> Control {
+    let commit = r.map(|r| r.commit.as_str());
+    Control {
+        paused: spec.paused,
+        abort: commit.is_some() && spec.abort_commit.as_deref() == commit,
+        approved_stage: spec
+            .approved_stage
+            .as_ref()
+            .filter(|a| Some(a.commit.as_str()) == commit)
+            .and_then(|a| usize::try_from(a.stage).ok()),
+    }
+}

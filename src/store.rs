@@ -1,0 +1,702 @@
+//! In-memory indexes fed by watches: DaemonSets, their pods (only the fields the
+//! planner reads), node names and labels, and rollout records. Reconciles read
+//! from here instead of calling the API server, so a DaemonSet with nothing going
+//! on costs no request.
+//!
+//! Every watch reports what it touched through a [`Touched`] callback, which the
+//! controller turns into work-queue entries. Pods are stored as
+//! [`PodObservation`]s (a few hundred bytes) rather than full `Pod` objects, and
+//! nodes as labels only, so memory grows with the fleet by bytes, not kilobytes,
+//! per pod.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::core::v1::{Node, Pod, PodSpec};
+use kube::api::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, ResourceExt};
+use tokio::sync::watch;
+
+use crate::keys;
+use crate::manifest::ObjectKey;
+use crate::plan::NodeIndex;
+use crate::record::DaemonSetRollout;
+use crate::rollout::PodObservation;
+
+/// What a watch event touched, for the work queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Touched {
+    /// One DaemonSet (its object, a pod of it, or its record).
+    DaemonSet(ObjectKey),
+    /// Nodes were added, removed or relabelled: every open rollout may care.
+    Nodes,
+}
+
+pub type OnTouch = Arc<dyn Fn(Touched) + Send + Sync>;
+
+/// Which namespaces the namespaced watches cover.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    AllNamespaces,
+    Namespaces(Vec<String>),
+}
+
+/// The DaemonSets nodewave can see, by key, and their UIDs.
+#[derive(Debug, Default)]
+pub struct DaemonSetIndex {
+    by_key: HashMap<ObjectKey, Arc<DaemonSet>>,
+    key_of_uid: HashMap<String, ObjectKey>,
+}
+
+impl DaemonSetIndex {
+    pub fn get(&self, key: &ObjectKey) -> Option<Arc<DaemonSet>> {
+        self.by_key.get(key).cloned()
+    }
+
+    pub fn key_of_uid(&self, uid: &str) -> Option<&ObjectKey> {
+        self.key_of_uid.get(uid)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&ObjectKey, &Arc<DaemonSet>)> {
+        self.by_key.iter()
+    }
+
+    fn insert(&mut self, key: ObjectKey, ds: DaemonSet) {
+        let uid = ds.metadata.uid.clone();
+        if let Some(old) = self.by_key.insert(key.clone(), Arc::new(ds))
+            && let Some(old_uid) = &old.metadata.uid
+            && Some(old_uid) != uid.as_ref()
+        {
+            self.key_of_uid.remove(old_uid);
+        }
+        if let Some(uid) = uid {
+            self.key_of_uid.insert(uid, key);
+        }
+    }
+
+    fn remove(&mut self, key: &ObjectKey) {
+        if let Some(old) = self.by_key.remove(key)
+            && let Some(uid) = &old.metadata.uid
+        {
+            self.key_of_uid.remove(uid);
+        }
+    }
+}
+
+/// Pods of DaemonSets by owner UID, as the planner observes them.
+#[derive(Debug, Default)]
+pub struct PodIndex {
+    by_owner: HashMap<String, BTreeMap<String, PodObservation>>,
+    owner_of: HashMap<String, String>,
+}
+
+impl PodIndex {
+    /// The pods of the DaemonSet with this UID, in a stable order.
+    pub fn of(&self, owner_uid: &str) -> Vec<PodObservation> {
+        self.by_owner
+            .get(owner_uid)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.owner_of.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.owner_of.is_empty()
+    }
+
+    /// Returns whether the stored observation changed.
+    fn upsert(&mut self, owner: String, pod: PodObservation) -> bool {
+        let uid = pod.uid.clone();
+        if let Some(prev) = self.owner_of.insert(uid.clone(), owner.clone())
+            && prev != owner
+            && let Some(m) = self.by_owner.get_mut(&prev)
+        {
+            m.remove(&uid);
+        }
+        let m = self.by_owner.entry(owner).or_default();
+        if m.get(&uid) == Some(&pod) {
+            return false;
+        }
+        m.insert(uid, pod);
+        true
+    }
+
+    fn remove(&mut self, uid: &str) -> Option<String> {
+        let owner = self.owner_of.remove(uid)?;
+        if let Some(m) = self.by_owner.get_mut(&owner) {
+            m.remove(uid);
+            if m.is_empty() {
+                self.by_owner.remove(&owner);
+            }
+        }
+        Some(owner)
+    }
+
+    fn uids(&self) -> Vec<String> {
+        self.owner_of.keys().cloned().collect()
+    }
+}
+
+/// The shared indexes.
+#[derive(Default)]
+pub struct Stores {
+    daemonsets: RwLock<DaemonSetIndex>,
+    pods: RwLock<PodIndex>,
+    nodes: RwLock<NodeIndex>,
+    records: RwLock<HashMap<ObjectKey, Arc<DaemonSetRollout>>>,
+}
+
+// A poisoned lock means a writer panicked mid-update of an in-memory index; the
+// index is still structurally sound, so keep serving it.
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn key_of<K: ResourceExt>(o: &K) -> ObjectKey {
+    ObjectKey::new(o.namespace().unwrap_or_default(), o.name_any())
+}
+
+/// `resourceVersion`s are etcd revisions: numbers in every Kubernetes release so
+/// far. Only used to keep a write's response from being overwritten by an older
+/// watch event; when either is not a number the watch wins.
+fn newer_or_equal(a: Option<&str>, b: Option<&str>) -> bool {
+    match (
+        a.and_then(|v| v.parse::<u64>().ok()),
+        b.and_then(|v| v.parse::<u64>().ok()),
+    ) {
+        (Some(a), Some(b)) => a >= b,
+        _ => false,
+    }
+}
+
+impl Stores {
+    pub fn daemonsets(&self) -> RwLockReadGuard<'_, DaemonSetIndex> {
+        read(&self.daemonsets)
+    }
+
+    pub fn daemonset(&self, key: &ObjectKey) -> Option<Arc<DaemonSet>> {
+        read(&self.daemonsets).get(key)
+    }
+
+    pub fn pods_of(&self, owner_uid: &str) -> Vec<PodObservation> {
+        read(&self.pods).of(owner_uid)
+    }
+
+    pub fn pod_count(&self) -> usize {
+        read(&self.pods).len()
+    }
+
+    pub fn nodes(&self) -> RwLockReadGuard<'_, NodeIndex> {
+        read(&self.nodes)
+    }
+
+    pub fn record(&self, key: &ObjectKey) -> Option<Arc<DaemonSetRollout>> {
+        read(&self.records).get(key).cloned()
+    }
+
+    pub fn records(&self) -> Vec<Arc<DaemonSetRollout>> {
+        read(&self.records).values().cloned().collect()
+    }
+
+    /// Keeps the response of nodewave's own write, unless the watch already
+    /// delivered something newer, so the next reconcile does not decide on the
+    /// version before the write.
+    pub fn wrote_daemonset(&self, ds: DaemonSet) {
+        let key = key_of(&ds);
+        let mut idx = write(&self.daemonsets);
+        let current = idx.get(&key);
+        if current.as_ref().is_none_or(|c| {
+            newer_or_equal(
+                ds.metadata.resource_version.as_deref(),
+                c.metadata.resource_version.as_deref(),
+            )
+        }) {
+            idx.insert(key, slim_daemonset(ds));
+        }
+    }
+
+    pub fn wrote_record(&self, r: DaemonSetRollout) {
+        let key = key_of(&r);
+        let mut idx = write(&self.records);
+        let current = idx.get(&key);
+        if current.is_none_or(|c| {
+            newer_or_equal(
+                r.metadata.resource_version.as_deref(),
+                c.metadata.resource_version.as_deref(),
+            )
+        }) {
+            idx.insert(key, Arc::new(r));
+        }
+    }
+
+    pub fn forgot_record(&self, key: &ObjectKey) {
+        write(&self.records).remove(key);
+    }
+
+    pub fn forgot_daemonset(&self, key: &ObjectKey) {
+        write(&self.daemonsets).remove(key);
+    }
+}
+
+/// Drops what nodewave never reads from a stored DaemonSet.
+fn slim_daemonset(mut ds: DaemonSet) -> DaemonSet {
+    ds.metadata.managed_fields = None;
+    ds
+}
+
+/// The pod as the planner observes it, and the UID of the DaemonSet owning it.
+/// `None` for pods not owned by a DaemonSet or not pinned to a node.
+pub fn observe_pod(p: &Pod) -> Option<(String, PodObservation)> {
+    let owner = p
+        .metadata
+        .owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.kind == "DaemonSet" && o.controller == Some(true))?
+        .uid
+        .clone();
+    let spec = p.spec.as_ref()?;
+    let node = spec
+        .node_name
+        .clone()
+        .or_else(|| daemon_pod_target_node(spec))?;
+    let status = p.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let statuses = status
+        .and_then(|s| s.container_statuses.as_deref())
+        .unwrap_or_default();
+    let restarts = statuses
+        .iter()
+        .map(|c| u32::try_from(c.restart_count).unwrap_or(0))
+        .fold(0u32, u32::saturating_add);
+    let reason = statuses
+        .iter()
+        .find_map(|c| {
+            let st = c.state.as_ref()?;
+            st.waiting
+                .as_ref()
+                .and_then(|w| w.reason.clone())
+                .or_else(|| st.terminated.as_ref().and_then(|t| t.reason.clone()))
+        })
+        .or_else(|| {
+            statuses.iter().find_map(|c| {
+                let t = c.last_state.as_ref()?.terminated.as_ref()?;
+                (t.reason.as_deref() == Some("OOMKilled")).then(|| "OOMKilled".to_string())
+            })
+        });
+    Some((
+        owner,
+        PodObservation {
+            node,
+            name: p.name_any(),
+            uid: p.metadata.uid.clone().unwrap_or_default(),
+            revision: p
+                .labels()
+                .get(keys::REVISION_HASH_LABEL)
+                .cloned()
+                .unwrap_or_default(),
+            ready,
+            restarts,
+            reason,
+            terminating: p.metadata.deletion_timestamp.is_some(),
+        },
+    ))
+}
+
+/// The node a DaemonSet pod is meant for before the scheduler has bound it: the
+/// DaemonSet controller pins each pod with a `metadata.name` node-affinity field.
+fn daemon_pod_target_node(spec: &PodSpec) -> Option<String> {
+    let terms = &spec
+        .affinity
+        .as_ref()?
+        .node_affinity
+        .as_ref()?
+        .required_during_scheduling_ignored_during_execution
+        .as_ref()?
+        .node_selector_terms;
+    terms.iter().find_map(|t| {
+        t.match_fields.as_ref()?.iter().find_map(|f| {
+            (f.key == "metadata.name" && f.operator == "In")
+                .then(|| f.values.as_ref()?.first().cloned())
+                .flatten()
+        })
+    })
+}
+
+/// Readiness of the watches: each one counts once its first list completed.
+#[derive(Clone)]
+pub struct Readiness {
+    tx: Arc<watch::Sender<usize>>,
+}
+
+impl Readiness {
+    fn new() -> (Self, watch::Receiver<usize>) {
+        let (tx, rx) = watch::channel(0);
+        (Self { tx: Arc::new(tx) }, rx)
+    }
+
+    fn synced(&self) {
+        self.tx.send_modify(|n| *n += 1);
+    }
+}
+
+/// The running watches.
+pub struct Watches {
+    pub stores: Arc<Stores>,
+    ready: watch::Receiver<usize>,
+    expected: usize,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Watches {
+    /// Starts every watch. `on_touch` is called (from the watch tasks) for every
+    /// change a reconcile may care about.
+    pub fn start(client: &Client, scope: &Scope, on_touch: OnTouch) -> Self {
+        let stores = Arc::new(Stores::default());
+        let (readiness, ready) = Readiness::new();
+        let mut tasks = Vec::new();
+        let namespaces: Vec<Option<String>> = match scope {
+            Scope::AllNamespaces => vec![None],
+            Scope::Namespaces(ns) => ns.iter().cloned().map(Some).collect(),
+        };
+        let managed = format!("{}={}", keys::MANAGED_BY_LABEL, keys::MANAGED_BY_VALUE);
+        for ns in &namespaces {
+            let ds_api: Api<DaemonSet> = api(client, ns.as_deref());
+            tasks.push(tokio::spawn(watch_daemonsets(
+                watcher(ds_api, watcher::Config::default()),
+                stores.clone(),
+                on_touch.clone(),
+                readiness.clone(),
+            )));
+            // Every DaemonSet pod carries the revision label; StatefulSet pods do
+            // too and are dropped by the owner check.
+            let pod_api: Api<Pod> = api(client, ns.as_deref());
+            tasks.push(tokio::spawn(watch_pods(
+                watcher(
+                    pod_api,
+                    watcher::Config::default().labels(keys::REVISION_HASH_LABEL),
+                ),
+                stores.clone(),
+                on_touch.clone(),
+                readiness.clone(),
+            )));
+            let rec_api: Api<DaemonSetRollout> = api(client, ns.as_deref());
+            tasks.push(tokio::spawn(watch_records(
+                watcher(rec_api, watcher::Config::default().labels(&managed)),
+                stores.clone(),
+                on_touch.clone(),
+                readiness.clone(),
+            )));
+        }
+        // Metadata only: a Node's status (images, conditions) is most of its size
+        // and never read here.
+        let node_api: Api<PartialObjectMeta<Node>> = Api::all(client.clone());
+        tasks.push(tokio::spawn(watch_nodes(
+            watcher(node_api, watcher::Config::default()),
+            stores.clone(),
+            on_touch,
+            readiness,
+        )));
+        let expected = namespaces.len() * 3 + 1;
+        Self {
+            stores,
+            ready,
+            expected,
+            tasks,
+        }
+    }
+
+    /// Resolves once every watch has listed its objects once.
+    pub async fn wait_ready(&mut self) {
+        let expected = self.expected;
+        let _ = self.ready.wait_for(|n| *n >= expected).await;
+    }
+
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow() >= self.expected
+    }
+}
+
+impl Drop for Watches {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn watcher<K>(api: Api<K>, cfg: watcher::Config) -> impl Stream<Item = watcher::Result<Event<K>>>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    watcher::watcher(api, cfg).default_backoff()
+}
+
+/// Tracks which objects a relist saw, to drop the ones it did not.
+#[derive(Default)]
+struct Relist {
+    active: bool,
+    seen: HashSet<String>,
+}
+
+impl Relist {
+    fn begin(&mut self) {
+        self.active = true;
+        self.seen.clear();
+    }
+
+    fn saw(&mut self, id: String) {
+        if self.active {
+            self.seen.insert(id);
+        }
+    }
+
+    /// The ids of `known` the relist did not see.
+    fn done<'a>(&mut self, known: impl Iterator<Item = &'a String>) -> Vec<String> {
+        self.active = false;
+        let gone = known.filter(|k| !self.seen.contains(*k)).cloned().collect();
+        self.seen.clear();
+        gone
+    }
+}
+
+fn warn_watch(what: &str, e: &watcher::Error) {
+    tracing::warn!(watch = what, error = %e, "watch interrupted; it resumes with backoff");
+}
+
+async fn watch_daemonsets(
+    stream: impl Stream<Item = watcher::Result<Event<DaemonSet>>>,
+    stores: Arc<Stores>,
+    on_touch: OnTouch,
+    readiness: Readiness,
+) {
+    let mut stream = std::pin::pin!(stream);
+    let mut relist = Relist::default();
+    let mut synced = false;
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(Event::Init) => relist.begin(),
+            Ok(Event::Apply(ds) | Event::InitApply(ds)) => {
+                let key = key_of(&ds);
+                relist.saw(key.to_string());
+                write(&stores.daemonsets).insert(key.clone(), slim_daemonset(ds));
+                on_touch(Touched::DaemonSet(key));
+            }
+            Ok(Event::Delete(ds)) => {
+                let key = key_of(&ds);
+                write(&stores.daemonsets).remove(&key);
+                on_touch(Touched::DaemonSet(key));
+            }
+            Ok(Event::InitDone) => {
+                let gone: Vec<ObjectKey> = {
+                    let mut idx = write(&stores.daemonsets);
+                    let names: Vec<String> = idx.by_key.keys().map(ToString::to_string).collect();
+                    let gone = relist.done(names.iter());
+                    let keys: Vec<ObjectKey> = idx
+                        .by_key
+                        .keys()
+                        .filter(|k| gone.contains(&k.to_string()))
+                        .cloned()
+                        .collect();
+                    for k in &keys {
+                        idx.remove(k);
+                    }
+                    keys
+                };
+                for k in gone {
+                    on_touch(Touched::DaemonSet(k));
+                }
+                if !synced {
+                    synced = true;
+                    readiness.synced();
+                }
+            }
+            Err(e) => warn_watch("daemonsets", &e),
+        }
+    }
+}
+
+async fn watch_pods(
+    stream: impl Stream<Item = watcher::Result<Event<Pod>>>,
+    stores: Arc<Stores>,
+    on_touch: OnTouch,
+    readiness: Readiness,
+) {
+    let mut stream = std::pin::pin!(stream);
+    let mut relist = Relist::default();
+    let mut synced = false;
+    let touch_owner = |owner: &str| {
+        let key = stores.daemonsets().key_of_uid(owner).cloned();
+        if let Some(key) = key {
+            on_touch(Touched::DaemonSet(key));
+        }
+    };
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(Event::Init) => relist.begin(),
+            Ok(Event::Apply(p) | Event::InitApply(p)) => {
+                if let Some(uid) = &p.metadata.uid {
+                    relist.saw(uid.clone());
+                }
+                if let Some((owner, obs)) = observe_pod(&p) {
+                    let changed = write(&stores.pods).upsert(owner.clone(), obs);
+                    if changed {
+                        touch_owner(&owner);
+                    }
+                }
+            }
+            Ok(Event::Delete(p)) => {
+                let owner = p
+                    .metadata
+                    .uid
+                    .as_deref()
+                    .and_then(|uid| write(&stores.pods).remove(uid));
+                if let Some(owner) = owner {
+                    touch_owner(&owner);
+                }
+            }
+            Ok(Event::InitDone) => {
+                let owners: Vec<String> = {
+                    let mut idx = write(&stores.pods);
+                    let uids = idx.uids();
+                    let gone = relist.done(uids.iter());
+                    gone.iter().filter_map(|u| idx.remove(u)).collect()
+                };
+                for o in owners {
+                    touch_owner(&o);
+                }
+                if !synced {
+                    synced = true;
+                    readiness.synced();
+                }
+            }
+            Err(e) => warn_watch("pods", &e),
+        }
+    }
+}
+
+async fn watch_nodes(
+    stream: impl Stream<Item = watcher::Result<Event<PartialObjectMeta<Node>>>>,
+    stores: Arc<Stores>,
+    on_touch: OnTouch,
+    readiness: Readiness,
+) {
+    let mut stream = std::pin::pin!(stream);
+    let mut relist = Relist::default();
+    let mut synced = false;
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(Event::Init) => relist.begin(),
+            Ok(Event::Apply(n) | Event::InitApply(n)) => {
+                let name = n.name_any();
+                relist.saw(name.clone());
+                let labels = n.metadata.labels.unwrap_or_default();
+                // Heartbeats change a node's resourceVersion every few seconds;
+                // only existence and labels matter here.
+                if write(&stores.nodes).upsert(&name, labels) && synced {
+                    on_touch(Touched::Nodes);
+                }
+            }
+            Ok(Event::Delete(n)) => {
+                if write(&stores.nodes).remove(&n.name_any()) {
+                    on_touch(Touched::Nodes);
+                }
+            }
+            Ok(Event::InitDone) => {
+                let removed = {
+                    let mut idx = write(&stores.nodes);
+                    let names: Vec<String> = idx.names().into_iter().collect();
+                    let gone = relist.done(names.iter());
+                    for n in &gone {
+                        idx.remove(n);
+                    }
+                    !gone.is_empty()
+                };
+                if removed || !synced {
+                    on_touch(Touched::Nodes);
+                }
+                if !synced {
+                    synced = true;
+                    readiness.synced();
+                }
+            }
+            Err(e) => warn_watch("nodes", &e),
+        }
+    }
+}
+
+async fn watch_records(
+    stream: impl Stream<Item = watcher::Result<Event<DaemonSetRollout>>>,
+    stores: Arc<Stores>,
+    on_touch: OnTouch,
+    readiness: Readiness,
+) {
+    let mut stream = std::pin::pin!(stream);
+    let mut relist = Relist::default();
+    let mut synced = false;
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(Event::Init) => relist.begin(),
+            Ok(Event::Apply(r) | Event::InitApply(r)) => {
+                let key = key_of(&r);
+                relist.saw(key.to_string());
+                write(&stores.records).insert(key.clone(), Arc::new(r));
+                on_touch(Touched::DaemonSet(key));
+            }
+            Ok(Event::Delete(r)) => {
+                let key = key_of(&r);
+                write(&stores.records).remove(&key);
+                on_touch(Touched::DaemonSet(key));
+            }
+            Ok(Event::InitDone) => {
+                let gone: Vec<ObjectKey> = {
+                    let mut idx = write(&stores.records);
+                    let names: Vec<String> = idx.keys().map(ToString::to_string).collect();
+                    let gone = relist.done(names.iter());
+                    let keys: Vec<ObjectKey> = idx
+                        .keys()
+                        .filter(|k| gone.contains(&k.to_string()))
+                        .cloned()
+                        .collect();
+                    for k in &keys {
+                        idx.remove(k);
+                    }
+                    keys
+                };
+                for k in gone {
+                    on_touch(Touched::DaemonSet(k));
+                }
+                if !synced {
+                    synced = true;
+                    readiness.synced();
+                }
+            }
+            Err(e) => warn_watch("daemonsetrollouts", &e),
+        }
+    }
+}
