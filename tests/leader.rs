@@ -72,8 +72,14 @@ async fn only_the_leader_acts_and_a_standby_takes_over() {
         "two leaders at once:\n{}",
         second.logs()
     );
-    let ready = reqwest::get(second.url("/readyz")).await.unwrap().status();
-    assert_eq!(ready, 503, "a standby is not ready");
+    // A standby is Ready (a two-replica Deployment rolls out), but /leaderz tells
+    // a load balancer that only the first replica acts (and takes webhooks).
+    let ready = reqwest::get(second.url("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert!(ready.text().await.unwrap().contains("standby"));
+    let leaderz = |nw: &Nodewave| reqwest::get(nw.url("/leaderz"));
+    assert_eq!(leaderz(&second).await.unwrap().status(), 503);
+    assert_eq!(leaderz(&first).await.unwrap().status(), 200);
 
     first.kill();
     let killed = std::time::Instant::now();

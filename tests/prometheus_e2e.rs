@@ -146,12 +146,13 @@ async fn real_prometheus_fires_rollback_alert_and_every_panel_has_data() {
     );
     let ds = wait_status(&env, "agent", "RolledBack", Duration::from_mins(3)).await;
     let rolled_back_after = committed.elapsed();
-    let ann = ds.metadata.annotations.clone().unwrap_or_default();
-    assert_eq!(ann.get("nodewave.io/last-good-commit"), Some(&good));
+    let _ = &ds;
+    let r = support::record::get(&env, "agent").await.unwrap();
+    assert_eq!(r.last_good.as_ref(), Some(&good));
     assert!(
-        ann.get("nodewave.io/failed-commits")
-            .is_some_and(|f| f.contains(&bad_commit)),
-        "failed commits: {ann:#?}"
+        r.failed_contains(&bad_commit),
+        "failed commits: {:?}",
+        r.failed
     );
 
     // (a) The shipped rule fires in the real Prometheus.

@@ -11,7 +11,8 @@ use std::time::Duration;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use kube::api::{Api, DeleteParams, PostParams};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::gitops::{ds_yaml, get_ds, wait_rolled_out, wait_status};
 use support::nodewave::{GitRepo, Nodewave};
@@ -105,6 +106,16 @@ async fn nodewave_works_with_exactly_the_shipped_rbac() {
         .await
         .unwrap();
 
+    // The record CRD, installed by the cluster admin as the deploy docs say.
+    let crds: Api<CustomResourceDefinition> = Api::all(env.client.clone());
+    crds.patch(
+        ::nodewave::record::client::CRD_NAME,
+        &PatchParams::apply("nodewave-tests").force(),
+        &Patch::Apply(::nodewave::record::client::crd().unwrap()),
+    )
+    .await
+    .unwrap();
+
     let tr: TokenRequest =
         serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
             .unwrap();
@@ -150,6 +161,7 @@ async fn nodewave_works_with_exactly_the_shipped_rbac() {
             "--leader-elect",
             "--leader-election-namespace",
             &ns,
+            "--no-install-crds",
         ],
     )
     .await;
@@ -169,11 +181,13 @@ async fn nodewave_works_with_exactly_the_shipped_rbac() {
         )],
     );
     let ds = wait_status(&env, "agent", "RolledBack", Duration::from_mins(2)).await;
+    let _ = ds;
     assert_eq!(
-        ds.metadata
-            .annotations
+        support::record::get(&env, "agent")
+            .await
             .unwrap()
-            .get("nodewave.io/applied-commit"),
+            .applied
+            .as_ref(),
         Some(&good)
     );
     wait_rolled_out(&env, "agent", "registry.example/agent:1.0.0", nodes.len()).await;

@@ -102,11 +102,13 @@ async fn restart_on_an_invalid_head_keeps_healing_from_the_last_applied_commit()
     )
     .await;
     let ds = wait_status(&env, "agent", "Synced", Duration::from_secs(60)).await;
+    let _ = ds;
     assert_eq!(
-        ds.metadata
-            .annotations
+        support::record::get(&env, "agent")
+            .await
             .unwrap()
-            .get("nodewave.io/applied-commit"),
+            .applied
+            .as_ref(),
         Some(&good),
         "the cluster stays on the last valid commit, not the rejected one"
     );

@@ -14,6 +14,7 @@ use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use support::gitops::*;
 use support::nodewave::{GitRepo, Nodewave, cli, nodewave_annotations};
+use support::record;
 use support::*;
 
 const POOLS: [&str; 3] = ["pool-a", "pool-b", "pool-c"];
@@ -39,8 +40,9 @@ async fn new_daemonset_appears_image_change_rolls_out_and_diff_reports_it() {
     wait_rolled_out(&env, "agent", "registry.example/agent:1.0.0", nodes.len()).await;
     let ds = wait_status(&env, "agent", "Synced", Duration::from_secs(60)).await;
     let ann = nodewave_annotations(&ds);
-    assert_eq!(ann.get("nodewave.io/applied-commit"), Some(&c1));
-    assert_eq!(ann.get("nodewave.io/last-good-commit"), Some(&c1));
+    let r = record::get(&env, "agent").await.unwrap();
+    assert_eq!(r.applied.as_ref(), Some(&c1));
+    assert_eq!(r.last_good.as_ref(), Some(&c1));
     assert_eq!(ann.get("nodewave.io/source-repo"), Some(&repo.url()));
     assert_eq!(
         ann.get("nodewave.io/source-file").map(String::as_str),
@@ -91,7 +93,7 @@ async fn new_daemonset_appears_image_change_rolls_out_and_diff_reports_it() {
     wait_rolled_out(&env, "agent", "registry.example/agent:1.1.0", nodes.len()).await;
     let ds = wait_status(&env, "agent", "Synced", Duration::from_secs(60)).await;
     assert_eq!(
-        nodewave_annotations(&ds).get("nodewave.io/last-good-commit"),
+        record::get(&env, "agent").await.unwrap().last_good.as_ref(),
         Some(&c2)
     );
     assert_eq!(image_of(&ds), "registry.example/agent:1.1.0");

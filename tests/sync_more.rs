@@ -18,6 +18,7 @@ use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 use support::gitops::*;
 use support::nodewave::{GitRepo, Nodewave, commit_in, nodewave_annotations};
+use support::record;
 use support::*;
 
 const IMG1: &str = "registry.example/agent:1.0.0";
@@ -222,9 +223,9 @@ async fn removed_daemonset_is_pruned_unmanaged_ones_never_and_no_prune_keeps_it(
     wait_applied(&nw, &c2).await;
     // A few more passes (poll 1s, rollout tick 500ms) to give a wrong prune a chance.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let agent = get_ds(&env, "agent").await.expect("agent stays");
+    let _agent = get_ds(&env, "agent").await.expect("agent stays");
     assert_eq!(
-        nodewave_annotations(&agent).get("nodewave.io/applied-commit"),
+        record::get(&env, "agent").await.unwrap().applied.as_ref(),
         Some(&c2)
     );
     for name in unmanaged {
@@ -429,7 +430,7 @@ async fn commit_with_one_invalid_document_changes_nothing_and_reports_file_and_l
         );
         assert_eq!(ds.metadata.generation, generation);
         assert_eq!(
-            nodewave_annotations(&ds).get("nodewave.io/applied-commit"),
+            record::get(&env, "agent").await.unwrap().applied.as_ref(),
             Some(&c1)
         );
         assert_eq!(pod_uids(&env, &ds).await, pods_before, "no pod replaced");
@@ -441,8 +442,9 @@ async fn commit_with_one_invalid_document_changes_nothing_and_reports_file_and_l
     let fixed = repo.commit("drop the broken second", &[("second.yaml", None)]);
     wait_rolled_out(&env, "agent", IMG2, nodes.len()).await;
     let ds = wait_status(&env, "agent", "Synced", Duration::from_mins(1)).await;
+    let _ = &ds;
     assert_eq!(
-        nodewave_annotations(&ds).get("nodewave.io/last-good-commit"),
+        record::get(&env, "agent").await.unwrap().last_good.as_ref(),
         Some(&fixed)
     );
     let st = wait_applied(&nw, &fixed).await;
@@ -529,9 +531,9 @@ async fn force_push_to_older_history_is_followed() {
         "force-push -> older content rolled out in {:?}",
         pushed.elapsed()
     );
-    let ann = nodewave_annotations(&ds);
-    assert_eq!(ann.get("nodewave.io/applied-commit"), Some(&c1));
-    assert_eq!(ann.get("nodewave.io/last-good-commit"), Some(&c1));
+    let r = record::get(&env, "agent").await.unwrap();
+    assert_eq!(r.applied.as_ref(), Some(&c1));
+    assert_eq!(r.last_good.as_ref(), Some(&c1));
     assert_eq!(image_of(&ds), IMG1);
     let st = wait_applied(&nw, &c1).await;
     assert_eq!(st["head"].as_str(), Some(c1.as_str()));
@@ -643,8 +645,9 @@ async fn remote_away_changes_nothing_and_sync_resumes_when_it_returns() {
         "remote back -> commit pushed while away rolled out in {:?}",
         back.elapsed()
     );
+    let _ = &ds;
     assert_eq!(
-        nodewave_annotations(&ds).get("nodewave.io/applied-commit"),
+        record::get(&env, "agent").await.unwrap().applied.as_ref(),
         Some(&c2)
     );
     let st = wait_applied(&nw, &c2).await;

@@ -147,9 +147,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         code
     };
 
-    if cfg.install_crds
-        && let Err(e) = ensure_crd(&client).await
-    {
+    if let Err(e) = ensure_crd(&client, cfg.install_crds).await {
         error!("{e}");
         return stop(ExitCode::from(2)).await;
     }

@@ -8,14 +8,16 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::apps::v1::DaemonSet;
-use tracing::{info, warn};
+use tracing::{Instrument as _, info, warn};
 
 use super::{Context, Fingerprint, NotLeader};
 use crate::cluster::ClusterError;
 use crate::desired::LoadError;
 use crate::diff::{self, Difference};
 use crate::manifest::ObjectKey;
-use crate::plan::{self, Act, Count, Decision, DesiredDs, Inputs, LiveDs, Need, Plan, RecordView};
+use crate::plan::{
+    self, Act, Count, Decision, DesiredDs, Inputs, Line, LiveDs, Need, Plan, RecordView,
+};
 use crate::record::client::WriteError;
 use crate::record::{self, DaemonSetRollout, RecordState, Work, legacy};
 use crate::rollout::{PodObservation, PromOutcome};
@@ -191,72 +193,91 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Option<i64>, Re
     let control = plan::control_for(&spec, state.as_ref().and_then(|s| s.rollout()));
     let prune_allowed = snapshot.fresh && prune_allowed(ctx, &snapshot);
 
+    // Lines about a rollout carry its commit and stage (a log pipeline filters one
+    // rollout on them), in a span of their own.
+    let span = match state.as_deref().map(|s| &s.work) {
+        Some(Work::Rolling { target, rollout }) => tracing::info_span!(
+            "rollout",
+            commit = record::short(&target.commit),
+            stage = rollout.current_stage().map_or("", |s| s.name.as_str())
+        ),
+        Some(Work::Applying { target, .. }) => tracing::info_span!(
+            "rollout",
+            commit = record::short(&target.commit),
+            stage = tracing::field::Empty
+        ),
+        _ => tracing::Span::current(),
+    };
     let mut fetched = Fetched::default();
-    for _ in 0..MAX_NEEDS {
-        let decision = {
-            let nodes = ctx.stores.nodes();
-            let inputs = Inputs {
-                key,
-                now_ms: now_ms(),
-                settings: &ctx.cfg.settings,
-                desired: desired.as_deref(),
-                fresh: snapshot.fresh,
-                prune_allowed,
-                live: live_view.as_ref(),
-                record: match &state {
-                    Some(s) => RecordView::Valid(s),
-                    None => RecordView::Missing,
-                },
-                pods: &pods,
-                nodes: &nodes,
-                control: control.clone(),
-                diff: fetched.diff.as_ref().map(|(h, d)| (h.as_str(), d.as_ref())),
-                revision: fetched.revision.as_deref(),
-                rollback_target: fetched.rollback_target.as_deref(),
-                prometheus: fetched.prometheus.clone(),
-                ancestry: fetched.ancestry,
+    async {
+        for _ in 0..MAX_NEEDS {
+            let decision = {
+                let nodes = ctx.stores.nodes();
+                let inputs = Inputs {
+                    key,
+                    now_ms: now_ms(),
+                    settings: &ctx.cfg.settings,
+                    desired: desired.as_deref(),
+                    fresh: snapshot.fresh,
+                    prune_allowed,
+                    live: live_view.as_ref(),
+                    record: match &state {
+                        Some(s) => RecordView::Valid(s),
+                        None => RecordView::Missing,
+                    },
+                    pods: &pods,
+                    nodes: &nodes,
+                    control: control.clone(),
+                    diff: fetched.diff.as_ref().map(|(h, d)| (h.as_str(), d.as_ref())),
+                    revision: fetched.revision.as_deref(),
+                    rollback_target: fetched.rollback_target.as_deref(),
+                    prometheus: fetched.prometheus.clone(),
+                    ancestry: fetched.ancestry,
+                };
+                plan::decide(&inputs)
             };
-            plan::decide(&inputs)
-        };
-        match decision {
-            Decision::Plan(p) => {
-                let p = *p;
-                let revision = state
-                    .as_ref()
-                    .and_then(|s| plan::target_revision(s).map(String::from));
-                return execute(
-                    ctx,
-                    key,
-                    live.as_deref(),
-                    &mut rec_obj,
-                    p,
-                    &pods,
-                    revision.as_deref(),
-                )
-                .await;
-            }
-            Decision::Need(need) => {
-                supply(
-                    ctx,
-                    key,
-                    &need,
-                    desired.as_ref(),
-                    live.as_deref(),
-                    state.as_deref(),
-                    &pods,
-                    &mut fetched,
-                )
-                .await?;
-                if matches!(need, Need::Revision) && fetched.revision.is_none() {
-                    // The controller has not recorded the revision yet: look again soon.
-                    return Ok(Some(now_ms() + 1_000));
+            match decision {
+                Decision::Plan(p) => {
+                    let p = *p;
+                    let revision = state
+                        .as_ref()
+                        .and_then(|s| plan::target_revision(s).map(String::from));
+                    return execute(
+                        ctx,
+                        key,
+                        live.as_deref(),
+                        &mut rec_obj,
+                        p,
+                        &pods,
+                        revision.as_deref(),
+                    )
+                    .await;
+                }
+                Decision::Need(need) => {
+                    supply(
+                        ctx,
+                        key,
+                        &need,
+                        desired.as_ref(),
+                        live.as_deref(),
+                        state.as_deref(),
+                        &pods,
+                        &mut fetched,
+                    )
+                    .await?;
+                    if matches!(need, Need::Revision) && fetched.revision.is_none() {
+                        // The controller has not recorded the revision yet: look again soon.
+                        return Ok(Some(now_ms() + 1_000));
+                    }
                 }
             }
         }
+        Err(ReconcileError::Invalid(format!(
+            "could not decide what to do with {key}: too many inputs requested"
+        )))
     }
-    Err(ReconcileError::Invalid(format!(
-        "could not decide what to do with {key}: too many inputs requested"
-    )))
+    .instrument(span)
+    .await
 }
 
 fn inputs_for_invalid<'a>(ctx: &'a Context, key: &'a ObjectKey, e: &'a str) -> Inputs<'a> {
@@ -430,20 +451,13 @@ async fn execute(
                 reason,
                 message,
             } => {
-                if let Some(stage) = final_state
-                    .as_ref()
-                    .and_then(RecordState::rollout)
-                    .and_then(|r| r.current_stage())
-                {
-                    tracing::Span::current().record("stage", stage.name.as_str());
-                }
                 ctx.cluster
                     .event(key, uid.as_deref(), warning, &reason, &message)
                     .await;
             }
             Act::DeleteDaemonSet => {
                 ctx.fence.check()?;
-                info!("DaemonSet removed from Git: deleting it");
+                info!("deleting DaemonSet {key} (removed from Git)");
                 ctx.cluster.delete_daemonset(key).await?;
                 ctx.stores.forgot_daemonset(key);
                 ctx.metrics.forget_daemonset(&key.namespace, &key.name);
@@ -457,13 +471,7 @@ async fn execute(
                 }
             }
             Act::Count(c) => count(ctx, key, &c),
-            Act::Log { warning, message } => {
-                if warning {
-                    warn!("{message}");
-                } else {
-                    info!("{message}");
-                }
-            }
+            Act::Log(line) => log_line(&line),
         }
     }
     // Keep the progress columns current while something is open, without a
@@ -561,6 +569,21 @@ async fn apply(
         ctx.stores.wrote_daemonset(ds);
     }
     Ok(())
+}
+
+fn log_line(l: &Line) {
+    if let Some(stage) = &l.stage {
+        tracing::Span::current().record("stage", stage.as_str());
+    }
+    let m = &l.message;
+    match (l.warning, l.reason, l.gate) {
+        (true, _, Some(gate)) => warn!(gate, "{m}"),
+        (true, Some(reason), None) => warn!(reason, "{m}"),
+        (true, None, None) => warn!("{m}"),
+        (false, Some(reason), _) => info!(reason, "{m}"),
+        (false, None, Some(gate)) => info!(gate, "{m}"),
+        (false, None, None) => info!("{m}"),
+    }
 }
 
 fn count(ctx: &Context, key: &ObjectKey, c: &Count) {

@@ -227,10 +227,20 @@ pub enum Act {
     DeleteRecord,
     Count(Count),
     /// A line for the log (warnings for failures, info otherwise).
-    Log {
-        warning: bool,
-        message: String,
-    },
+    Log(Line),
+}
+
+/// A log line, with the structured fields a log pipeline filters on.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Line {
+    pub warning: bool,
+    pub message: String,
+    /// The Event reason the line reports.
+    pub reason: Option<&'static str>,
+    /// The gate that failed.
+    pub gate: Option<&'static str>,
+    /// The stage the line is about, when it is not the one in progress.
+    pub stage: Option<String>,
 }
 
 /// What to do now.
@@ -257,17 +267,18 @@ impl Plan {
     }
 
     fn log(self, message: impl Into<String>) -> Self {
-        self.act(Act::Log {
-            warning: false,
+        self.act(Act::Log(Line {
             message: message.into(),
-        })
+            ..Line::default()
+        }))
     }
 
     fn warn(self, message: impl Into<String>) -> Self {
-        self.act(Act::Log {
+        self.act(Act::Log(Line {
             warning: true,
             message: message.into(),
-        })
+            ..Line::default()
+        }))
     }
 
     fn event(self, warning: bool, reason: &str, message: impl Into<String>) -> Self {
@@ -653,11 +664,16 @@ impl Decider<'_, '_> {
                     target: target.clone(),
                     rollout: rb,
                 };
-                Plan::write(st).warn(format!(
-                    "rolling back from {} to last good commit {} on {nodes} node(s): {reason}",
-                    short(failed_commit),
-                    short(&target.commit)
-                ))
+                Plan::write(st).act(Act::Log(Line {
+                    warning: true,
+                    message: format!(
+                        "rollback of {} to last good commit {} covers {nodes} node(s): {reason}",
+                        short(failed_commit),
+                        short(&target.commit)
+                    ),
+                    stage: Some(rollout::ROLLBACK_STAGE.to_string()),
+                    ..Line::default()
+                }))
             }
             ApplyMode::Forward | ApplyMode::InPlace => {
                 let eligible = eligible_nodes(self.i.nodes, self.i.pods, label.as_deref());
@@ -680,12 +696,19 @@ impl Decider<'_, '_> {
                     short(&target.commit),
                     r.stages.len()
                 );
+                let first_stage = r.stages.first().map(|s| s.name.clone());
                 st.pool_label = label;
                 st.work = Work::Rolling {
                     target: target.clone(),
                     rollout: r,
                 };
                 Plan::write(st)
+                    .act(Act::Log(Line {
+                        message: "rollout started".into(),
+                        reason: Some("RolloutStarted"),
+                        stage: first_stage,
+                        ..Line::default()
+                    }))
                     .log(msg.clone())
                     .event(false, "RolloutStarted", msg)
             }
@@ -777,11 +800,15 @@ impl Decider<'_, '_> {
                 }
                 Action::Event(ev) => {
                     let message = ev.message();
-                    plan = plan.log(format!("{}: {message}", ev.reason())).event(
-                        ev.is_warning(),
-                        ev.reason(),
-                        message,
-                    );
+                    plan = plan
+                        .act(Act::Log(Line {
+                            warning: ev.is_warning(),
+                            message: message.clone(),
+                            reason: Some(ev.reason()),
+                            stage: ev.stage_name().map(String::from),
+                            gate: None,
+                        }))
+                        .event(ev.is_warning(), ev.reason(), message);
                     if let RolloutEvent::GateFailed(f) = &ev {
                         plan = plan.act(Act::Count(Count::GateFailed(f.gate)));
                     }
@@ -799,11 +826,12 @@ impl Decider<'_, '_> {
                         at: timestamp(now),
                     });
                     plan = plan
-                        .warn(format!(
-                            "gate {} failed: {}",
-                            failure.gate.metric_label(),
-                            failure.message
-                        ))
+                        .act(Act::Log(Line {
+                            warning: true,
+                            message: format!("gate failed: {}", failure.message),
+                            gate: Some(failure.gate.metric_label()),
+                            ..Line::default()
+                        }))
                         .wake(now);
                     changed = true;
                 }
@@ -840,6 +868,7 @@ impl Decider<'_, '_> {
                     short(&r.commit)
                 );
                 plan = plan
+                    .log("rollout succeeded")
                     .log(msg.clone())
                     .event(false, "RolloutSucceeded", msg)
                     .act(Act::Count(Count::RolloutFinished {

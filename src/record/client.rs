@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::runtime::wait::Condition as _;
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 
@@ -163,11 +164,11 @@ pub fn crd() -> Result<Value, String> {
     serde_saphyr::from_str::<Value>(CRD_YAML).map_err(|e| format!("embedded CRD: {e}"))
 }
 
-/// Makes sure the CRD exists at this binary's revision: applies it when missing
-/// or older, then waits until it is Established. Without permission to write
-/// CRDs (the shipped RBAC), a current CRD installed by the deploy manifests is
-/// all that is needed.
-pub async fn ensure_crd(client: &Client) -> Result<(), String> {
+/// Makes sure the CRD exists at this binary's revision. With `install`, applies
+/// it when missing or older and waits until it is Established; without, only
+/// checks. Without permission to read CRDs (the shipped RBAC grants `get` on
+/// this one CRD only), it assumes the deploy manifests installed it.
+pub async fn ensure_crd(client: &Client, install: bool) -> Result<(), String> {
     let wanted = crd()?;
     let revision = wanted
         .pointer("/metadata/annotations")
@@ -176,13 +177,36 @@ pub async fn ensure_crd(client: &Client) -> Result<(), String> {
         .unwrap_or_default()
         .to_string();
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let live = api
-        .get_opt(CRD_NAME)
-        .await
-        .map_err(|e| format!("cannot read CRD {CRD_NAME}: {e}"))?;
+    let live = match api.get_opt(CRD_NAME).await {
+        Ok(l) => l,
+        Err(e) if is_status(&e, 403) => {
+            tracing::warn!(
+                crd = CRD_NAME,
+                "not allowed to read CRDs; assuming deploy/crds/daemonsetrollouts.yaml is installed"
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(format!("cannot read CRD {CRD_NAME}: {e}")),
+    };
     let current = live
         .as_ref()
         .and_then(|c| c.annotations().get(CRD_REVISION_ANNOTATION).cloned());
+    if current.as_deref() != Some(revision.as_str()) && !install {
+        return match live {
+            None => Err(format!(
+                "the CRD {CRD_NAME} is not installed; apply deploy/crds/daemonsetrollouts.yaml (kubectl apply --server-side -f ...) or run without --no-install-crds"
+            )),
+            Some(_) => {
+                tracing::warn!(
+                    crd = CRD_NAME,
+                    installed = current.as_deref().unwrap_or("-"),
+                    wanted = %revision,
+                    "the installed CRD is older than this nodewave; apply deploy/crds/daemonsetrollouts.yaml"
+                );
+                Ok(())
+            }
+        };
+    }
     if current.as_deref() != Some(revision.as_str()) {
         api.patch(
             CRD_NAME,
@@ -202,6 +226,10 @@ pub async fn ensure_crd(client: &Client) -> Result<(), String> {
             )
         })?;
         tracing::info!(crd = CRD_NAME, revision = %revision, "installed the DaemonSetRollout CRD");
+    } else if live.as_ref().is_some_and(|c| {
+        kube::runtime::wait::conditions::is_crd_established().matches_object(Some(c))
+    }) {
+        return Ok(());
     }
     let established = kube::runtime::wait::await_condition(
         api,

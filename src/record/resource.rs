@@ -15,7 +15,7 @@ pub const KIND: &str = "DaemonSetRollout";
 pub const PLURAL: &str = "daemonsetrollouts";
 
 /// One record per managed DaemonSet, same namespace and name.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DaemonSetRollout {
     #[serde(default = "api_version")]
@@ -27,6 +27,18 @@ pub struct DaemonSetRollout {
     pub spec: RecordSpec,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<RecordStatus>,
+}
+
+impl Default for DaemonSetRollout {
+    fn default() -> Self {
+        Self {
+            api_version: api_version(),
+            kind: kind(),
+            metadata: ObjectMeta::default(),
+            spec: RecordSpec::default(),
+            status: None,
+        }
+    }
 }
 
 fn api_version() -> String {
@@ -150,5 +162,74 @@ impl kube::Resource for DaemonSetRollout {
 
     fn meta_mut(&mut self) -> &mut ObjectMeta {
         &mut self.metadata
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The property names of a schema object.
+    fn properties(schema: &serde_json::Value) -> std::collections::BTreeSet<String> {
+        schema["properties"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Every field the Rust types write is declared in the shipped CRD (the API
+    /// server would drop undeclared ones), and every declared field exists.
+    #[test]
+    fn the_shipped_crd_declares_exactly_the_fields_nodewave_writes() {
+        let crd = crate::record::client::crd().unwrap();
+        let version = &crd["spec"]["versions"][0];
+        assert_eq!(crd["spec"]["group"], API_GROUP);
+        assert_eq!(crd["spec"]["names"]["kind"], KIND);
+        assert_eq!(crd["spec"]["names"]["plural"], PLURAL);
+        assert_eq!(version["subresources"]["status"], serde_json::json!({}));
+        let schema = &version["schema"]["openAPIV3Schema"];
+        let full = RecordStatus {
+            message: "m".into(),
+            commit: "c".into(),
+            applied_commit: Some("a".into()),
+            last_good_commit: Some("g".into()),
+            stage: "s".into(),
+            rollout_phase: "p".into(),
+            rollout_kind: "forward".into(),
+            pools: vec![PoolStatus::default()],
+            failed_commits: vec![FailedCommit {
+                commit: "c".into(),
+                hash: "h".into(),
+                reason: "r".into(),
+                at: "t".into(),
+            }],
+            pool_label: Some("l".into()),
+            observed_at: "o".into(),
+            state: "v1.".into(),
+            ..RecordStatus::default()
+        };
+        let written = serde_json::to_value(&full).unwrap();
+        let keys: std::collections::BTreeSet<String> =
+            written.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(keys, properties(&schema["properties"]["status"]));
+        let spec = serde_json::to_value(RecordSpec {
+            daemon_set: "d".into(),
+            paused: true,
+            abort_commit: Some("c".into()),
+            approved_stage: Some(StageApproval {
+                commit: "c".into(),
+                stage: 1,
+            }),
+        })
+        .unwrap();
+        let keys: std::collections::BTreeSet<String> =
+            spec.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(keys, properties(&schema["properties"]["spec"]));
+        assert_eq!(
+            properties(&schema["properties"]["status"]["properties"]["pools"]["items"]),
+            properties(
+                &serde_json::json!({"properties": serde_json::to_value(PoolStatus::default()).unwrap()})
+            )
+        );
     }
 }

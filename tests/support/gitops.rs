@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 
-use super::nodewave::nodewave_annotations;
 use super::{TestEnv, debug_pods, pod_ready, wait_for};
 
 /// A compliant DaemonSet manifest confined to the test's nodes.
@@ -53,24 +52,8 @@ pub async fn wait_rolled_out(env: &TestEnv, app: &str, image: &str, nodes: usize
     .await;
 }
 
+/// Waits until the record of `name` has `status`; returns the DaemonSet then.
 pub async fn wait_status(env: &TestEnv, name: &str, status: &str, timeout: Duration) -> DaemonSet {
-    wait_for(
-        &format!("DaemonSet {name} status {status}"),
-        timeout,
-        || async {
-            match get_ds(env, name).await {
-                Some(ds)
-                    if nodewave_annotations(&ds)
-                        .get("nodewave.io/sync-status")
-                        .map(String::as_str)
-                        == Some(status) =>
-                {
-                    Ok(Some(ds))
-                }
-                Some(ds) => Err(format!("annotations: {:#?}", nodewave_annotations(&ds))),
-                None => Err("DaemonSet does not exist".into()),
-            }
-        },
-    )
-    .await
+    super::record::wait_status(env, name, status, timeout).await;
+    get_ds(env, name).await.expect("the DaemonSet exists")
 }

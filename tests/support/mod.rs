@@ -346,5 +346,6 @@ pub fn debug_pods(pods: &BTreeMap<String, Pod>) -> String {
 pub mod gitops;
 pub mod nodewave;
 pub mod prometheus;
+pub mod record;
 pub mod rollout;
 pub mod sshd;

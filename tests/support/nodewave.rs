@@ -131,8 +131,6 @@ impl Nodewave {
             state_dir.display().to_string(),
             "--log-format".into(),
             "json".into(),
-            "--rollout-interval".into(),
-            "500ms".into(),
         ];
         // The admin kubeconfig unless the test brings its own (e.g. a service account's).
         if !extra.contains(&"--kubeconfig") {

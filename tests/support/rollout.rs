@@ -8,12 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::watcher;
 
-use super::nodewave::nodewave_annotations;
 use super::{OWNER_LABEL, TestEnv, pod_ready, wait_for};
 
 /// A compliant DaemonSet confined to the test's nodes. `ready_delay_ms` sets the
@@ -72,10 +70,6 @@ pub fn pod_image(p: &Pod) -> String {
         .image
         .clone()
         .unwrap_or_default()
-}
-
-pub fn annotation(ds: &DaemonSet, key: &str) -> Option<String> {
-    nodewave_annotations(ds).get(key).cloned()
 }
 
 /// Pod UIDs by node.
