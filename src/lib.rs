@@ -16,6 +16,7 @@ pub mod keys;
 pub mod manifest;
 pub mod metrics;
 pub mod reconciler;
+pub mod render;
 pub mod rollout;
 pub mod server;
 pub mod source;

@@ -14,6 +14,7 @@ use std::path::Path as FsPath;
 use serde_json::Value;
 
 pub use findings::{CHECKS, CheckInfo, Finding, Location, Severity, check_info};
+pub use findings::{REMOTE_SOURCE_REFUSED, RENDER_ERROR};
 use findings::{DUPLICATE_NAME, POLICY_TARGET_MISSING, UNSUPPORTED_KIND, YAML_SYNTAX};
 use lines::{DocumentSource, LineIndex, Path};
 
