@@ -48,6 +48,8 @@ pub struct Settings {
     pub load: LoadOptions,
     /// How often rollouts in progress are stepped.
     pub rollout_tick: Duration,
+    /// Rendering of Kustomize and Helm sources (crate::render).
+    pub render: crate::render::RenderOptions,
 }
 
 /// What `/status`, `/readyz` and `nodewave status` report about the source.
@@ -218,9 +220,37 @@ impl Reconciler {
 
     /// Loads and validates a commit. A rejected commit changes nothing: the previous
     /// desired state stays in force.
+    /// The commit's manifests: plain YAML as read from Git, Kustomize and Helm
+    /// directories rendered (crate::render).
+    async fn commit_files(
+        &self,
+        commit: &str,
+    ) -> Result<Vec<manifest::ManifestFile>, crate::render::RenderError> {
+        crate::render::desired_files(
+            &self.source,
+            commit,
+            &self.settings.path,
+            &self.settings.render,
+        )
+        .await
+    }
+
     async fn load_commit(&mut self, commit: &str) {
-        let files = match self.source.files_at(commit.to_string()).await {
+        let files = match self.commit_files(commit).await {
             Ok(f) => f,
+            Err(crate::render::RenderError::Rejected(findings)) => {
+                // A render failure rejects the commit like a validation error.
+                let errors: Vec<String> = findings.iter().map(ToString::to_string).collect();
+                for e in &errors {
+                    error!(commit = %short(commit), finding = %e, "commit rejected");
+                }
+                let reason = findings.first().map_or("render-error", |f| f.check);
+                self.reject(commit, reason, errors, BTreeSet::new()).await;
+                if self.desired.is_none() {
+                    self.fall_back_to_deployed(commit).await;
+                }
+                return;
+            }
             Err(e) => {
                 error!(commit = %short(commit), error = %e, "cannot read the commit's files");
                 self.reject(commit, "read-error", vec![e.to_string()], BTreeSet::new())
@@ -298,7 +328,7 @@ impl Reconciler {
             if !applied.contains(&commit) {
                 continue;
             }
-            let Ok(files) = self.source.files_at(commit.clone()).await else {
+            let Ok(files) = self.commit_files(&commit).await else {
                 return;
             };
             if let Ok(state) = manifest::load(&files, &self.settings.load) {
@@ -1028,7 +1058,7 @@ impl Reconciler {
     /// The DaemonSet as it was at `commit`, read from the local clone (works while
     /// the remote is unreachable).
     async fn manifest_at(&self, commit: &str, key: &ObjectKey) -> Option<(String, Value, String)> {
-        let files = match self.source.files_at(commit.to_string()).await {
+        let files = match self.commit_files(commit).await {
             Ok(f) => f,
             Err(e) => {
                 error!(commit = %short(commit), error = %e, "cannot read the last good commit");

@@ -107,6 +107,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         pool_label: cfg.pool_label.clone(),
         load: cfg.rules.load_options(),
         rollout_tick: cfg.rollout_interval,
+        render: cfg.render.clone(),
     };
 
     let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
