@@ -176,12 +176,14 @@ async fn config_map_generator_names_are_hashed_and_referenced() {
         .collect();
     let cm = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
     let name = cm["metadata"]["name"].as_str().unwrap();
-    assert!(name.starts_with("fluent-bit-config-") && name.len() > "fluent-bit-config-".len(), "{name}");
+    assert!(
+        name.starts_with("fluent-bit-config-") && name.len() > "fluent-bit-config-".len(),
+        "{name}"
+    );
     assert_eq!(cm["data"]["fluent-bit.conf"], "[SERVICE]\n  Flush 1\n");
     let ds = docs.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
     assert_eq!(
-        ds["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"],
-        name,
+        ds["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"], name,
         "the DaemonSet refers to the hashed name"
     );
 }
@@ -189,16 +191,32 @@ async fn config_map_generator_names_are_hashed_and_referenced() {
 #[tokio::test]
 async fn helm_chart_with_values_files_and_inline_values() {
     let repo = tempfile::tempdir().unwrap();
-    let chart = helm_chart("node-agent", "monitoring", "2.0.0", "nodeSelector:\n  kubernetes.io/os: linux\n");
+    let chart = helm_chart(
+        "node-agent",
+        "monitoring",
+        "2.0.0",
+        "nodeSelector:\n  kubernetes.io/os: linux\n",
+    );
     let mut files = owned(&chart);
-    files.push(("plain/other.yaml", agent_ds("other", Some("monitoring"), "registry.example/other:1.0", "")));
+    files.push((
+        "plain/other.yaml",
+        agent_ds(
+            "other",
+            Some("monitoring"),
+            "registry.example/other:1.0",
+            "",
+        ),
+    ));
     write(repo.path(), &files);
     commit(repo.path(), "chart", &[]);
 
     let server = server_files(repo.path(), "", &options()).await.unwrap();
     assert_eq!(
         server.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(),
-        vec!["charts/node-agent/templates/daemonset.yaml (helm)", "plain/other.yaml"]
+        vec![
+            "charts/node-agent/templates/daemonset.yaml (helm)",
+            "plain/other.yaml"
+        ]
     );
     let ds = daemonset_manifest(&server, "monitoring", "node-agent");
     // Chart values < values-prod.yaml < inline values; the namespace came from nodewave.yaml.
@@ -215,7 +233,10 @@ async fn helm_chart_with_values_files_and_inline_values() {
     daemonset_manifest(&server, "monitoring", "other");
 
     let local = render::render_dir(repo.path(), &options()).unwrap();
-    assert_eq!(local, server, "validate and the server render the same files");
+    assert_eq!(
+        local, server,
+        "validate and the server render the same files"
+    );
     let (code, out) = validate(repo.path(), &[]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("2 DaemonSet(s)"), "{out}");
@@ -235,14 +256,27 @@ async fn a_broken_template_rejects_with_helms_message_and_the_template() {
     assert_eq!(findings.len(), 1, "{findings:?}");
     let f = &findings[0];
     assert_eq!(f.check, RENDER_ERROR);
-    assert_eq!(f.location.to_string(), "charts/node-agent/templates/broken.yaml:6");
-    assert!(f.message.starts_with("helm template failed: "), "{}", f.message);
-    assert!(f.message.contains("nil pointer evaluating"), "{}", f.message);
+    assert_eq!(
+        f.location.to_string(),
+        "charts/node-agent/templates/broken.yaml:6"
+    );
+    assert!(
+        f.message.starts_with("helm template failed: "),
+        "{}",
+        f.message
+    );
+    assert!(
+        f.message.contains("nil pointer evaluating"),
+        "{}",
+        f.message
+    );
 
     let (code, out) = validate(repo.path(), &[]);
     assert_eq!(code, 1, "{out}");
     assert!(
-        out.contains("charts/node-agent/templates/broken.yaml:6: error[render-error] helm template failed"),
+        out.contains(
+            "charts/node-agent/templates/broken.yaml:6: error[render-error] helm template failed"
+        ),
         "{out}"
     );
 }
@@ -260,14 +294,29 @@ async fn a_kustomize_failure_names_the_directory_without_the_checkout_path() {
     let findings = rejected(server_files(repo.path(), "clusters/prod", &options()).await);
     assert_eq!(findings.len(), 1, "{findings:?}");
     let f = &findings[0];
-    assert_eq!((f.check, f.location.to_string()), (RENDER_ERROR, "clusters/prod".to_owned()));
-    assert!(f.message.starts_with("kustomize build failed: accumulating resources"), "{}", f.message);
+    assert_eq!(
+        (f.check, f.location.to_string()),
+        (RENDER_ERROR, "clusters/prod".to_owned())
+    );
+    assert!(
+        f.message
+            .starts_with("kustomize build failed: accumulating resources"),
+        "{}",
+        f.message
+    );
     assert!(f.message.contains("agents/missing"), "{}", f.message);
-    assert!(!f.message.contains("nodewave-render-"), "checkout path leaked: {}", f.message);
+    assert!(
+        !f.message.contains("nodewave-render-"),
+        "checkout path leaked: {}",
+        f.message
+    );
 
     let (code, out) = validate(&repo.path().join("clusters/prod"), &[]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains(".: error[render-error] kustomize build failed"), "{out}");
+    assert!(
+        out.contains(".: error[render-error] kustomize build failed"),
+        "{out}"
+    );
 }
 
 #[tokio::test]
@@ -277,19 +326,26 @@ async fn remote_bases_are_refused_by_default() {
         repo.path(),
         &[(
             "clusters/prod/kustomization.yaml",
-            "resources:\n  - https://github.com/fluent/fluent-bit-kustomize//base?ref=v3.0.0\n".into(),
+            "resources:\n  - https://github.com/fluent/fluent-bit-kustomize//base?ref=v3.0.0\n"
+                .into(),
         )],
     );
     commit(repo.path(), "remote", &[]);
     let findings = rejected(server_files(repo.path(), "clusters/prod", &options()).await);
     assert_eq!(findings.len(), 1, "{findings:?}");
     assert_eq!(findings[0].check, REMOTE_SOURCE_REFUSED);
-    assert_eq!(findings[0].location.to_string(), "clusters/prod/kustomization.yaml:2");
+    assert_eq!(
+        findings[0].location.to_string(),
+        "clusters/prod/kustomization.yaml:2"
+    );
     assert!(findings[0].message.contains("--render-allow-network"));
 
     let (code, out) = validate(&repo.path().join("clusters/prod"), &[]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("kustomization.yaml:2: error[remote-source-refused]"), "{out}");
+    assert!(
+        out.contains("kustomization.yaml:2: error[remote-source-refused]"),
+        "{out}"
+    );
 }
 
 #[tokio::test]
@@ -299,14 +355,21 @@ async fn a_base_outside_the_repository_is_refused() {
     write(
         outer.path(),
         &[
-            ("repo/clusters/prod/kustomization.yaml", "resources:\n  - ../../../elsewhere\n".into()),
+            (
+                "repo/clusters/prod/kustomization.yaml",
+                "resources:\n  - ../../../elsewhere\n".into(),
+            ),
             ("elsewhere/kustomization.yaml", "resources: []\n".into()),
         ],
     );
     commit(&repo, "escape", &[]);
     let findings = rejected(server_files(&repo, "clusters/prod", &options()).await);
     assert_eq!(findings[0].check, REMOTE_SOURCE_REFUSED);
-    assert!(findings[0].message.contains("points outside the repository"));
+    assert!(
+        findings[0]
+            .message
+            .contains("points outside the repository")
+    );
     // validate inside the work tree applies the same bound.
     let findings = rejected(render::render_dir(&repo.join("clusters/prod"), &options()));
     assert_eq!(findings[0].check, REMOTE_SOURCE_REFUSED);
@@ -322,8 +385,15 @@ async fn a_helm_dependency_that_is_not_vendored_is_refused() {
     let findings = rejected(server_files(repo.path(), "", &options()).await);
     assert_eq!(findings.len(), 1, "{findings:?}");
     assert_eq!(findings[0].check, REMOTE_SOURCE_REFUSED);
-    assert_eq!(findings[0].location.to_string(), "charts/node-agent/Chart.yaml:5");
-    assert!(findings[0].message.contains("helm dependency build"), "{}", findings[0].message);
+    assert_eq!(
+        findings[0].location.to_string(),
+        "charts/node-agent/Chart.yaml:5"
+    );
+    assert!(
+        findings[0].message.contains("helm dependency build"),
+        "{}",
+        findings[0].message
+    );
 
     let (code, out) = validate(repo.path(), &[]);
     assert_eq!(code, 1, "{out}");
@@ -338,14 +408,19 @@ async fn a_helm_dependency_that_is_not_vendored_is_refused() {
     };
     let findings = rejected(render::render_dir(repo.path(), &opts));
     assert_eq!(findings[0].check, RENDER_ERROR, "{findings:?}");
-    assert!(findings[0].message.contains("helm template failed"), "{}", findings[0].message);
+    assert!(
+        findings[0].message.contains("helm template failed"),
+        "{}",
+        findings[0].message
+    );
 
     // Vendoring the dependency makes the chart render.
     write(
         repo.path(),
-        &[
-            ("charts/node-agent/charts/common/Chart.yaml", "apiVersion: v2\nname: common\nversion: 2.0.0\ntype: library\n".into()),
-        ],
+        &[(
+            "charts/node-agent/charts/common/Chart.yaml",
+            "apiVersion: v2\nname: common\nversion: 2.0.0\ntype: library\n".into(),
+        )],
     );
     commit(repo.path(), "vendored", &[]);
     let files = server_files(repo.path(), "", &options()).await.unwrap();
@@ -359,7 +434,8 @@ async fn a_render_past_the_time_limit_is_stopped() {
     // Ten billion iterations: far longer than the limit.
     chart.push((
         "charts/node-agent/templates/slow.yaml".into(),
-        "{{- range $i := until 100000 }}{{- range $j := until 100000 }}{{- end }}{{- end }}\n".into(),
+        "{{- range $i := until 100000 }}{{- range $j := until 100000 }}{{- end }}{{- end }}\n"
+            .into(),
     ));
     write(repo.path(), &owned(&chart));
     commit(repo.path(), "slow", &[]);
@@ -371,7 +447,9 @@ async fn a_render_past_the_time_limit_is_stopped() {
     assert_eq!(findings[0].check, RENDER_ERROR);
     assert_eq!(findings[0].location.to_string(), "charts/node-agent");
     assert!(
-        findings[0].message.contains("did not finish within 2s (--render-timeout)"),
+        findings[0]
+            .message
+            .contains("did not finish within 2s (--render-timeout)"),
         "{}",
         findings[0].message
     );
@@ -398,7 +476,9 @@ async fn output_past_the_size_limit_is_stopped() {
     let findings = rejected(server_files(repo.path(), "", &opts).await);
     assert_eq!(findings[0].check, RENDER_ERROR);
     assert!(
-        findings[0].message.contains("over 1048576 bytes (--render-max-bytes)"),
+        findings[0]
+            .message
+            .contains("over 1048576 bytes (--render-max-bytes)"),
         "{}",
         findings[0].message
     );
@@ -413,8 +493,14 @@ async fn output_past_the_size_limit_is_stopped() {
 #[test]
 fn validate_finds_the_renderers_on_path_or_says_what_is_missing() {
     let repo = tempfile::tempdir().unwrap();
-    write(repo.path(), &kustomize_fleet("fluent-bit", "logging", "1.2.3", ""));
-    write(repo.path(), &owned(&helm_chart("node-agent", "monitoring", "2.0.0", "")));
+    write(
+        repo.path(),
+        &kustomize_fleet("fluent-bit", "logging", "1.2.3", ""),
+    );
+    write(
+        repo.path(),
+        &owned(&helm_chart("node-agent", "monitoring", "2.0.0", "")),
+    );
     let dirs = [render_common::helm(), render_common::kustomize()]
         .iter()
         .map(|p| p.parent().unwrap().display().to_string())
@@ -428,10 +514,16 @@ fn validate_finds_the_renderers_on_path_or_says_what_is_missing() {
     let (code, out) = nodewave(&["validate", &dir], Some("/nonexistent"));
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("charts/node-agent: error[render-error] helm is needed to render charts/node-agent but was not found on PATH"), "{out}");
-    assert!(out.contains("clusters/prod: error[render-error] kustomize is needed"), "{out}");
+    assert!(
+        out.contains("clusters/prod: error[render-error] kustomize is needed"),
+        "{out}"
+    );
     assert!(out.contains("hack/build-renderers.sh"), "{out}");
 
-    let (code, out) = nodewave(&["validate", &dir, "--helm", "/nonexistent/helm"], Some(&dirs));
+    let (code, out) = nodewave(
+        &["validate", &dir, "--helm", "/nonexistent/helm"],
+        Some(&dirs),
+    );
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("cannot run /nonexistent/helm"), "{out}");
 }
@@ -442,7 +534,10 @@ async fn plain_repositories_are_read_as_before_without_a_checkout() {
     write(
         repo.path(),
         &[
-            ("fleet/ds.yaml", agent_ds("a", Some("ns"), "registry.example/a:1", "")),
+            (
+                "fleet/ds.yaml",
+                agent_ds("a", Some("ns"), "registry.example/a:1", ""),
+            ),
             ("fleet/.github/workflow.yaml", "not: a manifest\n".into()),
         ],
     );
@@ -459,7 +554,10 @@ async fn plain_repositories_are_read_as_before_without_a_checkout() {
         vec!["fleet/ds.yaml"]
     );
     let local = render::render_dir(&repo.path().join("fleet"), &opts).unwrap();
-    assert_eq!(local, manifest::read_dir(&repo.path().join("fleet")).unwrap());
+    assert_eq!(
+        local,
+        manifest::read_dir(&repo.path().join("fleet")).unwrap()
+    );
 }
 
 #[tokio::test]
@@ -470,14 +568,27 @@ async fn checkouts_follow_symlinks_only_inside_the_repository_and_are_bounded() 
     write(
         repo.path(),
         &[
-            ("agents/fb/daemonset.yaml", agent_ds("fb", Some("logging"), "registry.example/fb:1", "")),
-            ("agents/fb/kustomization.yaml", "resources: [linked.yaml]\n".into()),
+            (
+                "agents/fb/daemonset.yaml",
+                agent_ds("fb", Some("logging"), "registry.example/fb:1", ""),
+            ),
+            (
+                "agents/fb/kustomization.yaml",
+                "resources: [linked.yaml]\n".into(),
+            ),
         ],
     );
-    std::os::unix::fs::symlink("daemonset.yaml", repo.path().join("agents/fb/linked.yaml")).unwrap();
-    std::os::unix::fs::symlink(outside.path().join("secret.yaml"), repo.path().join("agents/fb/secret.yaml")).unwrap();
+    std::os::unix::fs::symlink("daemonset.yaml", repo.path().join("agents/fb/linked.yaml"))
+        .unwrap();
+    std::os::unix::fs::symlink(
+        outside.path().join("secret.yaml"),
+        repo.path().join("agents/fb/secret.yaml"),
+    )
+    .unwrap();
     commit(repo.path(), "links", &[]);
-    let files = server_files(repo.path(), "agents/fb", &options()).await.unwrap();
+    let files = server_files(repo.path(), "agents/fb", &options())
+        .await
+        .unwrap();
     daemonset_manifest(&files, "logging", "fb");
 
     // The checkout itself: the inside link became a file, the outside one is absent.
@@ -493,7 +604,10 @@ async fn checkouts_follow_symlinks_only_inside_the_repository_and_are_bounded() 
     let head = source.fetch().unwrap().head;
     let dest = state.path().join("tree");
     std::fs::create_dir(&dest).unwrap();
-    let limits = nodewave::source::TreeLimits { max_files: 10, max_bytes: 1 << 20 };
+    let limits = nodewave::source::TreeLimits {
+        max_files: 10,
+        max_bytes: 1 << 20,
+    };
     let stats = source.write_tree(&head, &dest, &limits).unwrap();
     assert_eq!((stats.files, stats.skipped_links), (3, 1));
     assert!(dest.join("agents/fb/linked.yaml").is_file());
@@ -503,12 +617,26 @@ async fn checkouts_follow_symlinks_only_inside_the_repository_and_are_bounded() 
 
     let tight = tempfile::tempdir().unwrap();
     let e = source
-        .write_tree(&head, tight.path(), &nodewave::source::TreeLimits { max_files: 2, max_bytes: 1 << 20 })
+        .write_tree(
+            &head,
+            tight.path(),
+            &nodewave::source::TreeLimits {
+                max_files: 2,
+                max_bytes: 1 << 20,
+            },
+        )
         .unwrap_err();
     assert!(e.to_string().contains("more than 2 files"), "{e}");
     let tight = tempfile::tempdir().unwrap();
     let e = source
-        .write_tree(&head, tight.path(), &nodewave::source::TreeLimits { max_files: 10, max_bytes: 100 })
+        .write_tree(
+            &head,
+            tight.path(),
+            &nodewave::source::TreeLimits {
+                max_files: 10,
+                max_bytes: 100,
+            },
+        )
         .unwrap_err();
     assert!(e.to_string().contains("more than 100 bytes"), "{e}");
 }

@@ -48,9 +48,13 @@ fn fleet(env: &TestEnv, fluent_bit_tag: &str, agent_tag: &str) -> Vec<(String, S
             "apiVersion: nodewave.io/v1alpha1\nkind: RolloutPolicy\nmetadata:\n  name: fluent-bit\nspec:\n  target: {name: fluent-bit}\n  stages:\n    - {name: first, pools: [pool-a], maxUnavailable: 1}\n    - {name: rest, pools: [\"*\"], maxUnavailable: 1}\n".into(),
         ),
     ];
-    for (path, contents) in render_common::helm_chart("node-agent", &env.ns, agent_tag, &scheduling) {
+    for (path, contents) in render_common::helm_chart("node-agent", &env.ns, agent_tag, &scheduling)
+    {
         // helm_chart lays the chart out under charts/; here it lives in the tracked path.
-        files.push((path.replacen("charts/", &format!("{TRACKED}/"), 1), contents));
+        files.push((
+            path.replacen("charts/", &format!("{TRACKED}/"), 1),
+            contents,
+        ));
     }
     files
 }
@@ -119,19 +123,48 @@ async fn a_kustomize_overlay_and_a_helm_chart_roll_out_like_plain_yaml() {
     let repo = GitRepo::new();
     commit(&repo, "fleet", &fleet(&env, "1.1.0", "2.0.0"));
     let nw = start(&env, &repo).await;
-    wait_rolled_out(&env, "fluent-bit", "registry.example/fluent-bit:1.1.0", nodes.len()).await;
-    wait_rolled_out(&env, "node-agent", "registry.example/node-agent:2.0.0", nodes.len()).await;
+    wait_rolled_out(
+        &env,
+        "fluent-bit",
+        "registry.example/fluent-bit:1.1.0",
+        nodes.len(),
+    )
+    .await;
+    wait_rolled_out(
+        &env,
+        "node-agent",
+        "registry.example/node-agent:2.0.0",
+        nodes.len(),
+    )
+    .await;
     let ds = get_ds(&env, "node-agent").await.unwrap();
     // values-prod.yaml of the chart was applied.
     assert_eq!(
-        ds.metadata.labels.as_ref().unwrap().get("tier").map(String::as_str),
+        ds.metadata
+            .labels
+            .as_ref()
+            .unwrap()
+            .get("tier")
+            .map(String::as_str),
         Some("prod")
     );
 
     // A new tag in the overlay and in the chart's values: both roll out.
     let c2 = commit(&repo, "bump both", &fleet(&env, "1.2.0", "2.1.0"));
-    wait_rolled_out(&env, "fluent-bit", "registry.example/fluent-bit:1.2.0", nodes.len()).await;
-    wait_rolled_out(&env, "node-agent", "registry.example/node-agent:2.1.0", nodes.len()).await;
+    wait_rolled_out(
+        &env,
+        "fluent-bit",
+        "registry.example/fluent-bit:1.2.0",
+        nodes.len(),
+    )
+    .await;
+    wait_rolled_out(
+        &env,
+        "node-agent",
+        "registry.example/node-agent:2.1.0",
+        nodes.len(),
+    )
+    .await;
     let st = wait_for("/status applied_commit", Duration::from_mins(1), || async {
         let st = nw.status().await;
         if st["applied_commit"].as_str() == Some(c2.as_str()) {
@@ -161,8 +194,20 @@ async fn a_render_error_rejects_the_commit_whole_and_a_remote_base_is_refused() 
     let good = fleet(&env, "1.1.0", "2.0.0");
     let c1 = commit(&repo, "fleet", &good);
     let nw = start(&env, &repo).await;
-    wait_rolled_out(&env, "fluent-bit", "registry.example/fluent-bit:1.1.0", nodes.len()).await;
-    wait_rolled_out(&env, "node-agent", "registry.example/node-agent:2.0.0", nodes.len()).await;
+    wait_rolled_out(
+        &env,
+        "fluent-bit",
+        "registry.example/fluent-bit:1.1.0",
+        nodes.len(),
+    )
+    .await;
+    wait_rolled_out(
+        &env,
+        "node-agent",
+        "registry.example/node-agent:2.0.0",
+        nodes.len(),
+    )
+    .await;
     let pods_before = pod_uids(&env).await;
 
     // A valid change to the overlay and a broken template in the chart, in one commit.
@@ -217,5 +262,11 @@ async fn a_render_error_rejects_the_commit_whole_and_a_remote_base_is_refused() 
         .collect();
     files.push((broken.as_str(), None));
     repo.commit("fixed", &files);
-    wait_rolled_out(&env, "fluent-bit", "registry.example/fluent-bit:1.2.0", nodes.len()).await;
+    wait_rolled_out(
+        &env,
+        "fluent-bit",
+        "registry.example/fluent-bit:1.2.0",
+        nodes.len(),
+    )
+    .await;
 }

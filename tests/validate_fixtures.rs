@@ -78,28 +78,23 @@ fn render_findings(dir: &Path) -> Vec<Finding> {
 }
 
 fn compare(check: &str, dir: &Path, findings: &[Finding], bless: bool) {
-    {
-        assert!(!findings.is_empty(), "{check}: no findings");
-        for finding in findings {
-            assert_eq!(
-                finding.check, check,
-                "{}: unrelated finding {finding}",
-                check
-            );
-            assert_ne!(finding.severity, Severity::Off);
-            assert!(finding.location.line.is_some(), "{finding}");
-        }
-        let rendered: String = findings.iter().fold(String::new(), |mut out, f| {
-            let _ = writeln!(out, "{f}");
-            out
-        });
-        let expected_path = dir.join("expected.txt");
-        if bless {
-            std::fs::write(&expected_path, &rendered).unwrap();
-        } else {
-            let expected = std::fs::read_to_string(&expected_path)
-                .unwrap_or_else(|e| panic!("{}: {e}", expected_path.display()));
-            assert_eq!(rendered, expected, "{}", check);
-        }
+    assert!(!findings.is_empty(), "{check}: no findings");
+    for finding in findings {
+        assert_eq!(finding.check, check, "{check}: unrelated finding {finding}");
+        assert_ne!(finding.severity, Severity::Off);
+        assert!(finding.location.line.is_some(), "{finding}");
+    }
+    let rendered: String = findings.iter().fold(String::new(), |mut out, f| {
+        let _ = writeln!(out, "{f}");
+        out
+    });
+    let expected_path = dir.join("expected.txt");
+    if bless {
+        std::fs::write(&expected_path, &rendered)
+            .unwrap_or_else(|e| panic!("{}: {e}", expected_path.display()));
+    } else {
+        let expected = std::fs::read_to_string(&expected_path)
+            .unwrap_or_else(|e| panic!("{}: {e}", expected_path.display()));
+        assert_eq!(rendered, expected, "{check}");
     }
 }

@@ -379,16 +379,28 @@ mod tests {
             "repo = \"file:///r\"\nstate-dir = \"/var/lib/nw\"\nhelm = \"/opt/helm\"\nrender-timeout = \"5s\"\nrender-max-bytes = 1048576\nrender-allow-network = true\n",
         )
         .unwrap();
-        let t = T::parse_from(["x", "--config", cfg.to_str().unwrap(), "--render-timeout", "7s"]);
+        let t = T::parse_from([
+            "x",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--render-timeout",
+            "7s",
+        ]);
         let r = t.run.resolve().unwrap().render;
         // NODEWAVE_HELM / NODEWAVE_KUSTOMIZE, when a developer has them set, win as flags do.
         let env = |v: &str| std::env::var_os(v).map(PathBuf::from);
-        assert_eq!(r.helm, env("NODEWAVE_HELM").or(Some(PathBuf::from("/opt/helm"))));
+        assert_eq!(
+            r.helm,
+            env("NODEWAVE_HELM").or(Some(PathBuf::from("/opt/helm")))
+        );
         assert_eq!(r.kustomize, env("NODEWAVE_KUSTOMIZE"));
         assert_eq!(r.timeout, Duration::from_secs(7));
         assert_eq!(r.max_output_bytes, 1_048_576);
         assert!(r.allow_network);
-        assert_eq!(r.work_dir, Some(PathBuf::from("/var/lib/nw/nodewave-render")));
+        assert_eq!(
+            r.work_dir,
+            Some(PathBuf::from("/var/lib/nw/nodewave-render"))
+        );
     }
 
     #[test]

@@ -114,11 +114,15 @@ pub(crate) fn is_dns_label(s: &str) -> bool {
 /// Whether the chart's `charts/` directory (given as its entries: directory names
 /// with the `name:` of their `Chart.yaml`, and file names) holds `dep`.
 pub fn is_vendored(dep: &Dependency, subchart_names: &[String], files: &[String]) -> bool {
-    subchart_names.iter().any(|n| *n == dep.name)
+    subchart_names.contains(&dep.name)
         || files.iter().any(|f| {
             f.strip_prefix(&dep.name)
                 .and_then(|rest| rest.strip_prefix('-'))
-                .is_some_and(|rest| rest.ends_with(".tgz"))
+                .is_some_and(|rest| {
+                    std::path::Path::new(rest)
+                        .extension()
+                        .is_some_and(|e| e.eq_ignore_ascii_case("tgz"))
+                })
         })
 }
 
@@ -152,7 +156,11 @@ mod tests {
         };
         assert!(is_vendored(&dep, &["common".into()], &[]));
         assert!(is_vendored(&dep, &[], &["common-1.2.0.tgz".into()]));
-        assert!(!is_vendored(&dep, &["other".into()], &["commonx-1.tgz".into()]));
+        assert!(!is_vendored(
+            &dep,
+            &["other".into()],
+            &["commonx-1.tgz".into()]
+        ));
         assert!(!is_vendored(&dep, &[], &["common-1.2.0.tar".into()]));
     }
 

@@ -201,10 +201,7 @@ pub fn discover(tree: &dyn Tree, scope: &Scope<'_>) -> Plan {
     plan.findings.append(&mut graph.findings);
     for dir in &walk.kustomizations {
         if !referenced.contains(dir) {
-            let helm_charts = graph
-                .analysed
-                .get(dir)
-                .is_some_and(|a| a.helm_charts);
+            let helm_charts = graph.analysed.get(dir).is_some_and(|a| a.helm_charts);
             plan.units.push(Unit {
                 dir: dir.clone(),
                 renderer: Renderer::Kustomize { helm_charts },
@@ -225,8 +222,7 @@ pub fn discover(tree: &dyn Tree, scope: &Scope<'_>) -> Plan {
         .into_iter()
         .filter(|p| !listed_files.contains(p))
         .collect();
-    plan.findings
-        .sort_by(|a, b| a.location.cmp(&b.location));
+    plan.findings.sort_by(|a, b| a.location.cmp(&b.location));
     plan
 }
 
@@ -396,8 +392,8 @@ impl Graph<'_, '_> {
                 }
                 continue;
             }
-            let Some(resolved) = join(dir, &r.value)
-                .filter(|p| self.scope.max_up.is_none_or(|max| ups(p) <= max))
+            let Some(resolved) =
+                join(dir, &r.value).filter(|p| self.scope.max_up.is_none_or(|max| ups(p) <= max))
             else {
                 self.findings.push(error(
                     REMOTE_SOURCE_REFUSED,
@@ -414,10 +410,10 @@ impl Graph<'_, '_> {
                 Some(EntryKind::Dir) => out.dirs.push(resolved),
                 Some(EntryKind::File) => out.files.push(resolved),
                 // Kustomize tries such names as git repositories.
-                None if kustomization::looks_like_host_path(&r.value) => {
-                    if !allow {
-                        self.findings.push(remote("not in the repository and would be fetched as a remote source"));
-                    }
+                None if kustomization::looks_like_host_path(&r.value) && !allow => {
+                    self.findings.push(remote(
+                        "not in the repository and would be fetched as a remote source",
+                    ));
                 }
                 // Missing: Kustomize reports it with its own message.
                 None => {}
@@ -543,23 +539,25 @@ fn helm_release(
             )),
         }
     }
-    let release_name = match config.release_name.clone() {
-        Some(n) => n,
-        None => {
-            let name = dir.rsplit('/').next().filter(|n| !n.is_empty() && *n != "..");
-            let name = name.unwrap_or(&meta.name).to_owned();
-            if !chart::is_dns_label(&name) {
-                findings.push(error(
-                    RENDER_ERROR,
-                    &config_file,
-                    None,
-                    format!(
-                        "the chart directory's name {name:?} is not a valid Helm release name: set releaseName in {CONFIG_FILE}"
-                    ),
-                ));
-            }
-            name
+    let release_name = if let Some(n) = config.release_name.clone() {
+        n
+    } else {
+        let name = dir
+            .rsplit('/')
+            .next()
+            .filter(|n| !n.is_empty() && *n != "..");
+        let name = name.unwrap_or(&meta.name).to_owned();
+        if !chart::is_dns_label(&name) {
+            findings.push(error(
+                RENDER_ERROR,
+                &config_file,
+                None,
+                format!(
+                    "the chart directory's name {name:?} is not a valid Helm release name: set releaseName in {CONFIG_FILE}"
+                ),
+            ));
         }
+        name
     };
     if findings.len() > before {
         return None;

@@ -86,7 +86,10 @@ const DS: &str = "apiVersion: apps/v1\nkind: DaemonSet\n";
 
 #[test]
 fn paths_join_and_normalise() {
-    assert_eq!(join("clusters/prod", "../../agents/fb").as_deref(), Some("agents/fb"));
+    assert_eq!(
+        join("clusters/prod", "../../agents/fb").as_deref(),
+        Some("agents/fb")
+    );
     assert_eq!(join("", "../x").as_deref(), Some("../x"));
     assert_eq!(join("../a", "../../b").as_deref(), Some("../../b"));
     assert_eq!(join("a", "./b/./c/").as_deref(), Some("a/b/c"));
@@ -121,11 +124,20 @@ fn plain_only_trees_have_no_units_and_keep_every_yaml_file() {
 #[test]
 fn a_tracked_kustomization_is_the_only_unit_and_may_use_bases_outside_it() {
     let tree = MemTree::new(&[
-        ("clusters/prod/kustomization.yaml", "resources:\n- ../../agents/fluent-bit\n- extra.yaml\n"),
+        (
+            "clusters/prod/kustomization.yaml",
+            "resources:\n- ../../agents/fluent-bit\n- extra.yaml\n",
+        ),
         ("clusters/prod/extra.yaml", DS),
-        ("clusters/prod/nested/kustomization.yaml", "resources: [ds.yaml]\n"),
+        (
+            "clusters/prod/nested/kustomization.yaml",
+            "resources: [ds.yaml]\n",
+        ),
         ("clusters/prod/nested/ds.yaml", DS),
-        ("agents/fluent-bit/kustomization.yaml", "resources: [ds.yaml]\n"),
+        (
+            "agents/fluent-bit/kustomization.yaml",
+            "resources: [ds.yaml]\n",
+        ),
         ("agents/fluent-bit/ds.yaml", DS),
     ]);
     let plan = discover(&tree, &scope("clusters/prod"));
@@ -138,13 +150,25 @@ fn a_tracked_kustomization_is_the_only_unit_and_may_use_bases_outside_it() {
 #[test]
 fn without_a_tracked_kustomization_only_unreferenced_ones_render() {
     let tree = MemTree::new(&[
-        ("apps/fluent-bit/base/kustomization.yaml", "resources: [ds.yaml]\n"),
+        (
+            "apps/fluent-bit/base/kustomization.yaml",
+            "resources: [ds.yaml]\n",
+        ),
         ("apps/fluent-bit/base/ds.yaml", DS),
-        ("apps/fluent-bit/overlays/prod/kustomization.yaml", "resources:\n- ../../base\ncomponents:\n- ../../../components/tolerations\n"),
-        ("apps/fluent-bit/overlays/staging/kustomization.yml", "bases: [../../base]\n"),
+        (
+            "apps/fluent-bit/overlays/prod/kustomization.yaml",
+            "resources:\n- ../../base\ncomponents:\n- ../../../components/tolerations\n",
+        ),
+        (
+            "apps/fluent-bit/overlays/staging/kustomization.yml",
+            "bases: [../../base]\n",
+        ),
         ("apps/node-exporter/Kustomization", "resources: [ds.yaml]\n"),
         ("apps/node-exporter/ds.yaml", DS),
-        ("components/tolerations/kustomization.yaml", "kind: Component\n"),
+        (
+            "components/tolerations/kustomization.yaml",
+            "kind: Component\n",
+        ),
         ("apps/plain/ds.yaml", DS),
     ]);
     let plan = discover(&tree, &scope("apps"));
@@ -164,9 +188,18 @@ fn without_a_tracked_kustomization_only_unreferenced_ones_render() {
 fn references_through_bases_outside_the_tracked_path_count_transitively() {
     // clusters/x -> ../../shared/mid (outside) -> ../../clusters/x-base (inside).
     let tree = MemTree::new(&[
-        ("clusters/x/kustomization.yaml", "resources: [../../shared/mid]\n"),
-        ("shared/mid/kustomization.yaml", "resources: [../../clusters/x-base]\n"),
-        ("clusters/x-base/kustomization.yaml", "resources: [ds.yaml]\n"),
+        (
+            "clusters/x/kustomization.yaml",
+            "resources: [../../shared/mid]\n",
+        ),
+        (
+            "shared/mid/kustomization.yaml",
+            "resources: [../../clusters/x-base]\n",
+        ),
+        (
+            "clusters/x-base/kustomization.yaml",
+            "resources: [ds.yaml]\n",
+        ),
         ("clusters/x-base/ds.yaml", DS),
     ]);
     let plan = discover(&tree, &scope("clusters"));
@@ -176,7 +209,10 @@ fn references_through_bases_outside_the_tracked_path_count_transitively() {
 #[test]
 fn files_a_rendered_kustomization_lists_are_not_also_plain() {
     let tree = MemTree::new(&[
-        ("fleet/prod/kustomization.yaml", "resources: [../common/namespace.yaml]\n"),
+        (
+            "fleet/prod/kustomization.yaml",
+            "resources: [../common/namespace.yaml]\n",
+        ),
         ("fleet/common/namespace.yaml", DS),
         ("fleet/common/ds.yaml", DS),
     ]);
@@ -205,11 +241,20 @@ fn cycles_are_an_error() {
 #[test]
 fn chart_directories_render_with_helm_and_their_files_are_not_plain() {
     let tree = MemTree::new(&[
-        ("fleet/charts/fluent-bit/Chart.yaml", "apiVersion: v2\nname: fluent-bit\nversion: 0.1.0\n"),
+        (
+            "fleet/charts/fluent-bit/Chart.yaml",
+            "apiVersion: v2\nname: fluent-bit\nversion: 0.1.0\n",
+        ),
         ("fleet/charts/fluent-bit/values.yaml", "image: x\n"),
         ("fleet/charts/fluent-bit/values-prod.yaml", "image: y\n"),
-        ("fleet/charts/fluent-bit/templates/ds.yaml", "{{ .Values.image }}"),
-        ("fleet/charts/fluent-bit/nodewave.yaml", "namespace: logging\nvaluesFiles: [values-prod.yaml, ../../values/common.yaml]\nvalues: {a: 1}\n"),
+        (
+            "fleet/charts/fluent-bit/templates/ds.yaml",
+            "{{ .Values.image }}",
+        ),
+        (
+            "fleet/charts/fluent-bit/nodewave.yaml",
+            "namespace: logging\nvaluesFiles: [values-prod.yaml, ../../values/common.yaml]\nvalues: {a: 1}\n",
+        ),
         ("fleet/values/common.yaml", "a: 2\n"),
         ("fleet/ds.yaml", DS),
     ]);
@@ -234,13 +279,19 @@ fn chart_directories_render_with_helm_and_their_files_are_not_plain() {
     assert!(!release.dependency_update);
     // The values file outside the chart is still plain YAML where it is; that it
     // is also a values file does not change it (it holds no objects in practice).
-    assert_eq!(plan.plain, vec!["fleet/ds.yaml", "fleet/values/common.yaml"]);
+    assert_eq!(
+        plan.plain,
+        vec!["fleet/ds.yaml", "fleet/values/common.yaml"]
+    );
 }
 
 #[test]
 fn chart_defaults_and_the_tracked_path_as_a_chart() {
     let tree = MemTree::new(&[
-        ("node-exporter/Chart.yaml", "apiVersion: v2\nname: prometheus-node-exporter\nversion: 1.0.0\n"),
+        (
+            "node-exporter/Chart.yaml",
+            "apiVersion: v2\nname: prometheus-node-exporter\nversion: 1.0.0\n",
+        ),
         ("node-exporter/templates/ds.yaml", "x"),
     ]);
     let plan = discover(&tree, &scope("node-exporter"));
@@ -257,11 +308,17 @@ fn chart_defaults_and_the_tracked_path_as_a_chart() {
 #[test]
 fn chart_problems_are_findings_at_the_file() {
     let tree = MemTree::new(&[
-        ("a/Chart.yaml", "apiVersion: v2\nname: a\ndependencies:\n- name: common\n  version: 1.0.0\n  repository: https://charts.example\n- name: vendored\n  version: 1.0.0\n"),
+        (
+            "a/Chart.yaml",
+            "apiVersion: v2\nname: a\ndependencies:\n- name: common\n  version: 1.0.0\n  repository: https://charts.example\n- name: vendored\n  version: 1.0.0\n",
+        ),
         ("a/charts/vendored/Chart.yaml", "name: vendored\n"),
         ("b/Chart.yaml", "apiVersion: v2\nversion: 1\n"),
         ("c/Chart.yaml", "name: c\n"),
-        ("c/nodewave.yaml", "valuesFiles: [missing.yaml, ../../../etc/passwd]\nnamespace: ok\n"),
+        (
+            "c/nodewave.yaml",
+            "valuesFiles: [missing.yaml, ../../../etc/passwd]\nnamespace: ok\n",
+        ),
         ("d/Chart.yaml", "name: d\n"),
         ("d/nodewave.yaml", "releaseNam: x\n"),
         ("Bad_Name/Chart.yaml", "name: e\n"),
@@ -283,7 +340,12 @@ fn chart_problems_are_findings_at_the_file() {
         ]
     );
     let dep = &plan.findings[1].message;
-    assert!(dep.contains("\"common\" (repository https://charts.example) is not vendored under a/charts/"), "{dep}");
+    assert!(
+        dep.contains(
+            "\"common\" (repository https://charts.example) is not vendored under a/charts/"
+        ),
+        "{dep}"
+    );
     assert!(dep.contains("--render-allow-network"), "{dep}");
 
     // With network allowed the dependency is fetched instead of refused.
@@ -300,24 +362,57 @@ fn chart_problems_are_findings_at_the_file() {
 #[test]
 fn remote_and_escaping_kustomize_sources_are_refused_unless_allowed() {
     let tree = MemTree::new(&[
-        ("prod/kustomization.yaml", "resources:\n- https://github.com/org/repo//deploy?ref=v1\n- github.com/org/repo/base\n- example.com/org/base\n- ../../outside\n- ../local\nhelmCharts:\n- name: x\n"),
-        ("local/kustomization.yaml", "resources:\n- git@github.com:org/repo.git//x\n"),
+        (
+            "prod/kustomization.yaml",
+            "resources:\n- https://github.com/org/repo//deploy?ref=v1\n- github.com/org/repo/base\n- example.com/org/base\n- ../../outside\n- ../local\nhelmCharts:\n- name: x\n",
+        ),
+        (
+            "local/kustomization.yaml",
+            "resources:\n- git@github.com:org/repo.git//x\n",
+        ),
     ]);
     let plan = discover(&tree, &scope("prod"));
     assert_eq!(
         checks(&plan),
         vec![
-            (REMOTE_SOURCE_REFUSED, "local/kustomization.yaml:2".to_owned()),
-            (REMOTE_SOURCE_REFUSED, "prod/kustomization.yaml:2".to_owned()),
-            (REMOTE_SOURCE_REFUSED, "prod/kustomization.yaml:3".to_owned()),
-            (REMOTE_SOURCE_REFUSED, "prod/kustomization.yaml:4".to_owned()),
-            (REMOTE_SOURCE_REFUSED, "prod/kustomization.yaml:5".to_owned()),
-            (REMOTE_SOURCE_REFUSED, "prod/kustomization.yaml:7".to_owned()),
+            (
+                REMOTE_SOURCE_REFUSED,
+                "local/kustomization.yaml:2".to_owned()
+            ),
+            (
+                REMOTE_SOURCE_REFUSED,
+                "prod/kustomization.yaml:2".to_owned()
+            ),
+            (
+                REMOTE_SOURCE_REFUSED,
+                "prod/kustomization.yaml:3".to_owned()
+            ),
+            (
+                REMOTE_SOURCE_REFUSED,
+                "prod/kustomization.yaml:4".to_owned()
+            ),
+            (
+                REMOTE_SOURCE_REFUSED,
+                "prod/kustomization.yaml:5".to_owned()
+            ),
+            (
+                REMOTE_SOURCE_REFUSED,
+                "prod/kustomization.yaml:7".to_owned()
+            ),
         ]
     );
     let m = &plan.findings[1].message;
-    assert!(m.contains("resources entry \"https://github.com/org/repo//deploy?ref=v1\" is a remote source"), "{m}");
-    assert!(plan.findings[4].message.contains("points outside the repository"));
+    assert!(
+        m.contains(
+            "resources entry \"https://github.com/org/repo//deploy?ref=v1\" is a remote source"
+        ),
+        "{m}"
+    );
+    assert!(
+        plan.findings[4]
+            .message
+            .contains("points outside the repository")
+    );
     assert!(plan.findings[5].message.contains("helmCharts"));
 
     let mut s = scope("prod");
@@ -326,7 +421,10 @@ fn remote_and_escaping_kustomize_sources_are_refused_unless_allowed() {
     // Leaving the repository is refused whatever the network setting.
     assert_eq!(
         checks(&plan),
-        vec![(REMOTE_SOURCE_REFUSED, "prod/kustomization.yaml:5".to_owned())]
+        vec![(
+            REMOTE_SOURCE_REFUSED,
+            "prod/kustomization.yaml:5".to_owned()
+        )]
     );
     // validate without a repository around the directory may climb anywhere.
     s.max_up = None;
@@ -346,5 +444,9 @@ fn invalid_kustomizations_are_findings_with_a_line() {
         checks(&plan),
         vec![(RENDER_ERROR, "k/kustomization.yaml:1".to_owned())]
     );
-    assert!(plan.findings[0].message.starts_with("invalid kustomization: resources must be a list"));
+    assert!(
+        plan.findings[0]
+            .message
+            .starts_with("invalid kustomization: resources must be a list")
+    );
 }

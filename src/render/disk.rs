@@ -121,6 +121,5 @@ impl Tree for DiskTree {
 /// How deep `dir` lies below the root of the Git work tree holding it (`Some(0)`
 /// at the root), or `None` outside any work tree.
 pub fn depth_below_work_tree(dir: &Path) -> Option<usize> {
-    dir.ancestors()
-        .position(|a| a.join(".git").exists())
+    dir.ancestors().position(|a| a.join(".git").exists())
 }

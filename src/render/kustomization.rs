@@ -68,7 +68,12 @@ pub fn parse(text: &str) -> Result<Kustomization, (Option<usize>, String)> {
         }
     }
     for field in ["patches", "patchesJson6902", "replacements"] {
-        for item in map.get(field).and_then(Value::as_array).into_iter().flatten() {
+        for item in map
+            .get(field)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(path) = item.get("path").and_then(Value::as_str) {
                 references.push(Reference {
                     field,

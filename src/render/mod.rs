@@ -218,7 +218,12 @@ fn sweep_stale(parent: &Path) {
             .ok()
             .and_then(|t| t.elapsed().ok())
             .is_some_and(|age| age > STALE_AFTER);
-        if old && entry.file_name().to_string_lossy().starts_with("nodewave-render-") {
+        if old
+            && entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with("nodewave-render-")
+        {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
@@ -250,12 +255,22 @@ pub fn hermetic_env(home: &Path, allow_network: bool) -> Vec<(String, OsString)>
         ("HELM_DATA_HOME".to_owned(), h("helm/data")),
         ("HELM_PLUGINS".to_owned(), h("helm/plugins")),
         ("HELM_REGISTRY_CONFIG".to_owned(), h("helm/registry.json")),
-        ("HELM_REPOSITORY_CONFIG".to_owned(), h("helm/repositories.yaml")),
+        (
+            "HELM_REPOSITORY_CONFIG".to_owned(),
+            h("helm/repositories.yaml"),
+        ),
         ("HELM_REPOSITORY_CACHE".to_owned(), h("helm/repository")),
         ("GIT_TERMINAL_PROMPT".to_owned(), "0".into()),
         ("GIT_CONFIG_NOSYSTEM".to_owned(), "1".into()),
     ];
-    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"] {
+    for var in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
         env.push((var.to_owned(), proxy.clone()));
     }
     env
@@ -445,4 +460,120 @@ fn render_unit(
         Renderer::Kustomize { .. } => vec![output::kustomize_file(&unit.dir, stdout)],
         Renderer::Helm(release) => output::helm_files(&unit.dir, release, &stdout),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get<'e>(env: &'e [(String, OsString)], key: &str) -> Option<&'e OsString> {
+        env.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    #[test]
+    fn the_hermetic_environment_has_no_way_out() {
+        let home = Path::new("/state/render-x/home");
+        let env = hermetic_env(home, false);
+        assert_eq!(get(&env, "HOME").unwrap(), "/state/render-x/home");
+        assert_eq!(get(&env, "PATH").unwrap(), "/state/render-x/home/bin");
+        for key in [
+            "KUBECONFIG",
+            "KUBERNETES_SERVICE_HOST",
+            "NO_PROXY",
+            "no_proxy",
+            "SSH_AUTH_SOCK",
+        ] {
+            assert!(get(&env, key).is_none(), "{key} must not be set");
+        }
+        for key in [
+            "HELM_CONFIG_HOME",
+            "HELM_CACHE_HOME",
+            "HELM_DATA_HOME",
+            "HELM_PLUGINS",
+            "HELM_REPOSITORY_CONFIG",
+        ] {
+            let v = get(&env, key).unwrap().to_string_lossy().into_owned();
+            assert!(v.starts_with("/state/render-x/home/"), "{key}={v}");
+        }
+        let proxy = get(&env, "HTTPS_PROXY")
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        for key in [
+            "HTTP_PROXY",
+            "http_proxy",
+            "https_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ] {
+            assert_eq!(get(&env, key).unwrap().to_string_lossy(), proxy);
+        }
+        let addr = proxy.strip_prefix("http://").unwrap();
+        assert!(addr.starts_with("127.0.0.1:"), "{proxy}");
+        // Nothing listens there: a connection is refused at once.
+        assert!(std::net::TcpStream::connect(addr).is_err());
+    }
+
+    #[test]
+    fn with_network_allowed_the_process_environment_passes_without_cluster_access() {
+        let env = hermetic_env(Path::new("/h"), true);
+        assert_eq!(get(&env, "PATH"), std::env::var_os("PATH").as_ref());
+        assert!(get(&env, "KUBECONFIG").is_none());
+        assert!(env.iter().all(|(k, _)| !k.starts_with("KUBERNETES_")));
+    }
+
+    #[test]
+    fn error_labels_are_check_ids_or_kinds() {
+        let f = Finding {
+            check: manifest::REMOTE_SOURCE_REFUSED,
+            severity: Severity::Error,
+            location: Location::new("k/kustomization.yaml", Some(2)),
+            object: None,
+            message: "m".into(),
+        };
+        assert_eq!(
+            RenderError::Rejected(vec![f.clone()]).metric_label(),
+            "remote-source-refused"
+        );
+        assert_eq!(RenderError::Io("x".into()).metric_label(), "io");
+        assert_eq!(
+            RenderError::Source(SourceError::WorkerGone).metric_label(),
+            "worker_gone"
+        );
+        assert_eq!(
+            RenderError::Rejected(vec![f]).to_string(),
+            "k/kustomization.yaml:2: error[remote-source-refused] m"
+        );
+    }
+
+    #[test]
+    fn sessions_are_removed_and_stale_ones_swept() {
+        let work = tempfile::tempdir().unwrap();
+        let stale = work.path().join("nodewave-render-stale");
+        std::fs::create_dir(&stale).unwrap();
+        let old = std::time::SystemTime::now() - Duration::from_hours(2);
+        std::fs::File::open(&stale)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let fresh = work.path().join("nodewave-render-fresh");
+        std::fs::create_dir(&fresh).unwrap();
+        let other = work.path().join("unrelated");
+        std::fs::create_dir(&other).unwrap();
+        std::fs::File::open(&other)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+
+        let session = Session::new(Some(work.path()), true).unwrap();
+        let path = session.path().to_path_buf();
+        assert!(path.join("home/bin").is_dir());
+        assert!(!stale.exists(), "a stale session is swept");
+        assert!(
+            fresh.exists() && other.exists(),
+            "only stale sessions are swept"
+        );
+        drop(session);
+        assert!(!path.exists());
+    }
 }

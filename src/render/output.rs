@@ -68,7 +68,7 @@ pub fn helm_files(dir: &str, release: &HelmRelease, stdout: &str) -> Vec<Manifes
             }
             current.clear();
             if let Some(s) = lines.peek().and_then(|n| n.strip_prefix(SOURCE_PREFIX)) {
-                source = s.trim().to_owned();
+                s.trim().clone_into(&mut source);
             }
         }
         current.push_str(line);
@@ -115,7 +115,10 @@ pub fn with_namespace(doc: &str, namespace: &str) -> String {
     let Ok(value) = serde_saphyr::from_str::<Value>(doc) else {
         return doc.to_owned();
     };
-    let kind = value.get("kind").and_then(Value::as_str).unwrap_or_default();
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let Some(metadata) = value.get("metadata").and_then(Value::as_object) else {
         return doc.to_owned();
     };
@@ -135,11 +138,14 @@ pub fn with_namespace(doc: &str, namespace: &str) -> String {
     if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert("namespace".into(), Value::String(namespace.to_owned()));
     }
-    let comments: String = doc
+    let mut comments = String::new();
+    for l in doc
         .lines()
         .take_while(|l| l.trim_end() == "---" || l.starts_with('#'))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    {
+        comments.push_str(l);
+        comments.push('\n');
+    }
     format!(
         "{comments}{}\n",
         serde_json::to_string_pretty(&value).unwrap_or_default()
@@ -148,7 +154,13 @@ pub fn with_namespace(doc: &str, namespace: &str) -> String {
 
 fn namespace_of(doc: &str) -> Option<String> {
     let value = serde_saphyr::from_str::<Value>(doc).ok()?;
-    Some(value.get("metadata")?.get("namespace")?.as_str()?.to_owned())
+    Some(
+        value
+            .get("metadata")?
+            .get("namespace")?
+            .as_str()?
+            .to_owned(),
+    )
 }
 
 /// Inserts `namespace: <quoted>` under a top-level `metadata:` (block or flow style).
@@ -158,8 +170,7 @@ fn insert_namespace_line(doc: &str, quoted: &str) -> Option<String> {
         let l = l.trim_end();
         l == "metadata:"
             || l.starts_with("metadata: {")
-            || l
-                .strip_prefix("metadata:")
+            || l.strip_prefix("metadata:")
                 .is_some_and(|r| r.trim_start().starts_with('#'))
     })?;
     let line = lines[at].trim_end();
@@ -249,16 +260,20 @@ pub fn helm_error_location(
             .find(|c: char| c == ':' || c == ')' || c == '"' || c.is_whitespace())
             .unwrap_or(rest.len());
         let file = &rest[..end];
-        if !(file.ends_with(".yaml")
-            || file.ends_with(".yml")
-            || file.ends_with(".tpl")
-            || file.ends_with(".txt"))
-        {
+        let template_file = std::path::Path::new(file)
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| ["yaml", "yml", "tpl", "txt"].contains(&e));
+        if !template_file {
             continue;
         }
         let line = rest[end..]
             .strip_prefix(':')
-            .map(|r| r.chars().take_while(char::is_ascii_digit).collect::<String>())
+            .map(|r| {
+                r.chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+            })
             .and_then(|d| d.parse().ok());
         return Some((join(dir, file)?, line));
     }
@@ -313,7 +328,10 @@ mod tests {
         let out = with_namespace(doc, "ns");
         assert_eq!(namespace_of(&out).as_deref(), Some("ns"));
         assert!(out.contains("\"name\": \"x\""), "{out}");
-        assert_eq!(with_namespace("metadata: {}\n", "ns"), "metadata: {namespace: \"ns\"}\n");
+        assert_eq!(
+            with_namespace("metadata: {}\n", "ns"),
+            "metadata: {namespace: \"ns\"}\n"
+        );
         // Not an object, no metadata, or a List: left alone.
         assert_eq!(with_namespace("- a\n", "ns"), "- a\n");
         assert_eq!(with_namespace("kind: X\n", "ns"), "kind: X\n");
@@ -323,7 +341,10 @@ mod tests {
     fn output_without_source_comments_is_named_after_the_chart_directory() {
         let files = helm_files("", &release("default"), "kind: X\nmetadata:\n  name: a\n");
         assert_eq!(files[0].path, ". (helm)");
-        assert_eq!(kustomize_file("clusters/prod", String::new()).path, "clusters/prod (kustomize)");
+        assert_eq!(
+            kustomize_file("clusters/prod", String::new()).path,
+            "clusters/prod (kustomize)"
+        );
         assert!(helm_files("x", &release("d"), "").is_empty());
     }
 
@@ -334,7 +355,10 @@ mod tests {
             "Error: accumulating resources: '/state/render-1/repo/clusters/missing': no such file\n\nUse --debug flag to render out invalid YAML\n",
             &roots,
         );
-        assert_eq!(m, "accumulating resources: 'clusters/missing': no such file");
+        assert_eq!(
+            m,
+            "accumulating resources: 'clusters/missing': no such file"
+        );
         let long = "x\n".repeat(100);
         let m = clean_message(&long, &roots);
         assert_eq!(m.lines().count(), MAX_MESSAGE_LINES);
@@ -362,7 +386,11 @@ mod tests {
             ("chart requires kubeVersion >=1.40", None),
         ];
         for (message, want) in cases {
-            assert_eq!(helm_error_location(message, "agent", "charts/agent"), want, "{message}");
+            assert_eq!(
+                helm_error_location(message, "agent", "charts/agent"),
+                want,
+                "{message}"
+            );
         }
     }
 }

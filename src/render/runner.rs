@@ -70,13 +70,15 @@ pub fn run(inv: &Invocation) -> Result<String, RunError> {
     let (Some(mut stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
         kill_group();
         let _ = child.wait();
-        return Err(RunError::Spawn(std::io::Error::other("no pipes to the renderer")));
+        return Err(RunError::Spawn(std::io::Error::other(
+            "no pipes to the renderer",
+        )));
     };
     let max = inv.max_stdout;
     let out_tx = tx.clone();
     std::thread::spawn(move || {
         let mut buf = Vec::new();
-        let mut chunk = [0u8; 64 * 1024];
+        let mut chunk = vec![0u8; 64 * 1024];
         loop {
             match stdout.read(&mut chunk) {
                 Ok(0) | Err(_) => break,
@@ -173,7 +175,12 @@ mod tests {
 
     #[test]
     fn stdout_of_a_successful_run_and_only_the_given_environment() {
-        let out = sh("echo \"$ONLY ${HOME:-nohome}\"", Duration::from_secs(10), 1024).unwrap();
+        let out = sh(
+            "echo \"$ONLY ${HOME:-nohome}\"",
+            Duration::from_secs(10),
+            1024,
+        )
+        .unwrap();
         assert_eq!(out, "this nohome\n");
     }
 
@@ -201,7 +208,11 @@ mod tests {
     fn output_past_the_limit_stops_the_run() {
         let r = sh("yes nodewave", Duration::from_secs(30), 100_000);
         assert!(matches!(r, Err(RunError::OutputTooLarge(100_000))), "{r:?}");
-        let r = sh("head -c 100000 /dev/zero | tr '\\0' a", Duration::from_secs(30), 100_000);
+        let r = sh(
+            "head -c 100000 /dev/zero | tr '\\0' a",
+            Duration::from_secs(30),
+            100_000,
+        );
         assert_eq!(r.unwrap().len(), 100_000);
     }
 

@@ -48,7 +48,10 @@ pub fn write(dir: &Path, files: &[(&str, String)]) {
 /// A compliant DaemonSet (resources, probes, OnDelete). `scheduling` is extra pod
 /// spec YAML, unindented (e.g. a nodeSelector), or empty.
 pub fn agent_ds(name: &str, namespace: Option<&str>, image: &str, scheduling: &str) -> String {
-    let scheduling: String = scheduling.lines().map(|l| format!("      {l}\n")).collect();
+    let scheduling: String = scheduling
+        .lines()
+        .flat_map(|l| ["      ", l, "\n"])
+        .collect();
     let ns = namespace.map_or_else(String::new, |n| format!("  namespace: {n}\n"));
     format!(
         "apiVersion: apps/v1
@@ -77,9 +80,17 @@ metadata:
 
 /// The usual Kustomize layout: a base in `agents/<name>` and an overlay per
 /// cluster in `clusters/<cluster>` that sets the namespace, a label and the image tag.
-pub fn kustomize_fleet(name: &str, namespace: &str, tag: &str, scheduling: &str) -> Vec<(&'static str, String)> {
+pub fn kustomize_fleet(
+    name: &str,
+    namespace: &str,
+    tag: &str,
+    scheduling: &str,
+) -> Vec<(&'static str, String)> {
     vec![
-        ("agents/fluent-bit/kustomization.yaml", "resources:\n  - daemonset.yaml\n".into()),
+        (
+            "agents/fluent-bit/kustomization.yaml",
+            "resources:\n  - daemonset.yaml\n".into(),
+        ),
         (
             "agents/fluent-bit/daemonset.yaml",
             agent_ds(name, None, "registry.example/fluent-bit:1.0.0", scheduling),
@@ -95,7 +106,12 @@ pub fn kustomize_fleet(name: &str, namespace: &str, tag: &str, scheduling: &str)
 
 /// A vendored chart in `charts/<dir>` rendered into `namespace` via nodewave.yaml,
 /// with a values file and inline values; its template names no namespace.
-pub fn helm_chart(dir: &str, namespace: &str, tag: &str, scheduling: &str) -> Vec<(String, String)> {
+pub fn helm_chart(
+    dir: &str,
+    namespace: &str,
+    tag: &str,
+    scheduling: &str,
+) -> Vec<(String, String)> {
     let template = "apiVersion: apps/v1
 kind: DaemonSet
 metadata:
@@ -186,6 +202,6 @@ pub fn commit(dir: &Path, message: &str, files: &[(&str, Option<&str>)]) -> Stri
         .to_string()
 }
 
-pub fn owned<'a>(files: &'a [(String, String)]) -> Vec<(&'a str, String)> {
+pub fn owned(files: &[(String, String)]) -> Vec<(&str, String)> {
     files.iter().map(|(p, c)| (p.as_str(), c.clone())).collect()
 }

@@ -51,12 +51,12 @@ impl GitSource {
         let tree = if self.subpath.is_empty() {
             root
         } else {
-            let entry = root
-                .get_path(Path::new(&self.subpath))
-                .map_err(|_| SourceError::PathNotFound {
-                    path: format!("{}/", self.subpath),
-                    commit: short(&sha).to_owned(),
-                })?;
+            let entry =
+                root.get_path(Path::new(&self.subpath))
+                    .map_err(|_| SourceError::PathNotFound {
+                        path: format!("{}/", self.subpath),
+                        commit: short(&sha).to_owned(),
+                    })?;
             if entry.kind() != Some(ObjectType::Tree) {
                 return Ok(false);
             }
@@ -249,8 +249,14 @@ mod tests {
 
     #[test]
     fn symlink_targets_stay_inside_the_tree() {
-        assert_eq!(resolve_inside("a/b", "c.yaml").as_deref(), Some("a/b/c.yaml"));
-        assert_eq!(resolve_inside("a/b", "../c.yaml").as_deref(), Some("a/c.yaml"));
+        assert_eq!(
+            resolve_inside("a/b", "c.yaml").as_deref(),
+            Some("a/b/c.yaml")
+        );
+        assert_eq!(
+            resolve_inside("a/b", "../c.yaml").as_deref(),
+            Some("a/c.yaml")
+        );
         assert_eq!(resolve_inside("", "./x/y").as_deref(), Some("x/y"));
         assert_eq!(resolve_inside("a", "../../etc/passwd"), None);
         assert_eq!(resolve_inside("a", "/etc/passwd"), None);
