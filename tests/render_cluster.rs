@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use support::gitops::{get_ds, image_of, wait_rolled_out};
-use support::nodewave::{GitRepo, Nodewave};
+use support::nodewave::{GitRepo, Nodewave, cli};
 use support::{OWNER_LABEL, TestEnv, wait_for};
 
 const TRACKED: &str = "clusters/test";
@@ -175,6 +175,44 @@ async fn a_kustomize_overlay_and_a_helm_chart_roll_out_like_plain_yaml() {
     })
     .await;
     assert!(st["rejected_commit"].is_null(), "{st}");
+    // `nodewave diff` on the checkout renders the same way: nothing differs.
+    let helm = render_common::helm().display().to_string();
+    let kustomize = render_common::kustomize().display().to_string();
+    let dir = repo.path().display().to_string();
+    let (code, out) = cli(&[
+        "diff",
+        "--dir",
+        &dir,
+        "--path",
+        TRACKED,
+        "--helm",
+        &helm,
+        "--kustomize",
+        &kustomize,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("in sync"), "{out}");
+    // An uncommitted change to the chart's values shows as a difference.
+    let values = repo.path().join(TRACKED).join("node-agent/nodewave.yaml");
+    let text = std::fs::read_to_string(&values).unwrap();
+    std::fs::write(&values, text.replace("tag: \"2.1.0\"", "tag: \"9.9.9\"")).unwrap();
+    let (code, out) = cli(&[
+        "diff",
+        "--dir",
+        &dir,
+        "--path",
+        TRACKED,
+        "--helm",
+        &helm,
+        "--kustomize",
+        &kustomize,
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("DaemonSet {}/node-agent: differs", env.ns)),
+        "{out}"
+    );
+    assert!(out.contains("registry.example/node-agent:9.9.9"), "{out}");
     // The DaemonSets record where they came from: the rendered source.
     let ds = get_ds(&env, "fluent-bit").await.unwrap();
     let annotations = ds.metadata.annotations.unwrap_or_default();
