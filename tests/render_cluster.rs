@@ -1,6 +1,7 @@
 //! Kustomize and Helm sources against the real local control plane and the real
 //! `nodewave` binary: an overlay (with its base outside the tracked path and a
-//! RolloutPolicy) and a vendored chart roll out like plain YAML; a render error
+//! RolloutPolicy) and a vendored chart roll out (and a bad chart version rolls
+//! back) like plain YAML, `nodewave diff` agrees; a render error
 //! rejects the commit whole and changes nothing; a remote base is refused.
 //!
 //! Needs the cluster (`hack/cluster.sh up`, KUBECONFIG) and helm/kustomize as
@@ -117,7 +118,7 @@ async fn wait_rejected(nw: &Nodewave, commit: &str) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn a_kustomize_overlay_and_a_helm_chart_roll_out_like_plain_yaml() {
+async fn a_kustomize_overlay_and_a_helm_chart_roll_out_and_back_like_plain_yaml() {
     let mut env = TestEnv::new("render").await;
     let nodes = env.create_nodes(&["pool-a", "pool-b"], 1).await;
     let repo = GitRepo::new();
@@ -213,6 +214,35 @@ async fn a_kustomize_overlay_and_a_helm_chart_roll_out_like_plain_yaml() {
         "{out}"
     );
     assert!(out.contains("registry.example/node-agent:9.9.9"), "{out}");
+    // A crash-looping chart version is rolled back to the last good commit, which
+    // nodewave renders again from the local clone.
+    let bad = commit(
+        &repo,
+        "bad chart version",
+        &fleet(&env, "1.2.0", "crashloop-1"),
+    );
+    wait_for("rollback of node-agent", Duration::from_mins(2), || async {
+        let ds = get_ds(&env, "node-agent").await.unwrap();
+        let failed = ds
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("nodewave.io/failed-commits").cloned())
+            .unwrap_or_default();
+        if failed.contains(&bad) && image_of(&ds) == "registry.example/node-agent:2.1.0" {
+            Ok(Some(()))
+        } else {
+            Err(format!("image {}, failed commits {failed}", image_of(&ds)))
+        }
+    })
+    .await;
+    wait_rolled_out(
+        &env,
+        "node-agent",
+        "registry.example/node-agent:2.1.0",
+        nodes.len(),
+    )
+    .await;
     // The DaemonSets record where they came from: the rendered source.
     let ds = get_ds(&env, "fluent-bit").await.unwrap();
     let annotations = ds.metadata.annotations.unwrap_or_default();

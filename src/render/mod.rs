@@ -110,7 +110,9 @@ impl RenderError {
 /// The files of `commit` under `tracked`, rendered where needed: plain YAML
 /// exactly as [`SourceWorker::files_at`] returns it, plus one or more files per
 /// Kustomize or Helm directory (see [`output`]). Paths are relative to the
-/// repository root. The temporary checkout is removed before returning.
+/// repository root. `tracked` is the path the worker tracks (its
+/// `GitSourceConfig::path`; the cheap "anything to render?" check looks there).
+/// The temporary checkout is removed before returning.
 pub async fn desired_files(
     source: &SourceWorker,
     commit: &str,
