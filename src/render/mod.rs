@@ -182,9 +182,10 @@ struct Session {
     dir: tempfile::TempDir,
 }
 
-/// Session directories older than this are left over from a killed process
-/// (every run is bounded by the render timeout) and are removed.
-const STALE_AFTER: Duration = Duration::from_hours(1);
+/// Session directories older than this are left over from a killed process and
+/// are removed (a live render is bounded by the render timeout per directory,
+/// far below this, so a concurrent render's directory is never swept).
+const STALE_AFTER: Duration = Duration::from_hours(24);
 
 impl Session {
     fn new(work_dir: Option<&Path>, sweep: bool) -> Result<Self, RenderError> {
@@ -553,7 +554,7 @@ mod tests {
         let work = tempfile::tempdir().unwrap();
         let stale = work.path().join("nodewave-render-stale");
         std::fs::create_dir(&stale).unwrap();
-        let old = std::time::SystemTime::now() - Duration::from_hours(2);
+        let old = std::time::SystemTime::now() - Duration::from_hours(48);
         std::fs::File::open(&stale)
             .unwrap()
             .set_modified(old)
