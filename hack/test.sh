@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of nodewave on a fresh machine, exactly what CI runs (.ci/run):
 #   1. installs what is missing (Debian's prometheus package for promtool and the
-#      end-to-end Prometheus test), builds the control plane once (cached under
-#      ~/.cache/nodewave),
+#      end-to-end Prometheus test), builds the control plane and the renderers
+#      (helm, kustomize) once (cached under ~/.cache/nodewave),
 #   2. cargo fmt --check, cargo clippy --all-targets -D warnings,
 #   3. starts a local control plane (hack/cluster.sh, cluster "nodewave-test"),
 #   4. cargo test (unit, property and every cluster test), promtool rule tests,
@@ -38,6 +38,11 @@ pkill -x prometheus 2>/dev/null || true
 
 step "control-plane binaries (built once from the Go module proxy, then cached)"
 hack/build-binaries.sh >/dev/null
+
+step "renderers: helm and kustomize (built once from the Go module proxy, then cached)"
+# The rendering tests run the real renderers and find them on PATH.
+renderers_bin="$(hack/build-renderers.sh)"
+export PATH="$renderers_bin:$PATH"
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

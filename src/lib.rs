@@ -21,6 +21,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod plan;
 pub mod record;
+pub mod render;
 pub mod rollout;
 pub mod server;
 pub mod service;

@@ -6,7 +6,10 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use nodewave::manifest::{self, CHECKS, LoadOptions, ObjectKey, Severity};
+use nodewave::manifest::{
+    self, CHECKS, Finding, LoadOptions, ObjectKey, REMOTE_SOURCE_REFUSED, RENDER_ERROR, Severity,
+};
+use nodewave::render::{self, RenderError, RenderOptions};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/manifests")
@@ -38,6 +41,11 @@ fn every_check_has_an_invalid_fixture_with_its_documented_output() {
     let bless = std::env::var_os("NODEWAVE_BLESS").is_some();
     for check in CHECKS {
         let dir = fixtures().join("invalid").join(check.id);
+        if check.id == RENDER_ERROR || check.id == REMOTE_SOURCE_REFUSED {
+            let findings = render_findings(&dir);
+            compare(check.id, &dir, &findings, bless);
+            continue;
+        }
         let files = manifest::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         assert!(!files.is_empty(), "no fixture for {}", check.id);
         let findings = match manifest::load(&files, &options_for(check.id)) {
@@ -51,27 +59,42 @@ fn every_check_has_an_invalid_fixture_with_its_documented_output() {
                     .collect()
             }
         };
-        assert!(!findings.is_empty(), "{}: no findings", check.id);
-        for finding in &findings {
-            assert_eq!(
-                finding.check, check.id,
-                "{}: unrelated finding {finding}",
-                check.id
-            );
-            assert_ne!(finding.severity, Severity::Off);
-            assert!(finding.location.line.is_some(), "{finding}");
-        }
-        let rendered: String = findings.iter().fold(String::new(), |mut out, f| {
-            let _ = writeln!(out, "{f}");
-            out
-        });
-        let expected_path = dir.join("expected.txt");
-        if bless {
-            std::fs::write(&expected_path, &rendered).unwrap();
-        } else {
-            let expected = std::fs::read_to_string(&expected_path)
-                .unwrap_or_else(|e| panic!("{}: {e}", expected_path.display()));
-            assert_eq!(rendered, expected, "{}", check.id);
-        }
+        compare(check.id, &dir, &findings, bless);
+    }
+}
+
+/// Rendering checks come from `render::render_dir` (with the real renderers, as
+/// hack/test.sh provides them on PATH), before any manifest is loaded.
+fn render_findings(dir: &Path) -> Vec<Finding> {
+    let opts = RenderOptions {
+        helm: std::env::var_os("NODEWAVE_HELM").map(PathBuf::from),
+        kustomize: std::env::var_os("NODEWAVE_KUSTOMIZE").map(PathBuf::from),
+        ..RenderOptions::default()
+    };
+    match render::render_dir(dir, &opts) {
+        Err(RenderError::Rejected(findings)) => findings,
+        other => panic!("{}: expected a rejection, got {other:?}", dir.display()),
+    }
+}
+
+fn compare(check: &str, dir: &Path, findings: &[Finding], bless: bool) {
+    assert!(!findings.is_empty(), "{check}: no findings");
+    for finding in findings {
+        assert_eq!(finding.check, check, "{check}: unrelated finding {finding}");
+        assert_ne!(finding.severity, Severity::Off);
+        assert!(finding.location.line.is_some(), "{finding}");
+    }
+    let rendered: String = findings.iter().fold(String::new(), |mut out, f| {
+        let _ = writeln!(out, "{f}");
+        out
+    });
+    let expected_path = dir.join("expected.txt");
+    if bless {
+        std::fs::write(&expected_path, &rendered)
+            .unwrap_or_else(|e| panic!("{}: {e}", expected_path.display()));
+    } else {
+        let expected = std::fs::read_to_string(&expected_path)
+            .unwrap_or_else(|e| panic!("{}: {e}", expected_path.display()));
+        assert_eq!(rendered, expected, "{check}");
     }
 }

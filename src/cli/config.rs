@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::KubeArgs;
+use super::render::{FileRender, RenderArgs};
 use super::validate::RuleArgs;
 use crate::manifest::Severity;
 use crate::manifest::policy::parse_duration;
@@ -124,6 +125,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub rules: RuleArgs,
     #[command(flatten)]
+    pub render: RenderArgs,
+    #[command(flatten)]
     pub kube: KubeArgs,
 }
 
@@ -164,6 +167,13 @@ pub struct FileConfig {
     pub leader_elect: Option<bool>,
     pub leader_election_namespace: Option<String>,
     pub leader_election_lease: Option<String>,
+    // Rendering (see `super::render`); not flattened: serde's flatten disables
+    // deny_unknown_fields.
+    pub helm: Option<PathBuf>,
+    pub kustomize: Option<PathBuf>,
+    pub render_timeout: Option<String>,
+    pub render_max_bytes: Option<super::render::ByteSize>,
+    pub render_allow_network: Option<bool>,
 }
 
 /// Everything `run` needs, resolved.
@@ -193,6 +203,8 @@ pub struct Resolved {
     pub kubeconfig: Option<PathBuf>,
     /// `Some((namespace, lease name))` when leader election is on.
     pub leader_election: Option<(String, String)>,
+    /// Rendering of Kustomize and Helm sources; checkouts go under the state dir.
+    pub render: crate::render::RenderOptions,
 }
 
 fn read_file_config(path: &Path) -> Result<FileConfig, String> {
@@ -229,6 +241,14 @@ impl RunArgs {
             Some(d) => d,
             None => default_state_dir(&repo, &reference),
         };
+        let mut render = self.render.options(&FileRender {
+            helm: file.helm.clone(),
+            kustomize: file.kustomize.clone(),
+            render_timeout: file.render_timeout.clone(),
+            render_max_bytes: file.render_max_bytes.clone(),
+            render_allow_network: file.render_allow_network,
+        })?;
+        render.work_dir = Some(state_dir.join("nodewave-render"));
         let mut rules = self.rules.clone();
         if rules.allow_namespaces.is_empty() {
             rules.allow_namespaces = file.allow_namespaces.clone().unwrap_or_default();
@@ -326,6 +346,7 @@ impl RunArgs {
                         .unwrap_or_else(|| "nodewave".into()),
                 )
             }),
+            render,
         })
     }
 }
@@ -375,6 +396,39 @@ mod tests {
             vec![("probes-missing".to_string(), Severity::Error)]
         );
         assert_eq!(r.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn render_settings_come_from_flags_and_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("nodewave.toml");
+        std::fs::write(
+            &cfg,
+            "repo = \"file:///r\"\nstate-dir = \"/var/lib/nw\"\nhelm = \"/opt/helm\"\nrender-timeout = \"5s\"\nrender-max-bytes = 1048576\nrender-allow-network = true\n",
+        )
+        .unwrap();
+        let t = T::parse_from([
+            "x",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--render-timeout",
+            "7s",
+        ]);
+        let r = t.run.resolve().unwrap().render;
+        // NODEWAVE_HELM / NODEWAVE_KUSTOMIZE, when a developer has them set, win as flags do.
+        let env = |v: &str| std::env::var_os(v).map(PathBuf::from);
+        assert_eq!(
+            r.helm,
+            env("NODEWAVE_HELM").or(Some(PathBuf::from("/opt/helm")))
+        );
+        assert_eq!(r.kustomize, env("NODEWAVE_KUSTOMIZE"));
+        assert_eq!(r.timeout, Duration::from_secs(7));
+        assert_eq!(r.max_output_bytes, 1_048_576);
+        assert!(r.allow_network);
+        assert_eq!(
+            r.work_dir,
+            Some(PathBuf::from("/var/lib/nw/nodewave-render"))
+        );
     }
 
     #[test]

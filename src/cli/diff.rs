@@ -7,6 +7,7 @@ use kube::ResourceExt;
 use serde_json::Value;
 
 use super::KubeArgs;
+use super::render::{FileRender, RenderArgs};
 use super::validate::RuleArgs;
 use crate::cluster::{self, Cluster};
 use crate::desired::decorate;
@@ -44,6 +45,8 @@ pub struct DiffArgs {
     #[command(flatten)]
     pub rules: RuleArgs,
     #[command(flatten)]
+    pub render: RenderArgs,
+    #[command(flatten)]
     pub kube: KubeArgs,
 }
 
@@ -64,11 +67,12 @@ pub async fn run(args: DiffArgs) -> ExitCode {
     }
 }
 
-fn load_files(args: &DiffArgs) -> Result<(Vec<ManifestFile>, String, String), String> {
+async fn load_files(args: &DiffArgs) -> Result<(Vec<ManifestFile>, String, String), String> {
+    // Kustomize and Helm directories are rendered as `nodewave run` renders them.
+    let render = args.render.options(&FileRender::default())?;
     if let Some(dir) = &args.dir {
         let base = dir.join(&args.path);
-        let mut files = manifest::read_dir(&base)
-            .map_err(|e| format!("cannot read {}: {e}", base.display()))?;
+        let mut files = crate::render::render_dir(&base, &render).map_err(|e| e.to_string())?;
         let prefix = args.path.trim_matches('/');
         if !prefix.is_empty() {
             for f in &mut files {
@@ -94,8 +98,13 @@ fn load_files(args: &DiffArgs) -> Result<(Vec<ManifestFile>, String, String), St
     })
     .map_err(|e| e.to_string())?;
     let outcome = src.fetch().map_err(|e| e.to_string())?;
-    let files = src.files_at(&outcome.head).map_err(|e| e.to_string())?;
+    let worker = crate::source::SourceWorker::spawn(src).map_err(|e| e.to_string())?;
+    let files = crate::render::desired_files(&worker, &outcome.head, &args.path, &render)
+        .await
+        .map_err(|e| e.to_string());
+    drop(worker);
     let _ = std::fs::remove_dir_all(&tmp);
+    let files = files?;
     Ok((files, outcome.head, redact_url(url)))
 }
 
@@ -106,7 +115,7 @@ fn tempfile_dir() -> Result<PathBuf, String> {
 }
 
 async fn diff_all(args: &DiffArgs) -> Result<usize, String> {
-    let (files, _commit, repo) = load_files(args)?;
+    let (files, _commit, repo) = load_files(args).await?;
     let desired = manifest::load(&files, &args.rules.load_options()).map_err(|r| r.to_string())?;
     let client = cluster::client(args.kube.kubeconfig.as_deref())
         .await

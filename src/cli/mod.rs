@@ -5,6 +5,7 @@ mod config;
 mod diff;
 mod leader;
 mod logfmt;
+mod render;
 mod rollout;
 mod run;
 mod status;

@@ -212,6 +212,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
     let loader = Arc::new(Loader::new(
         source,
         cfg.rules.load_options(),
+        cfg.render.clone(),
         identity_src.clone(),
     ));
     let (desired_tx, desired_rx) = watch::channel(None);

@@ -3,15 +3,20 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use super::render::{FileRender, RenderArgs};
 use crate::manifest::{self, CHECKS, LoadOptions, Severity};
+use crate::render::{self, RenderError};
 
 #[derive(Debug, clap::Args)]
 pub struct ValidateArgs {
-    /// Directory holding the manifests (every *.yaml / *.yml below it).
+    /// Directory holding the manifests (every *.yaml / *.yml below it; directories
+    /// with a kustomization.yaml or Chart.yaml are rendered as the server does).
     #[arg(value_name = "DIR", required_unless_present = "list_checks")]
     pub dir: Option<PathBuf>,
     #[command(flatten)]
     pub rules: RuleArgs,
+    #[command(flatten)]
+    pub render: RenderArgs,
     /// List every check with its id and default severity, and exit.
     #[arg(long)]
     pub list_checks: bool,
@@ -87,10 +92,28 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
     let Some(dir) = &args.dir else {
         return ExitCode::from(2);
     };
-    let files = match manifest::read_dir(dir) {
-        Ok(f) => f,
+    let options = match args.render.options(&FileRender::default()) {
+        Ok(o) => o,
         Err(e) => {
-            eprintln!("error: cannot read {}: {e}", dir.display());
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    // Kustomize and Helm directories are rendered exactly as `nodewave run` does.
+    let files = match render::render_dir(dir, &options) {
+        Ok(f) => f,
+        Err(RenderError::Rejected(findings)) => {
+            for f in &findings {
+                println!("{f}");
+            }
+            println!(
+                "invalid: {} error(s) rendering Kustomize or Helm sources; a commit like this is rejected whole and nothing from it is applied",
+                findings.len()
+            );
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::keys;
 use crate::manifest::{self, Finding, LoadOptions, ObjectKey, Rejected};
 use crate::plan::DesiredDs;
+use crate::render::{self, RenderError, RenderOptions};
 use crate::source::{SourceError, SourceWorker};
 
 /// Commits kept loaded: the head, the last good one, a few in between.
@@ -33,6 +34,12 @@ pub enum LoadError {
         #[source]
         source: SourceError,
     },
+    /// Local disk trouble while checking the commit out for rendering.
+    #[error("cannot render commit {commit}: {message}")]
+    Io { commit: String, message: String },
+    /// A Kustomize or Helm render failed or was refused.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Render(Vec<Finding>),
     #[error("{0}")]
     Rejected(Rejected),
 }
@@ -41,7 +48,8 @@ impl LoadError {
     /// Bounded label: the failed check id, or `read-error`.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Read { .. } => "read-error",
+            Self::Read { .. } | Self::Io { .. } => "read-error",
+            Self::Render(f) => f.first().map_or(crate::manifest::RENDER_ERROR, |f| f.check),
             Self::Rejected(r) => r.reason(),
         }
     }
@@ -49,8 +57,18 @@ impl LoadError {
     /// One line per problem, for `/status` and logs.
     pub fn messages(&self) -> Vec<String> {
         match self {
-            Self::Read { .. } => vec![self.to_string()],
+            Self::Read { .. } | Self::Io { .. } => vec![self.to_string()],
+            Self::Render(f) => f.iter().map(ToString::to_string).collect(),
             Self::Rejected(r) => r.errors.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// The findings, for the namespaces they name.
+    pub fn findings(&self) -> Vec<&Finding> {
+        match self {
+            Self::Read { .. } | Self::Io { .. } => Vec::new(),
+            Self::Render(f) => f.iter().collect(),
+            Self::Rejected(r) => r.errors.iter().chain(&r.warnings).collect(),
         }
     }
 }
@@ -95,15 +113,22 @@ impl SourceIdentity {
 pub struct Loader {
     source: SourceWorker,
     options: LoadOptions,
+    render: RenderOptions,
     identity: SourceIdentity,
     cache: Mutex<VecDeque<Arc<Loaded>>>,
 }
 
 impl Loader {
-    pub fn new(source: SourceWorker, options: LoadOptions, identity: SourceIdentity) -> Self {
+    pub fn new(
+        source: SourceWorker,
+        options: LoadOptions,
+        render: RenderOptions,
+        identity: SourceIdentity,
+    ) -> Self {
         Self {
             source,
             options,
+            render,
             identity,
             cache: Mutex::new(VecDeque::new()),
         }
@@ -131,13 +156,20 @@ impl Loader {
         if let Some(l) = self.cached(commit) {
             return Ok(l);
         }
-        let files = self
-            .source
-            .files_at(commit.to_string())
+        // Plain YAML as it is, Kustomize and Helm directories rendered (from the
+        // local clone: a rollback target is rendered again without the remote).
+        let files = render::desired_files(&self.source, commit, &self.identity.path, &self.render)
             .await
-            .map_err(|source| LoadError::Read {
-                commit: commit.to_string(),
-                source,
+            .map_err(|e| match e {
+                RenderError::Source(source) => LoadError::Read {
+                    commit: commit.to_string(),
+                    source,
+                },
+                RenderError::Io(message) => LoadError::Io {
+                    commit: commit.to_string(),
+                    message,
+                },
+                RenderError::Rejected(findings) => LoadError::Render(findings),
             })?;
         let state = manifest::load(&files, &self.options).map_err(LoadError::Rejected)?;
         let daemonsets = state

@@ -229,16 +229,12 @@ impl Pipeline {
         }
         if owned.is_empty() {
             // "DaemonSet ns/name" -> ns: where the commit's authors will look.
-            let mut namespaces: BTreeSet<String> = match e {
-                LoadError::Rejected(r) => r
-                    .errors
-                    .iter()
-                    .chain(&r.warnings)
-                    .filter_map(|f| f.object.as_deref()?.split_once(' ')?.1.split_once('/'))
-                    .map(|(ns, _)| ns.to_string())
-                    .collect(),
-                LoadError::Read { .. } => BTreeSet::new(),
-            };
+            let mut namespaces: BTreeSet<String> = e
+                .findings()
+                .into_iter()
+                .filter_map(|f| f.object.as_deref()?.split_once(' ')?.1.split_once('/'))
+                .map(|(ns, _)| ns.to_string())
+                .collect();
             if namespaces.is_empty() {
                 namespaces.extend(self.report_namespaces.iter().cloned());
             }

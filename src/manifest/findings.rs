@@ -120,6 +120,9 @@ pub const PRIVILEGED: &str = "privileged";
 pub const HOST_NETWORK: &str = "host-network";
 pub const HOST_PID: &str = "host-pid";
 pub const UPDATE_STRATEGY: &str = "update-strategy";
+// Rendering (src/render): the renderer failed, or a source was refused.
+pub const RENDER_ERROR: &str = "render-error";
+pub const REMOTE_SOURCE_REFUSED: &str = "remote-source-refused";
 
 const fn structural(id: &'static str, summary: &'static str) -> CheckInfo {
     CheckInfo {
@@ -146,6 +149,14 @@ const fn practice(
 /// Every check `load` runs, structural ones first.
 pub const CHECKS: &[CheckInfo] = &[
     structural(YAML_SYNTAX, "the file is not valid YAML"),
+    structural(
+        RENDER_ERROR,
+        "Kustomize or Helm failed to render a directory (their message), or its kustomization, Chart.yaml or nodewave.yaml is invalid",
+    ),
+    structural(
+        REMOTE_SOURCE_REFUSED,
+        "a kustomization or chart needs the network (remote base, non-vendored dependency) or a file outside the repository; rendering is hermetic by default",
+    ),
     structural(
         UNSUPPORTED_KIND,
         "a document is not an apps/v1 DaemonSet or a nodewave.io/v1alpha1 RolloutPolicy",

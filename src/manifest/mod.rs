@@ -15,6 +15,7 @@ use serde_json::Value;
 
 pub use findings::{CHECKS, CheckInfo, Finding, Location, Severity, check_info};
 use findings::{DUPLICATE_NAME, POLICY_TARGET_MISSING, UNSUPPORTED_KIND, YAML_SYNTAX};
+pub use findings::{REMOTE_SOURCE_REFUSED, RENDER_ERROR};
 use lines::{DocumentSource, LineIndex, Path};
 
 /// One file of a commit, path relative to the repository root.

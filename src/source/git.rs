@@ -39,6 +39,11 @@ use super::known_hosts::{self, HostKeyStatus, KnownHosts};
 use super::url::{RemoteUrl, Transport, redact_text, redact_url};
 use crate::manifest::ManifestFile;
 
+// Checking a commit out to disk for the renderers (a separate file: files_at and
+// fetch are edited by others).
+mod materialise;
+pub use materialise::{TreeLimits, TreeStats};
+
 /// Token for https remotes, used when no `token_file`/`password_file` is set.
 pub const TOKEN_ENV: &str = "NODEWAVE_GIT_TOKEN";
 /// Password for https basic auth (with `username`), used when no file and no

@@ -16,7 +16,7 @@ pub mod worker;
 
 pub use git::{
     CommitInfo, Credentials, FetchOutcome, GitRef, GitSource, GitSourceConfig, PASSWORD_ENV,
-    SourceError, TOKEN_ENV,
+    SourceError, TOKEN_ENV, TreeLimits, TreeStats,
 };
 pub use url::redact_url;
 pub use webhook::{Provider, PushEvent, WebhookError};

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::git::{CommitInfo, FetchOutcome, GitSource, GitSourceConfig, SourceError};
+use super::git::{
+    CommitInfo, FetchOutcome, GitSource, GitSourceConfig, SourceError, TreeLimits, TreeStats,
+};
 use crate::manifest::ManifestFile;
 
 /// Requests queued beyond this make callers wait (backpressure) rather than
@@ -28,6 +30,8 @@ enum Request {
     FilesAt(String, Reply<Vec<ManifestFile>>),
     CommitInfo(String, Reply<CommitInfo>),
     IsAncestor(String, String, Reply<bool>),
+    HasFileNamed(String, &'static [&'static str], Reply<bool>),
+    WriteTree(String, std::path::PathBuf, TreeLimits, Reply<TreeStats>),
 }
 
 /// Cloneable async handle; see the module docs.
@@ -84,6 +88,27 @@ impl SourceWorker {
         descendant: String,
     ) -> Result<bool, SourceError> {
         self.call(|r| Request::IsAncestor(ancestor, descendant, r))
+            .await
+    }
+
+    /// Whether a file with one of `names` is under the tracked sub-path at
+    /// `commit` (tree objects only; see [`GitSource::has_file_named`]).
+    pub async fn has_file_named(
+        &self,
+        commit: String,
+        names: &'static [&'static str],
+    ) -> Result<bool, SourceError> {
+        self.call(|r| Request::HasFileNamed(commit, names, r)).await
+    }
+
+    /// Writes the whole tree of `commit` below `dest` (see [`GitSource::write_tree`]).
+    pub async fn write_tree(
+        &self,
+        commit: String,
+        dest: std::path::PathBuf,
+        limits: TreeLimits,
+    ) -> Result<TreeStats, SourceError> {
+        self.call(|r| Request::WriteTree(commit, dest, limits, r))
             .await
     }
 
@@ -149,6 +174,12 @@ fn run(
             }
             Request::IsAncestor(ancestor, descendant, reply) => {
                 let _ = reply.send(source.is_ancestor(&ancestor, &descendant));
+            }
+            Request::HasFileNamed(commit, names, reply) => {
+                let _ = reply.send(source.has_file_named(&commit, names));
+            }
+            Request::WriteTree(commit, dest, limits, reply) => {
+                let _ = reply.send(source.write_tree(&commit, &dest, &limits));
             }
         }
     }
