@@ -70,6 +70,11 @@ pub struct RunArgs {
     /// SSH: trust and record host keys not yet in known_hosts (a changed key is always refused).
     #[arg(long, env = "NODEWAVE_GIT_ACCEPT_NEW_HOST_KEYS")]
     pub git_accept_new_host_keys: bool,
+    /// HTTPS: also send the token/password to a plain http:// remote. Without it
+    /// such a configuration is refused at start: anyone on the network path could
+    /// read the secret. Only for a network you trust.
+    #[arg(long, env = "NODEWAVE_INSECURE_ALLOW_HTTP_CREDENTIALS")]
+    pub insecure_allow_http_credentials: bool,
     /// Do not delete managed DaemonSets that disappeared from Git.
     #[arg(long, env = "NODEWAVE_NO_PRUNE")]
     pub no_prune: bool,
@@ -131,6 +136,7 @@ pub struct FileConfig {
     pub git_ssh_passphrase_file: Option<PathBuf>,
     pub git_known_hosts_file: Option<PathBuf>,
     pub git_accept_new_host_keys: Option<bool>,
+    pub insecure_allow_http_credentials: Option<bool>,
     pub prune: Option<bool>,
     pub self_heal: Option<bool>,
     pub create_namespaces: Option<bool>,
@@ -265,6 +271,8 @@ impl RunArgs {
                     .or(file.git_known_hosts_file.clone()),
                 accept_new_host_keys: self.git_accept_new_host_keys
                     || file.git_accept_new_host_keys.unwrap_or(false),
+                insecure_allow_http: self.insecure_allow_http_credentials
+                    || file.insecure_allow_http_credentials.unwrap_or(false),
             },
             prune: !self.no_prune && file.prune.unwrap_or(true),
             self_heal: !self.no_self_heal && file.self_heal.unwrap_or(true),
@@ -347,6 +355,29 @@ mod tests {
             vec![("probes-missing".to_string(), Severity::Error)]
         );
         assert_eq!(r.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn insecure_http_credentials_from_flag_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("nodewave.toml");
+        std::fs::write(&cfg, "repo = \"http://git.lan/r.git\"\n").unwrap();
+        let off = T::parse_from(["x", "--config", cfg.to_str().unwrap()]);
+        assert!(!off.run.resolve().unwrap().credentials.insecure_allow_http);
+        let flag = T::parse_from([
+            "x",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--insecure-allow-http-credentials",
+        ]);
+        assert!(flag.run.resolve().unwrap().credentials.insecure_allow_http);
+        std::fs::write(
+            &cfg,
+            "repo = \"http://git.lan/r.git\"\ninsecure-allow-http-credentials = true\n",
+        )
+        .unwrap();
+        let file = T::parse_from(["x", "--config", cfg.to_str().unwrap()]);
+        assert!(file.run.resolve().unwrap().credentials.insecure_allow_http);
     }
 
     #[test]
