@@ -40,6 +40,50 @@ pub struct WebhookGuard {
     secret: Option<Arc<Vec<u8>>>,
     replays: Mutex<ReplayCache>,
     coalescer: Mutex<Coalescer>,
+    /// Refusals and replays are logged at most once per [`LOG_EVERY`]: a
+    /// flood of them must not become a flood of log lines (the metric
+    /// counts every one).
+    refused_log: Mutex<LogBudget>,
+    replayed_log: Mutex<LogBudget>,
+}
+
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// One log line per `every` for a kind of event; the events in between are
+/// counted and reported with the next line.
+#[derive(Debug)]
+struct LogBudget {
+    every: Duration,
+    next: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogBudget {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            next: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(events suppressed since the last line)` when this one may be
+    /// logged.
+    fn take(&mut self, now: Instant) -> Option<u64> {
+        if self.next.is_some_and(|next| now < next) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.next = Some(now + self.every);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+fn take(budget: &Mutex<LogBudget>) -> Option<u64> {
+    budget
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take(Instant::now())
 }
 
 impl WebhookGuard {
@@ -52,6 +96,8 @@ impl WebhookGuard {
             secret,
             replays: Mutex::new(ReplayCache::new(replay_window, replay::CAPACITY)),
             coalescer: Mutex::new(Coalescer::new(coalesce_window)),
+            refused_log: Mutex::new(LogBudget::new(LOG_EVERY)),
+            replayed_log: Mutex::new(LogBudget::new(LOG_EVERY)),
         }
     }
 
@@ -152,7 +198,14 @@ pub(super) async fn handler(
                 }
             };
             s.metrics.webhook_request(provider, result);
-            tracing::warn!(provider = provider.as_str(), error = %e, "webhook refused");
+            if let Some(suppressed) = take(&s.webhook.refused_log) {
+                tracing::warn!(
+                    provider = provider.as_str(),
+                    error = %e,
+                    suppressed,
+                    "webhook refused (suppressed: refusals not logged since the last such line)"
+                );
+            }
             return (code, format!("{e}\n")).into_response();
         }
     };
@@ -162,11 +215,14 @@ pub(super) async fn handler(
         .is_replay(&webhook::replay_keys(event.provider, &headers, &body))
     {
         s.metrics.webhook_request(provider, WebhookResult::Replayed);
-        tracing::info!(
-            provider = provider.as_str(),
-            delivery = %delivery,
-            "webhook replayed: this delivery was already handled; not fetching"
-        );
+        if let Some(suppressed) = take(&s.webhook.replayed_log) {
+            tracing::info!(
+                provider = provider.as_str(),
+                delivery = %delivery,
+                suppressed,
+                "webhook replayed: this delivery was already handled; not fetching"
+            );
+        }
         return (
             StatusCode::OK,
             "replayed: this delivery was already handled; nothing to do\n",
@@ -196,14 +252,26 @@ pub(super) async fn handler(
             at.saturating_duration_since(Instant::now()).as_secs_f64()
         ),
     };
-    tracing::info!(
-        provider = provider.as_str(),
-        delivery = %delivery,
-        git_ref = event.git_ref.as_deref().unwrap_or(""),
-        after = event.after.as_deref().unwrap_or(""),
-        decision = decision_label(decision),
-        "push webhook accepted"
-    );
+    // A webhook folded into an already scheduled fetch changes nothing worth
+    // a line at info (a burst would otherwise log every request).
+    if matches!(decision, Decision::Coalesced(_)) {
+        tracing::debug!(
+            provider = provider.as_str(),
+            delivery = %delivery,
+            after = event.after.as_deref().unwrap_or(""),
+            decision = decision_label(decision),
+            "push webhook accepted"
+        );
+    } else {
+        tracing::info!(
+            provider = provider.as_str(),
+            delivery = %delivery,
+            git_ref = event.git_ref.as_deref().unwrap_or(""),
+            after = event.after.as_deref().unwrap_or(""),
+            decision = decision_label(decision),
+            "push webhook accepted"
+        );
+    }
     (StatusCode::ACCEPTED, answer).into_response()
 }
 
@@ -212,5 +280,23 @@ fn decision_label(d: Decision) -> &'static str {
         Decision::FetchNow => "fetch_now",
         Decision::ScheduleAt(_) => "scheduled",
         Decision::Coalesced(_) => "coalesced",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_budget_allows_one_line_per_period_and_counts_the_rest() {
+        let t0 = Instant::now();
+        let mut b = LogBudget::new(Duration::from_secs(10));
+        assert_eq!(b.take(t0), Some(0));
+        for n in 1..=5 {
+            assert_eq!(b.take(t0 + Duration::from_secs(n)), None);
+        }
+        assert_eq!(b.take(t0 + Duration::from_secs(10)), Some(5));
+        assert_eq!(b.take(t0 + Duration::from_secs(11)), None);
+        assert_eq!(b.take(t0 + Duration::from_secs(30)), Some(1));
     }
 }
