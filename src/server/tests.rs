@@ -439,3 +439,46 @@ async fn readyz_waits_for_git_and_first_sync() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+/// `Server` on real loopback sockets: with `metrics_listen` set, the two
+/// listeners serve disjoint endpoints; shutdown ends `serve`.
+#[tokio::test]
+async fn server_binds_two_listeners_and_stops() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let mut cfg = ServerConfig::new(loopback);
+    cfg.metrics_listen = Some(loopback);
+    let server = Server::bind(&cfg, state(Some("k"))).await.unwrap();
+    let (Some(main), Some(ops)) = server.local_addrs() else {
+        panic!("both listeners are bound");
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+    let request = |addr: SocketAddr, method: &'static str, path: &'static str| async move {
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: nodewave\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        c.write_all(head.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).await.unwrap();
+        out.split(' ').nth(1).unwrap_or_default().to_owned()
+    };
+    assert_eq!(request(ops, "GET", "/metrics").await, "200");
+    assert_eq!(request(ops, "GET", "/healthz").await, "200");
+    assert_eq!(request(ops, "POST", "/webhook").await, "404");
+    assert_eq!(request(main, "GET", "/metrics").await, "404");
+    assert_eq!(request(main, "GET", "/status").await, "404");
+    assert_eq!(request(main, "POST", "/webhook").await, "401");
+    stop.send(()).unwrap();
+    within(serving).await.unwrap();
+    // A port taken is an error naming the address.
+    let taken = TcpListener::bind(loopback).await.unwrap();
+    let addr = taken.local_addr().unwrap();
+    let Err(e) = Server::bind(&ServerConfig::new(addr), state(None)).await else {
+        panic!("bound a port in use");
+    };
+    assert!(e.to_string().contains(&addr.to_string()), "{e}");
+}
