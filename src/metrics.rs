@@ -95,15 +95,19 @@ pub enum WebhookResult {
     BadSignature,
     /// Malformed request.
     BadRequest,
+    /// Authenticated, but a delivery already handled (or a stale timestamp):
+    /// nothing fetched.
+    Replayed,
 }
 
 impl WebhookResult {
     /// Every result; pre-created at 0.
-    pub const ALL: [WebhookResult; 4] = [
+    pub const ALL: [WebhookResult; 5] = [
         WebhookResult::Accepted,
         WebhookResult::Ignored,
         WebhookResult::BadSignature,
         WebhookResult::BadRequest,
+        WebhookResult::Replayed,
     ];
 
     /// The `result` label value.
@@ -113,6 +117,7 @@ impl WebhookResult {
             WebhookResult::Ignored => "ignored",
             WebhookResult::BadSignature => "bad_signature",
             WebhookResult::BadRequest => "bad_request",
+            WebhookResult::Replayed => "replayed",
         }
     }
 }

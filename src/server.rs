@@ -1,40 +1,241 @@
 //! The HTTP server: `/metrics`, `/healthz`, `/readyz`, `/status` and the push
-//! webhook. The router is built by [`router`] so tests drive it in-process.
+//! webhook, on one listener or split over two (`--metrics-listen`).
+//!
+//! The routers are built by [`router`] so tests drive them in-process;
+//! [`Server`] binds the listeners and serves them with the limits of
+//! [`listener`] (connection limit, header-read, request and write-stall
+//! timeouts). What is authenticated: only `/webhook` (HMAC or token, see
+//! [`crate::source::webhook`]); the other endpoints are read-only and open,
+//! which is why they can be moved to a listener that is not exposed.
 
+mod coalesce;
+mod listener;
+mod replay;
+#[cfg(test)]
+mod tests;
+mod webhook;
+
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
-use crate::metrics::{self, Metrics, WebhookProvider, WebhookResult};
+pub use coalesce::{Coalescer, Decision};
+pub use listener::{Accept, Limits, MAX_BUF_BYTES, WriteTimeout, serve_connections};
+pub use replay::ReplayCache;
+pub use webhook::WebhookGuard;
+
+use crate::metrics::{self, Metrics};
 use crate::service::{SharedStatus, Triggers};
 use crate::source::GitRef;
-use crate::source::webhook::{self, MAX_BODY_BYTES, Provider};
+use crate::source::webhook::MAX_BODY_BYTES;
+
+/// Everything about the HTTP server that comes from flags or the config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// `/webhook`, and every other endpoint when `metrics_listen` is unset.
+    pub listen: SocketAddr,
+    /// `/metrics`, `/status`, `/healthz`, `/readyz` on their own listener.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Applied to each listener separately (a webhook flood cannot take the
+    /// metrics listener's connections).
+    pub limits: Limits,
+    /// How long a webhook delivery is remembered to recognise a replay.
+    pub replay_window: Duration,
+    /// Webhook-triggered fetches are at least this far apart (the first one
+    /// after a quiet period runs at once).
+    pub fetch_coalesce_window: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults for everything but the addresses.
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            metrics_listen: None,
+            limits: Limits::default(),
+            replay_window: DEFAULT_REPLAY_WINDOW,
+            fetch_coalesce_window: DEFAULT_FETCH_COALESCE_WINDOW,
+        }
+    }
+}
+
+pub const DEFAULT_REPLAY_WINDOW: Duration = Duration::from_mins(10);
+pub const DEFAULT_FETCH_COALESCE_WINDOW: Duration = Duration::from_secs(5);
 
 #[derive(Clone)]
 pub struct AppState {
     pub metrics: Metrics,
     pub status: SharedStatus,
     pub triggers: Arc<Triggers>,
-    /// `None`: the webhook endpoint answers 404 (no secret configured).
-    pub webhook_secret: Option<Arc<Vec<u8>>>,
     pub reference: GitRef,
+    /// Webhook secret, replay cache and fetch coalescing.
+    pub webhook: Arc<WebhookGuard>,
 }
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/leaderz", get(leaderz))
-        .route("/status", get(status))
-        .route("/webhook", post(webhook_handler))
+impl AppState {
+    /// `webhook_secret` `None` disables `/webhook` (404).
+    pub fn new(
+        metrics: Metrics,
+        status: SharedStatus,
+        triggers: Arc<Triggers>,
+        reference: GitRef,
+        webhook_secret: Option<Arc<Vec<u8>>>,
+        cfg: &ServerConfig,
+    ) -> Self {
+        Self {
+            metrics,
+            status,
+            triggers,
+            reference,
+            webhook: Arc::new(WebhookGuard::new(
+                webhook_secret,
+                cfg.replay_window,
+                cfg.fetch_coalesce_window,
+            )),
+        }
+    }
+}
+
+/// Which endpoints a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoints {
+    /// Everything (one listener, the default).
+    All,
+    /// `/webhook` only (the listener a Git host reaches).
+    Webhook,
+    /// `/metrics`, `/status`, `/healthz`, `/readyz`.
+    Operations,
+}
+
+pub fn router(state: AppState, endpoints: Endpoints, request_timeout: Duration) -> Router {
+    let operations = || {
+        Router::new()
+            .route("/metrics", get(metrics_handler))
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .route("/leaderz", get(leaderz))
+            .route("/status", get(status))
+    };
+    let hook = || Router::new().route("/webhook", post(webhook::handler));
+    let routes = match endpoints {
+        Endpoints::All => operations().merge(hook()),
+        Endpoints::Webhook => hook(),
+        Endpoints::Operations => operations(),
+    };
+    routes
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(
+            request_timeout,
+            request_deadline,
+        ))
         .with_state(state)
+}
+
+/// Bounds a request from its headers to its response, body read included (a
+/// client trickling its body is answered 408 and the connection closed).
+async fn request_deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => (
+            StatusCode::REQUEST_TIMEOUT,
+            format!("request not completed within {}s\n", limit.as_secs_f64()),
+        )
+            .into_response(),
+    }
+}
+
+/// A listener that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
+/// The bound listeners, ready to serve.
+pub struct Server {
+    main: TcpListener,
+    operations: Option<TcpListener>,
+    state: AppState,
+    limits: Limits,
+}
+
+impl Server {
+    /// Binds `listen` (and `metrics_listen`), so a taken port is an error
+    /// at start rather than in a background task.
+    pub async fn bind(cfg: &ServerConfig, state: AppState) -> Result<Self, BindError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| BindError { addr, source })
+        };
+        let main = bind(cfg.listen).await?;
+        let operations = match cfg.metrics_listen {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        Ok(Self {
+            main,
+            operations,
+            state,
+            limits: cfg.limits,
+        })
+    }
+
+    /// The bound addresses (port 0 resolved): main, then metrics.
+    pub fn local_addrs(&self) -> (Option<SocketAddr>, Option<SocketAddr>) {
+        (
+            self.main.local_addr().ok(),
+            self.operations.as_ref().and_then(|l| l.local_addr().ok()),
+        )
+    }
+
+    /// Serves until `shutdown` completes, then finishes requests in flight
+    /// (for at most the request timeout).
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) {
+        let timeout = self.limits.request_timeout;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let stopped = |mut rx: watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let main_endpoints = if self.operations.is_some() {
+            Endpoints::Webhook
+        } else {
+            Endpoints::All
+        };
+        let main = serve_connections(
+            self.main,
+            router(self.state.clone(), main_endpoints, timeout),
+            self.limits,
+            stopped(stop_rx.clone()),
+        );
+        let operations = async {
+            if let Some(l) = self.operations {
+                serve_connections(
+                    l,
+                    router(self.state.clone(), Endpoints::Operations, timeout),
+                    self.limits,
+                    stopped(stop_rx.clone()),
+                )
+                .await;
+            }
+        };
+        let signal = async {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        };
+        tokio::join!(signal, main, operations);
+    }
 }
 
 async fn metrics_handler(State(s): State<AppState>) -> Response {
@@ -58,11 +259,21 @@ async fn healthz(State(s): State<AppState>) -> Response {
     }
 }
 
+/// `/leaderz`: 200 only on the replica that holds the lease and is in sync, for
+/// a load balancer that should send webhooks to the replica that acts.
+async fn leaderz(State(s): State<AppState>) -> Response {
+    let st = s.status.read().await;
+    if st.leader && st.synced_once {
+        (StatusCode::OK, "leader\n").into_response()
+    } else if st.leader {
+        (StatusCode::SERVICE_UNAVAILABLE, "leader, not in sync yet\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not the leader\n").into_response()
+    }
+}
+
 /// `/readyz`: 200 for a standby replica waiting for the leader lease (so a
-/// two-replica Deployment rolls out), and for the leader once it is in sync;
-/// `/leaderz` answers 200 only on the leader in sync, for a
-/// load balancer that should send webhooks to the replica that acts.
-///
+/// two-replica Deployment rolls out; `/leaderz` tells which replica acts).
 /// For the leader: 503 (the reasons in the body) until nodewave holds a valid commit
 /// from Git and has finished one sync pass comparing it with the cluster; 200 from
 /// then on.
@@ -108,270 +319,7 @@ async fn readyz(State(s): State<AppState>) -> Response {
     }
 }
 
-/// `/leaderz`: 200 only on the replica that holds the lease and is in sync.
-async fn leaderz(State(s): State<AppState>) -> Response {
-    let st = s.status.read().await;
-    if st.leader && st.synced_once {
-        (StatusCode::OK, "leader\n").into_response()
-    } else if st.leader {
-        (StatusCode::SERVICE_UNAVAILABLE, "leader, not in sync yet\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not the leader\n").into_response()
-    }
-}
-
 async fn status(State(s): State<AppState>) -> Response {
     let st = s.status.read().await.clone();
     axum::Json(st).into_response()
-}
-
-fn provider_label(p: Provider) -> WebhookProvider {
-    match p {
-        Provider::GitHub => WebhookProvider::Github,
-        Provider::GitLab => WebhookProvider::Gitlab,
-        Provider::Generic => WebhookProvider::Generic,
-    }
-}
-
-/// Which provider a request claims to come from, for the metric label even when
-/// it fails authentication.
-fn claimed_provider(headers: &HeaderMap) -> WebhookProvider {
-    if headers.contains_key("x-github-event") || headers.contains_key("x-hub-signature-256") {
-        WebhookProvider::Github
-    } else if headers.contains_key("x-gitlab-event") || headers.contains_key("x-gitlab-token") {
-        WebhookProvider::Gitlab
-    } else {
-        WebhookProvider::Generic
-    }
-}
-
-async fn webhook_handler(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let Some(secret) = s.webhook_secret.as_ref() else {
-        return (
-            StatusCode::NOT_FOUND,
-            "webhook disabled: start nodewave with --webhook-secret-file\n",
-        )
-            .into_response();
-    };
-    match webhook::authenticate(&headers, &body, secret) {
-        Err(e) => {
-            let provider = claimed_provider(&headers);
-            let (code, result) = match e {
-                webhook::WebhookError::BadRequest(_) => {
-                    (StatusCode::BAD_REQUEST, WebhookResult::BadRequest)
-                }
-                _ => (StatusCode::UNAUTHORIZED, WebhookResult::BadSignature),
-            };
-            s.metrics.webhook_request(provider, result);
-            tracing::warn!(provider = provider.as_str(), error = %e, "webhook refused");
-            (code, format!("{e}\n")).into_response()
-        }
-        Ok(event) => {
-            let provider = provider_label(event.provider);
-            if webhook::is_for(&event, &s.reference) {
-                s.metrics.webhook_request(provider, WebhookResult::Accepted);
-                tracing::info!(
-                    provider = provider.as_str(),
-                    git_ref = event.git_ref.as_deref().unwrap_or(""),
-                    after = event.after.as_deref().unwrap_or(""),
-                    "push webhook: fetching now"
-                );
-                s.triggers.fetch.notify_one();
-                (StatusCode::ACCEPTED, "fetching\n").into_response()
-            } else {
-                s.metrics.webhook_request(provider, WebhookResult::Ignored);
-                tracing::debug!(
-                    provider = provider.as_str(),
-                    git_ref = event.git_ref.as_deref().unwrap_or(""),
-                    "webhook ignored: not a push to the tracked ref"
-                );
-                (
-                    StatusCode::OK,
-                    format!("ignored: not a push to {}\n", s.reference.full_name()),
-                )
-                    .into_response()
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::body::Body;
-    use axum::http::Request;
-    use hmac::{Hmac, KeyInit, Mac};
-    use sha2::Sha256;
-    use tower::ServiceExt;
-
-    fn state(secret: Option<&str>) -> AppState {
-        AppState {
-            metrics: Metrics::new(),
-            status: SharedStatus::default(),
-            triggers: Arc::new(Triggers::default()),
-            webhook_secret: secret.map(|s| Arc::new(s.as_bytes().to_vec())),
-            reference: GitRef::Branch("main".into()),
-        }
-    }
-
-    fn sign(secret: &str, body: &[u8]) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-        mac.update(body);
-        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-    }
-
-    async fn post(
-        st: AppState,
-        headers: &[(&str, String)],
-        body: &'static [u8],
-    ) -> (StatusCode, String) {
-        let mut req = Request::post("/webhook");
-        for (k, v) in headers {
-            req = req.header(*k, v);
-        }
-        let resp = router(st)
-            .oneshot(req.body(Body::from(body)).unwrap())
-            .await
-            .unwrap();
-        let code = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        (code, String::from_utf8_lossy(&bytes).into_owned())
-    }
-
-    const PUSH: &[u8] =
-        br#"{"ref":"refs/heads/main","after":"0123456789abcdef0123456789abcdef01234567"}"#;
-    const OTHER: &[u8] =
-        br#"{"ref":"refs/heads/dev","after":"0123456789abcdef0123456789abcdef01234567"}"#;
-
-    #[tokio::test]
-    async fn valid_github_push_triggers_a_fetch() {
-        let st = state(Some("s3cret"));
-        let triggers = st.triggers.clone();
-        let metrics = st.metrics.clone();
-        let (code, _) = post(
-            st,
-            &[
-                ("x-github-event", "push".into()),
-                ("x-hub-signature-256", sign("s3cret", PUSH)),
-            ],
-            PUSH,
-        )
-        .await;
-        assert_eq!(code, StatusCode::ACCEPTED);
-        // notify_one stores a permit: the loop would wake at once.
-        tokio::time::timeout(std::time::Duration::from_secs(1), triggers.fetch.notified())
-            .await
-            .unwrap();
-        assert!(
-            metrics.encode().contains(
-                r#"nodewave_webhook_requests_total{provider="github",result="accepted"} 1"#
-            )
-        );
-    }
-
-    #[tokio::test]
-    async fn bad_or_missing_signature_is_401_and_triggers_nothing() {
-        let st = state(Some("s3cret"));
-        let triggers = st.triggers.clone();
-        let metrics = st.metrics.clone();
-        let (code, body) = post(
-            st.clone(),
-            &[
-                ("x-github-event", "push".into()),
-                ("x-hub-signature-256", sign("wrong", PUSH)),
-            ],
-            PUSH,
-        )
-        .await;
-        assert_eq!(code, StatusCode::UNAUTHORIZED, "{body}");
-        let (code, _) = post(st, &[("x-github-event", "push".into())], PUSH).await;
-        assert_eq!(code, StatusCode::UNAUTHORIZED);
-        assert!(
-            tokio::time::timeout(
-                std::time::Duration::from_millis(100),
-                triggers.fetch.notified()
-            )
-            .await
-            .is_err()
-        );
-        assert!(metrics.encode().contains(
-            r#"nodewave_webhook_requests_total{provider="github",result="bad_signature"} 2"#
-        ));
-    }
-
-    #[tokio::test]
-    async fn push_to_another_branch_is_ignored() {
-        let st = state(Some("k"));
-        let triggers = st.triggers.clone();
-        let (code, body) = post(
-            st,
-            &[
-                ("x-gitlab-event", "Push Hook".into()),
-                ("x-gitlab-token", "k".into()),
-            ],
-            OTHER,
-        )
-        .await;
-        assert_eq!(code, StatusCode::OK);
-        assert!(body.contains("ignored"), "{body}");
-        assert!(
-            tokio::time::timeout(
-                std::time::Duration::from_millis(100),
-                triggers.fetch.notified()
-            )
-            .await
-            .is_err()
-        );
-    }
-
-    #[tokio::test]
-    async fn webhook_without_secret_is_disabled() {
-        let (code, _) = post(
-            state(None),
-            &[("x-nodewave-signature", sign("x", PUSH))],
-            PUSH,
-        )
-        .await;
-        assert_eq!(code, StatusCode::NOT_FOUND);
-    }
-
-    #[tokio::test]
-    async fn body_over_the_limit_is_refused() {
-        static BIG: std::sync::LazyLock<Vec<u8>> =
-            std::sync::LazyLock::new(|| vec![b' '; MAX_BODY_BYTES + 10]);
-        let req = Request::post("/webhook")
-            .header("x-nodewave-signature", "sha256=00")
-            .body(Body::from(BIG.as_slice()))
-            .unwrap();
-        let resp = router(state(Some("k"))).oneshot(req).await.unwrap();
-        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    }
-
-    #[tokio::test]
-    async fn readyz_waits_for_git_and_first_sync() {
-        let st = state(None);
-        let status = st.status.clone();
-        let r = router(st.clone())
-            .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-        {
-            let mut s = status.write().await;
-            s.git_reached = true;
-            s.synced_once = true;
-        }
-        let r = router(st.clone())
-            .oneshot(Request::get("/readyz").body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-        let r = router(st)
-            .oneshot(Request::get("/healthz").body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::OK);
-    }
 }

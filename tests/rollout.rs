@@ -3,7 +3,7 @@
 //! state the DaemonSet's pods go through, so stage order and the unavailability
 //! budget are checked on what actually happened, not on nodewave's own report.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

@@ -678,6 +678,8 @@ fn wrong_https_credentials_fail_once_without_looping() {
     fs::write(&token, "s3cr3t-token\n").unwrap();
     let mut cfg = config(url.clone(), main_branch(), "", &tmp.path().join("cache"));
     cfg.credentials.token_file = Some(token);
+    // The stub speaks plain http (no TLS server here): allow the token over it.
+    cfg.credentials.insecure_allow_http = true;
     let mut source = GitSource::open(cfg).unwrap();
     let err = source.fetch().unwrap_err();
     assert_eq!(err.metric_label(), "auth", "{err}");
@@ -711,6 +713,78 @@ fn https_without_credentials_says_what_to_configure() {
     let err = source.fetch().unwrap_err();
     assert_eq!(err.metric_label(), "auth", "{err}");
     assert!(err.to_string().contains("none are configured"), "{err}");
+}
+
+type Configure = fn(&mut Credentials, &Path);
+
+/// Issue 10: a token or password configured for a plain `http://` remote must
+/// never reach the wire, where anyone on the path could read it. The remote
+/// here records every `Authorization` header it receives.
+#[test]
+fn credentials_are_never_sent_over_plain_http() {
+    let tmp = TempDir::new().unwrap();
+    let secret = tmp.path().join("secret");
+    fs::write(&secret, "s3cr3t-token\n").unwrap();
+    let cases: [(&str, Configure); 2] = [
+        ("token file", |c, p| c.token_file = Some(p.to_path_buf())),
+        ("password file", |c, p| {
+            c.username = Some("bob".into());
+            c.password_file = Some(p.to_path_buf());
+        }),
+    ];
+    for (what, set) in cases {
+        let (url, seen) = unauthorized_server(20);
+        let mut cfg = config(url, main_branch(), "", &tmp.path().join(what));
+        set(&mut cfg.credentials, &secret);
+        let err = match GitSource::open(cfg) {
+            Ok(mut source) => source.fetch().unwrap_err(),
+            Err(e) => e,
+        };
+        let seen = seen.lock().unwrap().clone();
+        assert!(
+            seen.iter().all(Option::is_none),
+            "{what}: credentials went over plain http: {seen:?}"
+        );
+        assert_eq!(err.metric_label(), "config", "{what}: {err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("plain http://")
+                && message.contains("--insecure-allow-http-credentials")
+                && message.contains("https://"),
+            "{what}: {message}"
+        );
+        assert!(!message.contains("s3cr3t"), "{message}");
+    }
+
+    // A password embedded in an http:// URL is refused the same way.
+    let (url, seen) = unauthorized_server(20);
+    let url = url.replace("http://", "http://bob:hunter2@");
+    let err =
+        GitSource::open(config(url, main_branch(), "", &tmp.path().join("embedded"))).unwrap_err();
+    assert_eq!(err.metric_label(), "config", "{err}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+/// The explicit override sends the credentials over http (for a trusted
+/// network or a local test server), as before issue 10.
+#[test]
+fn insecure_override_sends_credentials_over_http() {
+    let tmp = TempDir::new().unwrap();
+    let (url, seen) = unauthorized_server(20);
+    let token = tmp.path().join("token");
+    fs::write(&token, "s3cr3t-token\n").unwrap();
+    let mut cfg = config(url, main_branch(), "", &tmp.path().join("cache"));
+    cfg.credentials.token_file = Some(token);
+    cfg.credentials.insecure_allow_http = true;
+    let err = GitSource::open(cfg).unwrap().fetch().unwrap_err();
+    assert_eq!(err.metric_label(), "auth", "{err}");
+    let expected = format!("Basic {}", base64_encode(b"x-access-token:s3cr3t-token"));
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter().any(|a| a.as_deref() == Some(expected.as_str())),
+        "{seen:?}"
+    );
 }
 
 #[test]

@@ -13,6 +13,8 @@ use super::render::{FileRender, RenderArgs};
 use super::validate::RuleArgs;
 use crate::manifest::Severity;
 use crate::manifest::policy::parse_duration;
+use crate::server::ServerConfig;
+use crate::source::webhook::TIMESTAMP_TOLERANCE;
 use crate::source::{Credentials, GitRef};
 
 #[derive(Debug, clap::Args)]
@@ -40,10 +42,38 @@ pub struct RunArgs {
     /// How often to fetch when no webhook arrives [default: 60s].
     #[arg(long, env = "NODEWAVE_POLL_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
     pub poll_interval: Option<Duration>,
-    /// Address of the HTTP server (/metrics, /healthz, /readyz, /status, /webhook)
-    /// [default: 127.0.0.1:8080; use 0.0.0.0:8080 in a pod].
+    /// Address of the HTTP server: /webhook, plus /metrics, /healthz, /readyz and
+    /// /status unless --metrics-listen is set [default: 127.0.0.1:8080; use
+    /// 0.0.0.0:8080 in a pod].
     #[arg(long, env = "NODEWAVE_LISTEN", value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Serve /metrics, /healthz, /readyz and /status on this address instead, so
+    /// --listen serves only /webhook and can be exposed to the Git host alone
+    /// [default: unset, one listener serves everything].
+    #[arg(long, env = "NODEWAVE_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Time a client has to send a request's headers; also how long an idle
+    /// keep-alive connection is kept [default: 10s].
+    #[arg(long, env = "NODEWAVE_HTTP_HEADER_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub http_header_timeout: Option<Duration>,
+    /// Time a request has from its headers to its response (body included), and
+    /// the longest a response write may stall on a client that does not read
+    /// [default: 30s].
+    #[arg(long, env = "NODEWAVE_HTTP_REQUEST_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    pub http_request_timeout: Option<Duration>,
+    /// Connections served at once, per listener; more wait in the accept backlog
+    /// [default: 64].
+    #[arg(long, env = "NODEWAVE_HTTP_MAX_CONNECTIONS", value_name = "N")]
+    pub http_max_connections: Option<usize>,
+    /// How long a webhook delivery is remembered: the same delivery again within
+    /// this window answers 200 without fetching [default: 10m; at least 5m].
+    #[arg(long, env = "NODEWAVE_WEBHOOK_REPLAY_WINDOW", value_name = "DURATION", value_parser = parse_duration)]
+    pub webhook_replay_window: Option<Duration>,
+    /// Webhook-triggered fetches are at least this far apart: the first webhook
+    /// after a quiet period fetches at once, later ones within the window share one
+    /// fetch at its end; 0s disables coalescing [default: 5s].
+    #[arg(long, env = "NODEWAVE_WEBHOOK_COALESCE_WINDOW", value_name = "DURATION", value_parser = parse_duration)]
+    pub webhook_coalesce_window: Option<Duration>,
     /// File holding the push webhook's shared secret; without it /webhook is disabled.
     #[arg(long, env = "NODEWAVE_WEBHOOK_SECRET_FILE", value_name = "FILE")]
     pub webhook_secret_file: Option<PathBuf>,
@@ -71,6 +101,11 @@ pub struct RunArgs {
     /// SSH: trust and record host keys not yet in known_hosts (a changed key is always refused).
     #[arg(long, env = "NODEWAVE_GIT_ACCEPT_NEW_HOST_KEYS")]
     pub git_accept_new_host_keys: bool,
+    /// HTTPS: also send the token/password to a plain http:// remote. Without it
+    /// such a configuration is refused at start: anyone on the network path could
+    /// read the secret. Only for a network you trust.
+    #[arg(long, env = "NODEWAVE_INSECURE_ALLOW_HTTP_CREDENTIALS")]
+    pub insecure_allow_http_credentials: bool,
     /// Do not delete managed DaemonSets that disappeared from Git.
     #[arg(long, env = "NODEWAVE_NO_PRUNE")]
     pub no_prune: bool,
@@ -140,6 +175,12 @@ pub struct FileConfig {
     pub path: Option<String>,
     pub poll_interval: Option<String>,
     pub listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
+    pub http_header_timeout: Option<String>,
+    pub http_request_timeout: Option<String>,
+    pub http_max_connections: Option<usize>,
+    pub webhook_replay_window: Option<String>,
+    pub webhook_coalesce_window: Option<String>,
     pub webhook_secret_file: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
     pub git_token_file: Option<PathBuf>,
@@ -149,6 +190,7 @@ pub struct FileConfig {
     pub git_ssh_passphrase_file: Option<PathBuf>,
     pub git_known_hosts_file: Option<PathBuf>,
     pub git_accept_new_host_keys: Option<bool>,
+    pub insecure_allow_http_credentials: Option<bool>,
     pub prune: Option<bool>,
     pub self_heal: Option<bool>,
     pub create_namespaces: Option<bool>,
@@ -183,7 +225,8 @@ pub struct Resolved {
     pub reference: GitRef,
     pub path: String,
     pub poll_interval: Duration,
-    pub listen: SocketAddr,
+    /// Listeners, HTTP limits, webhook replay window and fetch coalescing.
+    pub http: ServerConfig,
     pub webhook_secret_file: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub credentials: Credentials,
@@ -279,10 +322,7 @@ impl RunArgs {
                 .poll_interval
                 .or(duration_opt(file.poll_interval.as_ref(), "poll-interval")?)
                 .unwrap_or(Duration::from_mins(1)),
-            listen: self
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            http: self.http_config(&file)?,
             webhook_secret_file: self
                 .webhook_secret_file
                 .clone()
@@ -309,6 +349,8 @@ impl RunArgs {
                     .or(file.git_known_hosts_file.clone()),
                 accept_new_host_keys: self.git_accept_new_host_keys
                     || file.git_accept_new_host_keys.unwrap_or(false),
+                insecure_allow_http: self.insecure_allow_http_credentials
+                    || file.insecure_allow_http_credentials.unwrap_or(false),
             },
             prune: !self.no_prune && file.prune.unwrap_or(true),
             self_heal: !self.no_self_heal && file.self_heal.unwrap_or(true),
@@ -350,6 +392,87 @@ impl RunArgs {
         })
     }
 }
+
+impl RunArgs {
+    fn http_config(&self, file: &FileConfig) -> Result<ServerConfig, String> {
+        let listen = self
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let mut http = ServerConfig::new(listen);
+        http.metrics_listen = self.metrics_listen.or(file.metrics_listen);
+        if http.metrics_listen == Some(listen) {
+            return Err(format!(
+                "--metrics-listen {listen} is the same address as --listen; give it another port, or leave it unset to serve everything on --listen"
+            ));
+        }
+        let duration = |flag: Option<Duration>, key: &str, value: Option<&String>| {
+            Ok::<_, String>(flag.or(duration_opt(value, key)?))
+        };
+        let positive = |d: Option<Duration>, key: &str| match d {
+            Some(d) if d.is_zero() => Err(format!(
+                "--{key} must be longer than 0s (config file: {key})"
+            )),
+            other => Ok(other),
+        };
+        let limits = &mut http.limits;
+        if let Some(d) = positive(
+            duration(
+                self.http_header_timeout,
+                "http-header-timeout",
+                file.http_header_timeout.as_ref(),
+            )?,
+            "http-header-timeout",
+        )? {
+            limits.header_read_timeout = d;
+        }
+        if let Some(d) = positive(
+            duration(
+                self.http_request_timeout,
+                "http-request-timeout",
+                file.http_request_timeout.as_ref(),
+            )?,
+            "http-request-timeout",
+        )? {
+            limits.request_timeout = d;
+        }
+        if let Some(n) = self.http_max_connections.or(file.http_max_connections) {
+            if !(1..=MAX_CONNECTIONS_LIMIT).contains(&n) {
+                return Err(format!(
+                    "--http-max-connections must be between 1 and {MAX_CONNECTIONS_LIMIT}, not {n}"
+                ));
+            }
+            limits.max_connections = n;
+        }
+        if let Some(d) = duration(
+            self.webhook_replay_window,
+            "webhook-replay-window",
+            file.webhook_replay_window.as_ref(),
+        )? {
+            // A timestamped generic webhook is accepted for this long, so the
+            // replay cache must remember it at least as long.
+            if d < TIMESTAMP_TOLERANCE {
+                return Err(format!(
+                    "--webhook-replay-window must be at least {}s (the webhook timestamp tolerance), not {}s",
+                    TIMESTAMP_TOLERANCE.as_secs(),
+                    d.as_secs_f64()
+                ));
+            }
+            http.replay_window = d;
+        }
+        if let Some(d) = duration(
+            self.webhook_coalesce_window,
+            "webhook-coalesce-window",
+            file.webhook_coalesce_window.as_ref(),
+        )? {
+            http.fetch_coalesce_window = d;
+        }
+        Ok(http)
+    }
+}
+
+/// Far more than one process should serve; a typo such as 1000000 is refused.
+const MAX_CONNECTIONS_LIMIT: usize = 65_536;
 
 fn default_state_dir(repo: &str, reference: &GitRef) -> PathBuf {
     use sha2::{Digest, Sha256};
@@ -395,7 +518,90 @@ mod tests {
             r.rules.severities,
             vec![("probes-missing".to_string(), Severity::Error)]
         );
-        assert_eq!(r.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(r.http.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(r.http, ServerConfig::new(r.http.listen));
+    }
+
+    #[test]
+    fn insecure_http_credentials_from_flag_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("nodewave.toml");
+        std::fs::write(&cfg, "repo = \"http://git.lan/r.git\"\n").unwrap();
+        let off = T::parse_from(["x", "--config", cfg.to_str().unwrap()]);
+        assert!(!off.run.resolve().unwrap().credentials.insecure_allow_http);
+        let flag = T::parse_from([
+            "x",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--insecure-allow-http-credentials",
+        ]);
+        assert!(flag.run.resolve().unwrap().credentials.insecure_allow_http);
+        std::fs::write(
+            &cfg,
+            "repo = \"http://git.lan/r.git\"\ninsecure-allow-http-credentials = true\n",
+        )
+        .unwrap();
+        let file = T::parse_from(["x", "--config", cfg.to_str().unwrap()]);
+        assert!(file.run.resolve().unwrap().credentials.insecure_allow_http);
+    }
+
+    #[test]
+    fn http_server_settings_from_flags_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("nodewave.toml");
+        std::fs::write(
+            &cfg,
+            "repo = \"file:///r\"\nmetrics-listen = \"127.0.0.1:9090\"\nhttp-header-timeout = \"3s\"\nhttp-max-connections = 8\nwebhook-replay-window = \"1h\"\nwebhook-coalesce-window = \"0s\"\n",
+        )
+        .unwrap();
+        let t = T::parse_from([
+            "x",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--http-request-timeout",
+            "7s",
+            "--http-max-connections",
+            "16",
+        ]);
+        let http = t.run.resolve().unwrap().http;
+        assert_eq!(http.metrics_listen, Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(http.limits.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(http.limits.request_timeout, Duration::from_secs(7));
+        assert_eq!(http.limits.max_connections, 16, "the flag wins");
+        assert_eq!(http.replay_window, Duration::from_hours(1));
+        assert_eq!(http.fetch_coalesce_window, Duration::ZERO);
+
+        for (args, needle) in [
+            (&["--http-header-timeout", "0s"][..], "http-header-timeout"),
+            (&["--http-request-timeout", "0s"], "http-request-timeout"),
+            (&["--http-max-connections", "0"], "between 1 and"),
+            (&["--http-max-connections", "1000000"], "between 1 and"),
+            (&["--webhook-replay-window", "1m"], "at least 300s"),
+            (
+                &[
+                    "--listen",
+                    "127.0.0.1:8080",
+                    "--metrics-listen",
+                    "127.0.0.1:8080",
+                ],
+                "same address",
+            ),
+        ] {
+            let mut argv = vec!["x", "--repo", "file:///r"];
+            argv.extend_from_slice(args);
+            let e = T::parse_from(argv).run.resolve().unwrap_err();
+            assert!(e.contains(needle), "{args:?}: {e}");
+        }
+        std::fs::write(
+            &cfg,
+            "repo = \"file:///r\"\nhttp-request-timeout = \"soon\"\n",
+        )
+        .unwrap();
+        let e = T::parse_from(["x", "--config", cfg.to_str().unwrap()])
+            .run
+            .resolve()
+            .unwrap_err();
+        assert!(e.contains("http-request-timeout"), "{e}");
     }
 
     #[test]

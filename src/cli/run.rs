@@ -114,33 +114,28 @@ pub async fn run(args: RunArgs) -> ExitCode {
 
     let status = SharedStatus::default();
     let triggers = Arc::new(Triggers::default());
-    let listener = match tokio::net::TcpListener::bind(cfg.listen).await {
-        Ok(l) => l,
+    let app = AppState::new(
+        metrics.clone(),
+        status.clone(),
+        triggers.clone(),
+        cfg.reference.clone(),
+        webhook_secret,
+        &cfg.http,
+    );
+    let webhook_enabled = app.webhook.enabled();
+    let http = match server::Server::bind(&cfg.http, app).await {
+        Ok(s) => s,
         Err(e) => {
-            error!(listen = %cfg.listen, error = %e, "cannot listen");
+            error!(error = %e, "cannot listen");
             return ExitCode::from(2);
         }
     };
-    info!(listen = %cfg.listen, webhook = webhook_secret.is_some(), "HTTP server listening");
-    let app = server::router(AppState {
-        metrics: metrics.clone(),
-        status: status.clone(),
-        triggers: triggers.clone(),
-        webhook_secret,
-        reference: cfg.reference.clone(),
-    });
+    info!(listen = %cfg.http.listen, metrics_listen = ?cfg.http.metrics_listen, webhook = webhook_enabled, "HTTP server listening");
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut server_shutdown = shutdown_rx.clone();
-    let server = tokio::spawn(async move {
-        let r = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = server_shutdown.changed().await;
-            })
-            .await;
-        if let Err(e) = r {
-            error!(error = %e, "HTTP server failed");
-        }
-    });
+    let server = tokio::spawn(http.serve(async move {
+        let _ = server_shutdown.changed().await;
+    }));
     let stop = |code: ExitCode| async move {
         let _ = shutdown_tx.send(true);
         let _ = server.await;

@@ -192,20 +192,18 @@ pub async fn ensure_crd(client: &Client, install: bool) -> Result<(), String> {
         .as_ref()
         .and_then(|c| c.annotations().get(CRD_REVISION_ANNOTATION).cloned());
     if current.as_deref() != Some(revision.as_str()) && !install {
-        return match live {
-            None => Err(format!(
+        if live.is_none() {
+            return Err(format!(
                 "the CRD {CRD_NAME} is not installed; apply deploy/crds/daemonsetrollouts.yaml (kubectl apply --server-side -f ...) or run without --no-install-crds"
-            )),
-            Some(_) => {
-                tracing::warn!(
-                    crd = CRD_NAME,
-                    installed = current.as_deref().unwrap_or("-"),
-                    wanted = %revision,
-                    "the installed CRD is older than this nodewave; apply deploy/crds/daemonsetrollouts.yaml"
-                );
-                Ok(())
-            }
-        };
+            ));
+        }
+        tracing::warn!(
+            crd = CRD_NAME,
+            installed = current.as_deref().unwrap_or("-"),
+            wanted = %revision,
+            "the installed CRD is older than this nodewave; apply deploy/crds/daemonsetrollouts.yaml"
+        );
+        return Ok(());
     }
     if current.as_deref() != Some(revision.as_str()) {
         api.patch(

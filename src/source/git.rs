@@ -124,6 +124,11 @@ pub struct Credentials {
     pub ssh_key_passphrase_file: Option<PathBuf>,
     pub known_hosts_file: Option<PathBuf>,
     pub accept_new_host_keys: bool,
+    /// Send the https token/password to a plain `http://` remote too
+    /// (`--insecure-allow-http-credentials`). Off: such a configuration is
+    /// refused before anything is sent, because anyone on the path could read
+    /// the secret.
+    pub insecure_allow_http: bool,
 }
 
 /// A secret value; never printed.
@@ -194,6 +199,56 @@ impl Credentials {
         }
         Ok(None)
     }
+}
+
+impl Credentials {
+    /// Refuses, before anything is sent, a configuration that would hand a
+    /// token or password to a plain `http://` remote (issue 10): anyone on the
+    /// network path could read it. Looks only at where credentials would come
+    /// from (files are not read). `env` as in [`Credentials::https_auth`].
+    pub(crate) fn check_transport(
+        &self,
+        url: &RemoteUrl,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(), SourceError> {
+        if url.transport != Transport::Http || self.insecure_allow_http {
+            return Ok(());
+        }
+        let set = |name: &str| env(name).is_some_and(|v| !v.trim().is_empty());
+        let what = if url.has_password {
+            "the password embedded in the URL".to_owned()
+        } else if let Some(p) = &self.token_file {
+            format!("the token from {}", p.display())
+        } else if let Some(p) = &self.password_file {
+            format!("the password from {}", p.display())
+        } else if set(TOKEN_ENV) {
+            format!("the token from {TOKEN_ENV}")
+        } else if set(PASSWORD_ENV) {
+            format!("the password from {PASSWORD_ENV}")
+        } else {
+            return Ok(());
+        };
+        Err(plain_http_refusal(&what, &url.display))
+    }
+}
+
+/// The flag, environment variable and config key that allow credentials over
+/// plain http, as named in errors.
+pub const INSECURE_HTTP_OVERRIDE: &str = "--insecure-allow-http-credentials (NODEWAVE_INSECURE_ALLOW_HTTP_CREDENTIALS=true, or insecure-allow-http-credentials = true in the config file)";
+
+fn plain_http_refusal(what: &str, display: &str) -> SourceError {
+    SourceError::InvalidConfig {
+        reason: format!(
+            "refusing to send {what} to {display} over plain http://, where anyone on the network path can read it; use the repository's https:// URL, or, only on a network you trust, set {INSECURE_HTTP_OVERRIDE}"
+        ),
+    }
+}
+
+/// Whether the URL libgit2 is about to authenticate against is plain http
+/// (the configured URL, or where a server redirected to).
+fn is_plain_http(url: &str) -> bool {
+    url.get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"))
 }
 
 fn read_secret_file(path: &Path) -> Result<Secret, SourceError> {
@@ -410,6 +465,8 @@ impl GitSource {
         })?;
         validate_ref(&cfg.reference)?;
         let subpath = normalize_subpath(&cfg.path)?;
+        cfg.credentials
+            .check_transport(&url, &|name| std::env::var(name).ok())?;
         if url.has_password {
             tracing::warn!(
                 url = %url.display,
@@ -895,8 +952,8 @@ impl CallbackCtx {
     fn callbacks(self: &Rc<Self>) -> RemoteCallbacks<'static> {
         let mut cbs = RemoteCallbacks::new();
         let ctx = Rc::clone(self);
-        cbs.credentials(move |_url, user_from_url, allowed| {
-            ctx.credentials_for(user_from_url, allowed)
+        cbs.credentials(move |url, user_from_url, allowed| {
+            ctx.credentials_for(url, user_from_url, allowed)
         });
         let ctx = Rc::clone(self);
         cbs.certificate_check(move |cert, _hostname| {
@@ -1017,10 +1074,11 @@ impl CallbackCtx {
     /// the fetch fails with a clear error instead of looping.
     fn credentials_for(
         &self,
+        request_url: &str,
         user_from_url: Option<&str>,
         allowed: CredentialType,
     ) -> Result<Cred, git2::Error> {
-        let result = self.pick_credentials(user_from_url, allowed);
+        let result = self.pick_credentials(request_url, user_from_url, allowed);
         result.map_err(|e| {
             let message = e.to_string();
             let mut state = self.state.borrow_mut();
@@ -1033,6 +1091,7 @@ impl CallbackCtx {
 
     fn pick_credentials(
         &self,
+        request_url: &str,
         user_from_url: Option<&str>,
         allowed: CredentialType,
     ) -> Result<Cred, SourceError> {
@@ -1092,6 +1151,15 @@ impl CallbackCtx {
         if allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
             let env = |name: &str| std::env::var(name).ok();
             if let Some(found) = creds.https_auth(user_from_url, &env)? {
+                // `open` refused this configuration for an http:// URL; this
+                // catches what it cannot see: a redirect to http, or a token
+                // variable set after start.
+                if is_plain_http(request_url) && !creds.insecure_allow_http {
+                    return Err(plain_http_refusal(
+                        &format!("the credentials for user {}", found.username),
+                        &redact_url(request_url),
+                    ));
+                }
                 if state.tried_userpass {
                     return Err(auth(format!(
                         "the server rejected the credentials for user {} (wrong or expired token/password, or no read access to the repository)",
@@ -1414,8 +1482,11 @@ mod tests {
         let mut ctx = ssh_ctx(None, false);
         ctx.credentials.ssh_key_file = Some(key);
         let allowed = CredentialType::SSH_KEY;
-        assert!(ctx.credentials_for(Some("git"), allowed).is_ok());
-        let Err(err) = ctx.credentials_for(Some("git"), allowed) else {
+        assert!(
+            ctx.credentials_for("ssh://git@example.com/r", Some("git"), allowed)
+                .is_ok()
+        );
+        let Err(err) = ctx.credentials_for("ssh://git@example.com/r", Some("git"), allowed) else {
             panic!("a second SSH key attempt must fail");
         };
         assert!(
@@ -1426,8 +1497,14 @@ mod tests {
         let recorded = ctx.state.borrow_mut().auth_error.take().unwrap();
         assert_eq!(recorded.metric_label(), "auth");
         // The first username request is answered, a repeat is refused.
-        assert!(ctx.credentials_for(None, CredentialType::USERNAME).is_ok());
-        assert!(ctx.credentials_for(None, CredentialType::USERNAME).is_err());
+        assert!(
+            ctx.credentials_for("ssh://example.com/r", None, CredentialType::USERNAME)
+                .is_ok()
+        );
+        assert!(
+            ctx.credentials_for("ssh://example.com/r", None, CredentialType::USERNAME)
+                .is_err()
+        );
     }
 
     #[test]
@@ -1481,5 +1558,114 @@ mod tests {
             fs::read_to_string(&path).unwrap(),
             "a ssh-ed25519 AAAA\nb ssh-ed25519 BBBB\n"
         );
+    }
+
+    #[test]
+    fn credentials_for_plain_http_are_refused_unless_overridden() {
+        let http = RemoteUrl::parse("http://git.example.com/org/repo.git").unwrap();
+        let https = RemoteUrl::parse("https://git.example.com/org/repo.git").unwrap();
+        let token_env = |name: &str| (name == TOKEN_ENV).then(|| "ghp_abc".to_owned());
+        let password_env = |name: &str| (name == PASSWORD_ENV).then(|| "pw".to_owned());
+        let blank_env = |_: &str| Some("  ".to_owned());
+        let file = Credentials {
+            token_file: Some(PathBuf::from("/etc/nodewave/token")),
+            ..Credentials::default()
+        };
+        let password = Credentials {
+            username: Some("bob".into()),
+            password_file: Some(PathBuf::from("/etc/nodewave/password")),
+            ..Credentials::default()
+        };
+        let none = Credentials::default();
+
+        for (creds, env, what) in [
+            (
+                &file,
+                &no_env as &dyn Fn(&str) -> Option<String>,
+                "/etc/nodewave/token",
+            ),
+            (&password, &no_env, "/etc/nodewave/password"),
+            (&none, &token_env, TOKEN_ENV),
+            (&none, &password_env, PASSWORD_ENV),
+        ] {
+            let err = creds.check_transport(&http, env).unwrap_err();
+            assert_eq!(err.metric_label(), "config");
+            let message = err.to_string();
+            assert!(message.contains(what), "{message}");
+            assert!(
+                message.contains("http://git.example.com/org/repo.git")
+                    && message.contains("--insecure-allow-http-credentials")
+                    && message.contains("NODEWAVE_INSECURE_ALLOW_HTTP_CREDENTIALS")
+                    && message.contains("insecure-allow-http-credentials = true"),
+                "{message}"
+            );
+            // https, and the explicit override, are fine.
+            assert!(creds.check_transport(&https, env).is_ok());
+            let allowed = Credentials {
+                insecure_allow_http: true,
+                ..creds.clone()
+            };
+            assert!(allowed.check_transport(&http, env).is_ok());
+        }
+        // No credentials anywhere (blank variables count as unset): plain
+        // http is allowed, nothing secret would be sent.
+        assert!(none.check_transport(&http, &no_env).is_ok());
+        assert!(none.check_transport(&http, &blank_env).is_ok());
+        let embedded = RemoteUrl::parse("HTTP://bob:hunter2@git.example.com/r.git").unwrap();
+        let err = none.check_transport(&embedded, &no_env).unwrap_err();
+        assert!(err.to_string().contains("embedded in the URL"), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        // ssh and local remotes have no http credentials to leak.
+        for url in ["ssh://git@host/r", "file:///srv/r"] {
+            let url = RemoteUrl::parse(url).unwrap();
+            assert!(file.check_transport(&url, &token_env).is_ok());
+        }
+    }
+
+    #[test]
+    fn credentials_callback_refuses_a_redirect_to_plain_http() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        fs::write(&token, "ghp_abc\n").unwrap();
+        let ctx = |insecure_allow_http| CallbackCtx {
+            url: RemoteUrl::parse("https://git.example.com/org/repo.git").unwrap(),
+            credentials: Credentials {
+                token_file: Some(token.clone()),
+                insecure_allow_http,
+                ..Credentials::default()
+            },
+            state: RefCell::new(CallbackState::default()),
+        };
+        let plain = ctx(false);
+        let Err(err) = plain.credentials_for(
+            "http://u:p@mirror.example.com/org/repo.git",
+            None,
+            CredentialType::USER_PASS_PLAINTEXT,
+        ) else {
+            panic!("credentials handed to a plain http URL");
+        };
+        assert!(err.message().contains("plain http://"), "{}", err.message());
+        assert!(!err.message().contains("u:p@"), "{}", err.message());
+        let recorded = plain.state.borrow_mut().auth_error.take().unwrap();
+        assert_eq!(recorded.metric_label(), "config");
+        assert!(
+            plain
+                .credentials_for(
+                    "https://git.example.com/org/repo.git",
+                    None,
+                    CredentialType::USER_PASS_PLAINTEXT
+                )
+                .is_ok()
+        );
+        assert!(
+            ctx(true)
+                .credentials_for(
+                    "http://mirror.example.com/org/repo.git",
+                    None,
+                    CredentialType::USER_PASS_PLAINTEXT
+                )
+                .is_ok()
+        );
+        assert!(is_plain_http("HTTP://x") && !is_plain_http("https://x") && !is_plain_http("http"));
     }
 }

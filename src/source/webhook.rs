@@ -21,10 +21,21 @@
 //!
 //! A webhook only triggers an immediate fetch: the commit to deploy is always
 //! the one fetched from the repository, never `after` from the request.
+//!
+//! Replays: [`replay_keys`] names what identifies a delivery (the providers'
+//! delivery-id headers, and for HMAC-signed requests the signed content,
+//! because a delivery-id header is not covered by the signature and can be
+//! changed by whoever replays a captured request). The server remembers them
+//! for a window. The generic provider may bind a time into its signature
+//! (`X-Nodewave-Timestamp`, HMAC over `<timestamp>.<body>`); such a request
+//! older than [`TIMESTAMP_TOLERANCE`] is refused, which bounds replays of it
+//! to the window.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, KeyInit, Mac};
 use http::HeaderMap;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 use super::git::GitRef;
 
@@ -32,6 +43,10 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// Recommended maximum webhook body size, for the server.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// How far `X-Nodewave-Timestamp` may be from nodewave's clock (either way).
+/// The server's replay window must be at least this long.
+pub const TIMESTAMP_TOLERANCE: Duration = Duration::from_mins(5);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Provider {
@@ -84,6 +99,10 @@ pub enum WebhookError {
     BadSignature,
     #[error("bad webhook request: {0}")]
     BadRequest(String),
+    #[error(
+        "X-Nodewave-Timestamp is {skew_secs} s away from nodewave's clock, more than the {tolerance_secs} s allowed: a replayed request, or the sender's clock is wrong; nothing was fetched"
+    )]
+    StaleTimestamp { skew_secs: u64, tolerance_secs: u64 },
 }
 
 impl WebhookError {
@@ -91,6 +110,7 @@ impl WebhookError {
         match self {
             WebhookError::MissingSignature | WebhookError::BadSignature => "bad_signature",
             WebhookError::BadRequest(_) => "bad_request",
+            WebhookError::StaleTimestamp { .. } => "replayed",
         }
     }
 }
@@ -100,6 +120,23 @@ const GITHUB_SIGNATURE: &str = "x-hub-signature-256";
 const GITLAB_EVENT: &str = "x-gitlab-event";
 const GITLAB_TOKEN: &str = "x-gitlab-token";
 const NODEWAVE_SIGNATURE: &str = "x-nodewave-signature";
+/// Generic provider: optional Unix time (seconds) bound into the signature.
+pub const NODEWAVE_TIMESTAMP: &str = "x-nodewave-timestamp";
+
+/// Headers naming one delivery, per provider. GitHub (and Gitea/Forgejo,
+/// which send `X-GitHub-Delivery` too) keep the id on a redelivery; GitLab's
+/// `Idempotency-Key` (17.4+) is kept on retries, `X-Gitlab-Event-UUID` is
+/// shared by every hook fired for one event and `X-Gitlab-Webhook-UUID`
+/// names one request. Any of them seen before marks a replay.
+const GITHUB_DELIVERY_HEADERS: &[&str] = &["x-github-delivery"];
+const GITLAB_DELIVERY_HEADERS: &[&str] = &[
+    "idempotency-key",
+    "x-gitlab-event-uuid",
+    "x-gitlab-webhook-uuid",
+];
+/// Generic provider: the sender's unique id of a delivery (keep it on retries).
+pub const NODEWAVE_DELIVERY: &str = "x-nodewave-delivery";
+const GENERIC_DELIVERY_HEADERS: &[&str] = &[NODEWAVE_DELIVERY];
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, WebhookError> {
     match headers.get(name) {
@@ -112,11 +149,25 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Web
 }
 
 /// Detects the provider, checks the signature/token against `secret`, then
-/// parses the body.
+/// parses the body. [`authenticate_at`] with the system clock.
 pub fn authenticate(
     headers: &HeaderMap,
     body: &[u8],
     secret: &[u8],
+) -> Result<PushEvent, WebhookError> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    authenticate_at(headers, body, secret, now)
+}
+
+/// [`authenticate`] at `now_unix` (seconds), the time an
+/// `X-Nodewave-Timestamp` is compared with.
+pub fn authenticate_at(
+    headers: &HeaderMap,
+    body: &[u8],
+    secret: &[u8],
+    now_unix: u64,
 ) -> Result<PushEvent, WebhookError> {
     let provider = if headers.contains_key(GITHUB_EVENT) || headers.contains_key(GITHUB_SIGNATURE) {
         Provider::GitHub
@@ -135,7 +186,22 @@ pub fn authenticate(
         }
         Provider::Generic => {
             let sig = header(headers, NODEWAVE_SIGNATURE)?.ok_or(WebhookError::MissingSignature)?;
-            verify_hmac(sig, body, secret)?;
+            match header(headers, NODEWAVE_TIMESTAMP)? {
+                None => verify_hmac(sig, body, secret)?,
+                Some(ts) => {
+                    let sent = parse_timestamp(ts)?;
+                    verify_hmac(sig, &timestamped(ts, body), secret)?;
+                    // Checked after the signature: an unauthenticated time
+                    // says nothing.
+                    let skew_secs = now_unix.abs_diff(sent);
+                    if skew_secs > TIMESTAMP_TOLERANCE.as_secs() {
+                        return Err(WebhookError::StaleTimestamp {
+                            skew_secs,
+                            tolerance_secs: TIMESTAMP_TOLERANCE.as_secs(),
+                        });
+                    }
+                }
+            }
         }
         Provider::GitLab => {
             let token = header(headers, GITLAB_TOKEN)?.ok_or(WebhookError::MissingSignature)?;
@@ -173,6 +239,96 @@ pub fn authenticate(
         git_ref,
         after,
     })
+}
+
+fn parse_timestamp(value: &str) -> Result<u64, WebhookError> {
+    // Digits only (no sign, no fraction), at most 20 so it fits a u64.
+    if value.is_empty() || value.len() > 20 || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(WebhookError::BadRequest(format!(
+            "{NODEWAVE_TIMESTAMP} must be a Unix time in seconds, not {:?}",
+            value.chars().take(40).collect::<String>()
+        )));
+    }
+    value.parse().map_err(|_| {
+        WebhookError::BadRequest(format!("{NODEWAVE_TIMESTAMP} {value} is out of range"))
+    })
+}
+
+/// What a timestamped generic request signs: `<timestamp>.<body>`.
+fn timestamped(ts: &str, body: &[u8]) -> Vec<u8> {
+    let mut signed = Vec::with_capacity(ts.len() + 1 + body.len());
+    signed.extend_from_slice(ts.as_bytes());
+    signed.push(b'.');
+    signed.extend_from_slice(body);
+    signed
+}
+
+/// A fixed-size digest identifying a delivery (so remembering one costs the
+/// same whatever the sender put in its headers).
+pub type ReplayKey = [u8; 32];
+
+fn replay_key(parts: &[&[u8]]) -> ReplayKey {
+    let mut h = Sha256::new();
+    for part in parts {
+        // Length-prefixed so that no two different part lists collide.
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
+}
+
+/// What identifies an authenticated delivery, for replay detection: one key
+/// per delivery-id header present, plus for HMAC-signed content that is
+/// unique per delivery the signed content itself (GitHub push bodies carry
+/// the before/after commits and `pushed_at`; a timestamped generic request
+/// signs its time). A generic request without timestamp has only its
+/// `X-Nodewave-Delivery` (if any): identical bodies are legitimate there
+/// (`{"ref":"main"}` on every push). GitLab's token is the same in every
+/// request, so its content proves nothing and only the ids count.
+///
+/// Call only after [`authenticate`] succeeded for `provider`.
+pub fn replay_keys(provider: Provider, headers: &HeaderMap, body: &[u8]) -> Vec<ReplayKey> {
+    let tag = provider.as_str().as_bytes();
+    let ids = match provider {
+        Provider::GitHub => GITHUB_DELIVERY_HEADERS,
+        Provider::GitLab => GITLAB_DELIVERY_HEADERS,
+        Provider::Generic => GENERIC_DELIVERY_HEADERS,
+    };
+    let mut keys: Vec<ReplayKey> = ids
+        .iter()
+        .filter_map(|name| {
+            let value = headers.get(*name)?.as_bytes().trim_ascii();
+            (!value.is_empty()).then(|| replay_key(&[tag, b"id", name.as_bytes(), value]))
+        })
+        .collect();
+    match provider {
+        Provider::GitHub => keys.push(replay_key(&[tag, b"body", body])),
+        Provider::Generic => {
+            if let Some(ts) = headers.get(NODEWAVE_TIMESTAMP) {
+                keys.push(replay_key(&[
+                    tag,
+                    b"signed",
+                    ts.as_bytes().trim_ascii(),
+                    body,
+                ]));
+            }
+        }
+        Provider::GitLab => {}
+    }
+    keys
+}
+
+/// The delivery id a provider sent (for logs), if any.
+pub fn delivery_id(provider: Provider, headers: &HeaderMap) -> Option<&str> {
+    let ids = match provider {
+        Provider::GitHub => GITHUB_DELIVERY_HEADERS,
+        Provider::GitLab => GITLAB_DELIVERY_HEADERS,
+        Provider::Generic => GENERIC_DELIVERY_HEADERS,
+    };
+    ids.iter()
+        .find_map(|name| headers.get(*name)?.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
 }
 
 /// Checks `sha256=<hex>` against HMAC-SHA256(secret, body).
@@ -498,6 +654,129 @@ mod tests {
             authenticate(&h, b"not json", SECRET).unwrap_err(),
             WebhookError::BadSignature
         );
+    }
+
+    fn sign_at(ts: &str, body: &[u8], secret: &[u8]) -> String {
+        sign(&timestamped(ts, body), secret)
+    }
+
+    #[test]
+    fn generic_timestamp_is_signed_and_bounded() {
+        let body = br#"{"ref":"main"}"#;
+        let now = 1_750_000_000_u64;
+        let ts = now.to_string();
+        let h = headers(&[
+            ("X-Nodewave-Signature", &sign_at(&ts, body, SECRET)),
+            ("X-Nodewave-Timestamp", &ts),
+        ]);
+        assert!(authenticate_at(&h, body, SECRET, now).is_ok());
+        // Within the tolerance either way (clocks differ a little).
+        let tol = TIMESTAMP_TOLERANCE.as_secs();
+        assert!(authenticate_at(&h, body, SECRET, now + tol).is_ok());
+        assert!(authenticate_at(&h, body, SECRET, now - tol).is_ok());
+        for at in [now + tol + 1, now - tol - 1, 0, u64::MAX] {
+            let err = authenticate_at(&h, body, SECRET, at).unwrap_err();
+            assert!(
+                matches!(err, WebhookError::StaleTimestamp { .. }),
+                "{at}: {err}"
+            );
+            assert_eq!(err.metric_label(), "replayed");
+            assert!(err.to_string().contains("clock"), "{err}");
+        }
+        // The time is bound into the signature: changing it, or signing the
+        // body alone, fails.
+        let moved = headers(&[
+            ("X-Nodewave-Signature", &sign_at(&ts, body, SECRET)),
+            ("X-Nodewave-Timestamp", &(now + 1).to_string()),
+        ]);
+        assert_eq!(
+            authenticate_at(&moved, body, SECRET, now).unwrap_err(),
+            WebhookError::BadSignature
+        );
+        let body_only = headers(&[
+            ("X-Nodewave-Signature", &sign(body, SECRET)),
+            ("X-Nodewave-Timestamp", &ts),
+        ]);
+        assert_eq!(
+            authenticate_at(&body_only, body, SECRET, now).unwrap_err(),
+            WebhookError::BadSignature
+        );
+        // A stale time with a wrong signature is a bad signature, not stale.
+        let forged = headers(&[
+            ("X-Nodewave-Signature", &sign_at("1", body, b"wrong")),
+            ("X-Nodewave-Timestamp", "1"),
+        ]);
+        assert_eq!(
+            authenticate_at(&forged, body, SECRET, now).unwrap_err(),
+            WebhookError::BadSignature
+        );
+        for bad in ["", "-5", "1.5", "12a", "99999999999999999999999", " "] {
+            let h = headers(&[
+                ("X-Nodewave-Signature", &sign_at(bad, body, SECRET)),
+                ("X-Nodewave-Timestamp", bad),
+            ]);
+            let err = authenticate_at(&h, body, SECRET, now).unwrap_err();
+            assert!(matches!(err, WebhookError::BadRequest(_)), "{bad:?}: {err}");
+        }
+        // The timestamp header means nothing to the other providers.
+        let h = headers(&[
+            ("X-GitHub-Event", "push"),
+            ("X-Hub-Signature-256", &sign(PUSH, SECRET)),
+            ("X-Nodewave-Timestamp", "1"),
+        ]);
+        assert!(authenticate_at(&h, PUSH, SECRET, now).is_ok());
+    }
+
+    #[test]
+    fn replay_keys_name_deliveries() {
+        let gh = |delivery: &str| {
+            headers(&[("X-GitHub-Event", "push"), ("X-GitHub-Delivery", delivery)])
+        };
+        let a = replay_keys(Provider::GitHub, &gh("d-1"), PUSH);
+        assert_eq!(a.len(), 2, "delivery id and signed body");
+        assert_eq!(a, replay_keys(Provider::GitHub, &gh("d-1"), PUSH));
+        // A replay with a made-up delivery id still shares the body key.
+        let b = replay_keys(Provider::GitHub, &gh("d-2"), PUSH);
+        assert_ne!(a[0], b[0]);
+        assert_eq!(a[1], b[1]);
+        // Another push (another body) under a new id shares nothing.
+        let other = replay_keys(Provider::GitHub, &gh("d-3"), b"{}");
+        assert!(other.iter().all(|k| !a.contains(k)));
+        assert_eq!(delivery_id(Provider::GitHub, &gh(" d-1 ")), Some("d-1"));
+        assert_eq!(delivery_id(Provider::GitHub, &gh("")), None);
+
+        // GitLab: only ids count (the token is the same in every request).
+        let gl = headers(&[
+            ("X-Gitlab-Event", "Push Hook"),
+            ("Idempotency-Key", "k-1"),
+            ("X-Gitlab-Event-UUID", "e-1"),
+            ("X-Gitlab-Webhook-UUID", "w-1"),
+        ]);
+        let keys = replay_keys(Provider::GitLab, &gl, PUSH);
+        assert_eq!(keys.len(), 3);
+        assert!(replay_keys(Provider::GitLab, &HeaderMap::new(), PUSH).is_empty());
+        assert_eq!(delivery_id(Provider::GitLab, &gl), Some("k-1"));
+        let retry = headers(&[("Idempotency-Key", "k-1"), ("X-Gitlab-Webhook-UUID", "w-2")]);
+        let retry_keys = replay_keys(Provider::GitLab, &retry, PUSH);
+        assert!(retry_keys.iter().any(|k| keys.contains(k)));
+
+        // Generic: identical bodies without a timestamp are legitimate, so
+        // only the delivery id counts; a timestamped request is its own key.
+        let body = br#"{"ref":"main"}"#;
+        assert!(replay_keys(Provider::Generic, &HeaderMap::new(), body).is_empty());
+        let with_id = headers(&[("X-Nodewave-Delivery", "g-1")]);
+        assert_eq!(replay_keys(Provider::Generic, &with_id, body).len(), 1);
+        let t1 = headers(&[("X-Nodewave-Timestamp", "100")]);
+        let t2 = headers(&[("X-Nodewave-Timestamp", "101")]);
+        let k1 = replay_keys(Provider::Generic, &t1, body);
+        assert_eq!(k1.len(), 1);
+        assert_ne!(k1, replay_keys(Provider::Generic, &t2, body));
+
+        // The same id from two providers is two deliveries.
+        let same = headers(&[("X-GitHub-Delivery", "x"), ("X-Nodewave-Delivery", "x")]);
+        let g = replay_keys(Provider::GitHub, &same, b"");
+        let n = replay_keys(Provider::Generic, &same, b"");
+        assert!(n.iter().all(|k| !g.contains(k)));
     }
 
     #[test]
