@@ -19,3 +19,4 @@ pub mod reconciler;
 pub mod rollout;
 pub mod server;
 pub mod source;
+pub mod verify;

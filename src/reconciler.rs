@@ -31,6 +31,7 @@ use crate::rollout::{
     RolloutKind,
 };
 use crate::source::SourceWorker;
+use crate::verify::{self, Signer, TrustStore};
 
 pub use state::{DaemonSetState, FailedCommit};
 
@@ -48,6 +49,9 @@ pub struct Settings {
     pub load: LoadOptions,
     /// How often rollouts in progress are stepped.
     pub rollout_tick: Duration,
+    /// `--verify-commits head`: the keys a commit must be signed by before it
+    /// is loaded; `None` when verification is off.
+    pub verify: Option<Arc<TrustStore>>,
 }
 
 /// What `/status`, `/readyz` and `nodewave status` report about the source.
@@ -59,6 +63,8 @@ pub struct ServiceStatus {
     pub last_fetch_error: Option<String>,
     pub rejected_commit: Option<String>,
     pub rejected_errors: Vec<String>,
+    /// Who signed the loaded commit (with `--verify-commits head`).
+    pub applied_signer: Option<Signer>,
     pub synced_once: bool,
     pub daemonsets: BTreeMap<String, String>,
 }
@@ -81,6 +87,9 @@ pub struct Reconciler {
     triggers: Arc<Triggers>,
     desired: Option<(String, DesiredState)>,
     rejected_head: Option<String>,
+    /// The commit last rejected for its signature and the trust-store
+    /// generation then: it is tried again once the trusted keys change.
+    signature_rejected: Option<(String, u64)>,
     prom: prometheus::Gatekeeper,
     fetch_failures: u32,
     /// Errors in the current pass; a failing pass is not re-run at once on the
@@ -119,6 +128,7 @@ impl Reconciler {
             triggers,
             desired: None,
             rejected_head: None,
+            signature_rejected: None,
             prom: prometheus::Gatekeeper::default(),
             fetch_failures: 0,
             pass_errors: 0,
@@ -197,7 +207,8 @@ impl Reconciler {
                 }
                 let known = self.desired.as_ref().map(|(c, _)| c.as_str());
                 if known != Some(outcome.head.as_str())
-                    && self.rejected_head.as_deref() != Some(outcome.head.as_str())
+                    && (self.rejected_head.as_deref() != Some(outcome.head.as_str())
+                        || self.signature_retry_due(&outcome.head))
                 {
                     info!(commit = %short(&outcome.head), "new commit");
                     self.load_commit(&outcome.head).await;
@@ -216,9 +227,47 @@ impl Reconciler {
         }
     }
 
+    /// A head rejected for its signature is loaded again once the trusted keys
+    /// changed (a signer's key was added), without waiting for another push.
+    fn signature_retry_due(&self, head: &str) -> bool {
+        match (&self.settings.verify, &self.signature_rejected) {
+            (Some(trust), Some((commit, generation))) => {
+                commit == head && trust.generation() != *generation
+            }
+            _ => false,
+        }
+    }
+
     /// Loads and validates a commit. A rejected commit changes nothing: the previous
     /// desired state stays in force.
     async fn load_commit(&mut self, commit: &str) {
+        // With --verify-commits head, a commit not signed by a trusted key is
+        // rejected before anything of it is read (reason "signature").
+        let mut signer = None;
+        if let Some(trust) = self.settings.verify.clone() {
+            match verify::check_commit(&self.source, &trust, commit).await {
+                Ok(s) => {
+                    info!(commit = %short(commit), signer = %s, "commit signature verified");
+                    self.signature_rejected = None;
+                    signer = Some(s);
+                }
+                Err(u) => {
+                    error!(commit = %short(commit), reason = u.metric_label(), error = %u, "commit signature not verified");
+                    self.signature_rejected = Some((commit.to_string(), trust.generation()));
+                    self.reject(
+                        commit,
+                        verify::REJECT_REASON,
+                        vec![u.report()],
+                        BTreeSet::new(),
+                    )
+                    .await;
+                    if self.desired.is_none() {
+                        self.fall_back_to_deployed(commit).await;
+                    }
+                    return;
+                }
+            }
+        }
         let files = match self.source.files_at(commit.to_string()).await {
             Ok(f) => f,
             Err(e) => {
@@ -244,6 +293,7 @@ impl Reconciler {
                     let mut st = self.status.write().await;
                     st.rejected_commit = None;
                     st.rejected_errors.clear();
+                    st.applied_signer = signer;
                 }
                 self.desired = Some((commit.to_string(), state));
                 self.triggers.resync.notify_one();
@@ -307,6 +357,8 @@ impl Reconciler {
                     using = %short(&commit),
                     "the newest commit is invalid; keeping the cluster on the last valid commit nodewave applied"
                 );
+                // Deployed by nodewave before: not verified again, signer unknown.
+                self.status.write().await.applied_signer = None;
                 self.desired = Some((commit, state));
                 self.triggers.resync.notify_one();
                 return;

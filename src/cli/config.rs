@@ -9,10 +9,12 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::KubeArgs;
+use super::trust::{TrustArgs, parse_verify_mode};
 use super::validate::RuleArgs;
 use crate::manifest::Severity;
 use crate::manifest::policy::parse_duration;
 use crate::source::{Credentials, GitRef};
+use crate::verify::{TrustFiles, VerifyMode};
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -106,6 +108,13 @@ pub struct RunArgs {
     /// Name of the leader-election Lease [default: nodewave].
     #[arg(long, env = "NODEWAVE_LEADER_ELECTION_LEASE", value_name = "NAME")]
     pub leader_election_lease: Option<String>,
+    /// Signature verification: `off`, or `head` (the commit about to be deployed
+    /// must be signed by a key in --trusted-gpg-keys / --trusted-ssh-signers;
+    /// anything else is rejected like an invalid commit) [default: off].
+    #[arg(long, env = "NODEWAVE_VERIFY_COMMITS", value_name = "off|head", value_parser = parse_verify_mode)]
+    pub verify_commits: Option<VerifyMode>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
     #[command(flatten)]
     pub rules: RuleArgs,
     #[command(flatten)]
@@ -145,6 +154,9 @@ pub struct FileConfig {
     pub leader_elect: Option<bool>,
     pub leader_election_namespace: Option<String>,
     pub leader_election_lease: Option<String>,
+    pub verify_commits: Option<String>,
+    pub trusted_gpg_keys: Option<PathBuf>,
+    pub trusted_ssh_signers: Option<PathBuf>,
 }
 
 /// Everything `run` needs, resolved.
@@ -169,6 +181,8 @@ pub struct Resolved {
     pub kubeconfig: Option<PathBuf>,
     /// `Some((namespace, lease name))` when leader election is on.
     pub leader_election: Option<(String, String)>,
+    pub verify_commits: VerifyMode,
+    pub trust_files: TrustFiles,
 }
 
 fn read_file_config(path: &Path) -> Result<FileConfig, String> {
@@ -226,6 +240,26 @@ impl RunArgs {
             return Err(format!(
                 "config file: log-format must be human or json, not {log_format:?}"
             ));
+        }
+        let verify_commits = match (self.verify_commits, &file.verify_commits) {
+            (Some(m), _) => m,
+            (None, Some(s)) => s.parse().map_err(|e| format!("config file: {e}"))?,
+            (None, None) => VerifyMode::Off,
+        };
+        let trust_files = TrustFiles {
+            openpgp: self
+                .trust
+                .trusted_gpg_keys
+                .clone()
+                .or(file.trusted_gpg_keys.clone()),
+            ssh: self
+                .trust
+                .trusted_ssh_signers
+                .clone()
+                .or(file.trusted_ssh_signers.clone()),
+        };
+        if verify_commits == VerifyMode::Head && trust_files == TrustFiles::default() {
+            return Err(crate::verify::TrustError::NoFiles.to_string());
         }
         Ok(Resolved {
             repo,
@@ -298,6 +332,8 @@ impl RunArgs {
                         .unwrap_or_else(|| "nodewave".into()),
                 )
             }),
+            verify_commits,
+            trust_files,
         })
     }
 }
@@ -347,6 +383,46 @@ mod tests {
             vec![("probes-missing".to_string(), Severity::Error)]
         );
         assert_eq!(r.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn verification_settings_come_from_flags_or_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("nodewave.toml");
+        std::fs::write(
+            &cfg,
+            "repo = \"file:///r\"\nverify-commits = \"head\"\ntrusted-gpg-keys = \"/keys/gpg.asc\"\n",
+        )
+        .unwrap();
+        let t = T::parse_from(["x", "--config", cfg.to_str().unwrap()]);
+        let r = t.run.resolve().unwrap();
+        assert_eq!(r.verify_commits, VerifyMode::Head);
+        assert_eq!(r.trust_files.openpgp, Some(PathBuf::from("/keys/gpg.asc")));
+        assert_eq!(r.trust_files.ssh, None);
+
+        let t = T::parse_from([
+            "x",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--verify-commits",
+            "off",
+            "--trusted-ssh-signers",
+            "/keys/allowed_signers",
+        ]);
+        let r = t.run.resolve().unwrap();
+        assert_eq!(r.verify_commits, VerifyMode::Off);
+        assert_eq!(
+            r.trust_files.ssh,
+            Some(PathBuf::from("/keys/allowed_signers"))
+        );
+
+        // head without any key file is refused, not silently unverified.
+        let t = T::parse_from(["x", "--repo", "file:///r", "--verify-commits", "head"]);
+        assert!(t.run.resolve().unwrap_err().contains("--trusted-gpg-keys"));
+        assert!(T::try_parse_from(["x", "--repo", "r", "--verify-commits", "all"]).is_err());
+        std::fs::write(&cfg, "repo = \"r\"\nverify-commits = \"always\"\n").unwrap();
+        let t = T::parse_from(["x", "--config", cfg.to_str().unwrap()]);
+        assert!(t.run.resolve().unwrap_err().contains("off or head"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod logfmt;
 mod rollout;
 mod run;
 mod status;
+mod trust;
 mod validate;
 
 use std::path::PathBuf;

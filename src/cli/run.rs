@@ -53,7 +53,19 @@ pub async fn run(args: RunArgs) -> ExitCode {
     info!(version = env!("CARGO_PKG_VERSION"), repo = %repo_display, reference = %cfg.reference, path = %cfg.path, "starting nodewave");
 
     let metrics = Metrics::new();
-    metrics.init_commit_reject_reasons(CHECKS.iter().map(|c| c.id));
+    metrics.init_commit_reject_reasons(
+        CHECKS
+            .iter()
+            .map(|c| c.id)
+            .chain([crate::verify::REJECT_REASON]),
+    );
+    let trust = match super::trust::trust_store(cfg.verify_commits, &cfg.trust_files) {
+        Ok(t) => t,
+        Err(e) => {
+            error!(error = %e, "cannot load the trusted keys");
+            return ExitCode::from(2);
+        }
+    };
     let client = match cluster::client(cfg.kubeconfig.as_deref()).await {
         Ok(c) => c,
         Err(e) => {
@@ -107,6 +119,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         pool_label: cfg.pool_label.clone(),
         load: cfg.rules.load_options(),
         rollout_tick: cfg.rollout_interval,
+        verify: trust,
     };
 
     let listener = match tokio::net::TcpListener::bind(cfg.listen).await {

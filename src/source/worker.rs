@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::git::{CommitInfo, FetchOutcome, GitSource, GitSourceConfig, SourceError};
+use super::signature::CommitSignature;
 use crate::manifest::ManifestFile;
 
 /// Requests queued beyond this make callers wait (backpressure) rather than
@@ -28,6 +29,7 @@ enum Request {
     FilesAt(String, Reply<Vec<ManifestFile>>),
     CommitInfo(String, Reply<CommitInfo>),
     IsAncestor(String, String, Reply<bool>),
+    CommitSignature(String, Reply<CommitSignature>),
 }
 
 /// Cloneable async handle; see the module docs.
@@ -85,6 +87,11 @@ impl SourceWorker {
     ) -> Result<bool, SourceError> {
         self.call(|r| Request::IsAncestor(ancestor, descendant, r))
             .await
+    }
+
+    /// The commit's signature header and signed data, for [`crate::verify`].
+    pub async fn commit_signature(&self, commit: String) -> Result<CommitSignature, SourceError> {
+        self.call(|r| Request::CommitSignature(commit, r)).await
     }
 
     /// Last fetched head (from the clone cache at start, then after every
@@ -149,6 +156,9 @@ fn run(
             }
             Request::IsAncestor(ancestor, descendant, reply) => {
                 let _ = reply.send(source.is_ancestor(&ancestor, &descendant));
+            }
+            Request::CommitSignature(commit, reply) => {
+                let _ = reply.send(source.commit_signature(&commit));
             }
         }
     }
