@@ -31,6 +31,9 @@ const FORMAT: SignatureFormat = SignatureFormat::OpenPgp;
 const PUBLIC_BEGIN: &str = "-----BEGIN PGP PUBLIC KEY BLOCK-----";
 const PUBLIC_END: &str = "-----END PGP PUBLIC KEY BLOCK-----";
 const PRIVATE_BEGIN: &str = "-----BEGIN PGP PRIVATE KEY BLOCK-----";
+/// Fingerprints named in an unknown-key message; a keyring of a whole company
+/// would otherwise make the message (and the Event) enormous.
+const LISTED_KEYS: usize = 5;
 
 /// Trusted OpenPGP public keys.
 #[derive(Debug, Clone)]
@@ -87,6 +90,22 @@ impl Keyring {
 
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
+    }
+
+    /// "2 key(s): FPR1, FPR2", at most [`LISTED_KEYS`] fingerprints.
+    fn describe(&self) -> String {
+        let fprs = self.fingerprints();
+        let listed = fprs
+            .iter()
+            .take(LISTED_KEYS)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        let more = match fprs.len().checked_sub(LISTED_KEYS) {
+            Some(n) if n > 0 => format!(", and {n} more"),
+            _ => String::new(),
+        };
+        format!("{} key(s): {listed}{more}", fprs.len())
     }
 
     /// Primary key fingerprints, upper-case hex.
@@ -206,10 +225,9 @@ pub fn verify(
             format: FORMAT,
             key: issuer_name,
             hint: format!(
-                "; it is not in the OpenPGP keyring {} ({} key(s): {})",
+                "; it is not in the OpenPGP keyring {} ({})",
                 ring.source,
-                ring.len(),
-                ring.fingerprints().join(", ")
+                ring.describe()
             ),
         });
     }
