@@ -19,6 +19,7 @@ need_apt=()
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v git >/dev/null || need_apt+=(git)
 { [ -x /usr/sbin/sshd ] && command -v ssh-keygen >/dev/null; } || need_apt+=(openssh-server openssh-client)
+{ command -v gpg >/dev/null && command -v gpgconf >/dev/null; } || need_apt+=(gnupg)   # tests/verify_*.rs sign commits
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_apt[*]}"
   sudo=(); [ "$(id -u)" -eq 0 ] || sudo=(sudo)

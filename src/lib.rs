@@ -27,3 +27,4 @@ pub mod server;
 pub mod service;
 pub mod source;
 pub mod store;
+pub mod verify;

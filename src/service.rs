@@ -13,6 +13,9 @@ pub struct ServiceStatus {
     pub head: Option<String>,
     /// The commit whose desired state the controller works from.
     pub applied_commit: Option<String>,
+    /// Who signed it (with `--verify-commits head`; `None` for a commit
+    /// nodewave fell back to, which it had deployed before).
+    pub applied_signer: Option<crate::verify::Signer>,
     pub git_reached: bool,
     pub last_fetch_error: Option<String>,
     pub rejected_commit: Option<String>,

@@ -10,12 +10,14 @@ use serde::Deserialize;
 
 use super::KubeArgs;
 use super::render::{FileRender, RenderArgs};
+use super::trust::{TrustArgs, parse_verify_mode};
 use super::validate::RuleArgs;
 use crate::manifest::Severity;
 use crate::manifest::policy::parse_duration;
 use crate::server::ServerConfig;
 use crate::source::webhook::TIMESTAMP_TOLERANCE;
 use crate::source::{Credentials, GitRef};
+use crate::verify::{TrustFiles, VerifyMode};
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -157,6 +159,13 @@ pub struct RunArgs {
     /// Name of the leader-election Lease [default: nodewave].
     #[arg(long, env = "NODEWAVE_LEADER_ELECTION_LEASE", value_name = "NAME")]
     pub leader_election_lease: Option<String>,
+    /// Signature verification: `off`, or `head` (the commit about to be deployed
+    /// must be signed by a key in --trusted-gpg-keys / --trusted-ssh-signers;
+    /// anything else is rejected like an invalid commit) [default: off].
+    #[arg(long, env = "NODEWAVE_VERIFY_COMMITS", value_name = "off|head", value_parser = parse_verify_mode)]
+    pub verify_commits: Option<VerifyMode>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
     #[command(flatten)]
     pub rules: RuleArgs,
     #[command(flatten)]
@@ -216,6 +225,9 @@ pub struct FileConfig {
     pub render_timeout: Option<String>,
     pub render_max_bytes: Option<super::render::ByteSize>,
     pub render_allow_network: Option<bool>,
+    pub verify_commits: Option<String>,
+    pub trusted_gpg_keys: Option<PathBuf>,
+    pub trusted_ssh_signers: Option<PathBuf>,
 }
 
 /// Everything `run` needs, resolved.
@@ -248,6 +260,8 @@ pub struct Resolved {
     pub leader_election: Option<(String, String)>,
     /// Rendering of Kustomize and Helm sources; checkouts go under the state dir.
     pub render: crate::render::RenderOptions,
+    pub verify_commits: VerifyMode,
+    pub trust_files: TrustFiles,
 }
 
 fn read_file_config(path: &Path) -> Result<FileConfig, String> {
@@ -313,6 +327,26 @@ impl RunArgs {
             return Err(format!(
                 "config file: log-format must be human or json, not {log_format:?}"
             ));
+        }
+        let verify_commits = match (self.verify_commits, &file.verify_commits) {
+            (Some(m), _) => m,
+            (None, Some(s)) => s.parse().map_err(|e| format!("config file: {e}"))?,
+            (None, None) => VerifyMode::Off,
+        };
+        let trust_files = TrustFiles {
+            openpgp: self
+                .trust
+                .trusted_gpg_keys
+                .clone()
+                .or(file.trusted_gpg_keys.clone()),
+            ssh: self
+                .trust
+                .trusted_ssh_signers
+                .clone()
+                .or(file.trusted_ssh_signers.clone()),
+        };
+        if verify_commits == VerifyMode::Head && trust_files == TrustFiles::default() {
+            return Err(crate::verify::TrustError::NoFiles.to_string());
         }
         Ok(Resolved {
             repo,
@@ -389,6 +423,8 @@ impl RunArgs {
                 )
             }),
             render,
+            verify_commits,
+            trust_files,
         })
     }
 }
@@ -635,6 +671,46 @@ mod tests {
             r.work_dir,
             Some(PathBuf::from("/var/lib/nw/nodewave-render"))
         );
+    }
+
+    #[test]
+    fn verification_settings_come_from_flags_or_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("nodewave.toml");
+        std::fs::write(
+            &cfg,
+            "repo = \"file:///r\"\nverify-commits = \"head\"\ntrusted-gpg-keys = \"/keys/gpg.asc\"\n",
+        )
+        .unwrap();
+        let t = T::parse_from(["x", "--config", cfg.to_str().unwrap()]);
+        let r = t.run.resolve().unwrap();
+        assert_eq!(r.verify_commits, VerifyMode::Head);
+        assert_eq!(r.trust_files.openpgp, Some(PathBuf::from("/keys/gpg.asc")));
+        assert_eq!(r.trust_files.ssh, None);
+
+        let t = T::parse_from([
+            "x",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--verify-commits",
+            "off",
+            "--trusted-ssh-signers",
+            "/keys/allowed_signers",
+        ]);
+        let r = t.run.resolve().unwrap();
+        assert_eq!(r.verify_commits, VerifyMode::Off);
+        assert_eq!(
+            r.trust_files.ssh,
+            Some(PathBuf::from("/keys/allowed_signers"))
+        );
+
+        // head without any key file is refused, not silently unverified.
+        let t = T::parse_from(["x", "--repo", "file:///r", "--verify-commits", "head"]);
+        assert!(t.run.resolve().unwrap_err().contains("--trusted-gpg-keys"));
+        assert!(T::try_parse_from(["x", "--repo", "r", "--verify-commits", "all"]).is_err());
+        std::fs::write(&cfg, "repo = \"r\"\nverify-commits = \"always\"\n").unwrap();
+        let t = T::parse_from(["x", "--config", cfg.to_str().unwrap()]);
+        assert!(t.run.resolve().unwrap_err().contains("off or head"));
     }
 
     #[test]

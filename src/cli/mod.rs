@@ -9,6 +9,7 @@ mod render;
 mod rollout;
 mod run;
 mod status;
+mod trust;
 mod validate;
 
 use std::path::PathBuf;

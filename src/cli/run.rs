@@ -80,8 +80,19 @@ pub async fn run(args: RunArgs) -> ExitCode {
     }
 
     let metrics = Metrics::new();
-    metrics.init_commit_reject_reasons(CHECKS.iter().map(|c| c.id));
-    metrics.init_commit_reject_reasons(["read-error"]);
+    metrics.init_commit_reject_reasons(
+        CHECKS
+            .iter()
+            .map(|c| c.id)
+            .chain(["read-error", crate::verify::REJECT_REASON]),
+    );
+    let trust = match super::trust::trust_store(cfg.verify_commits, &cfg.trust_files) {
+        Ok(t) => t,
+        Err(e) => {
+            error!(error = %e, "cannot load the trusted keys");
+            return ExitCode::from(2);
+        }
+    };
     let client = match cluster::client(cfg.kubeconfig.as_deref()).await {
         Ok(c) => c,
         Err(e) => {
@@ -222,6 +233,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         cluster: cluster.clone(),
         stores: watches.stores.clone(),
         report_namespaces: cfg.rules.allow_namespaces.clone(),
+        trust,
     };
     let pipeline_task = tokio::spawn(pipeline.run(desired_tx, shutdown_rx.clone()));
     let ctx = controller::Context::new(

@@ -20,6 +20,13 @@ pub struct ValidateArgs {
     /// List every check with its id and default severity, and exit.
     #[arg(long)]
     pub list_checks: bool,
+    /// Also verify the signature of the checkout's HEAD commit against the
+    /// trusted keys, as `run --verify-commits head` would; exit 1 when it is
+    /// not signed by a trusted key, 2 when it cannot be checked.
+    #[arg(long)]
+    pub verify: bool,
+    #[command(flatten)]
+    pub trust: super::trust::TrustArgs,
 }
 
 /// Validation options shared by `run`, `diff` and `validate`.
@@ -92,6 +99,11 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
     let Some(dir) = &args.dir else {
         return ExitCode::from(2);
     };
+    if args.verify
+        && let Err(code) = super::trust::verify_checkout(dir, &args.trust)
+    {
+        return ExitCode::from(code);
+    }
     let options = match args.render.options(&FileRender::default()) {
         Ok(o) => o,
         Err(e) => {

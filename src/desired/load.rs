@@ -42,6 +42,9 @@ pub enum LoadError {
     Render(Vec<Finding>),
     #[error("{0}")]
     Rejected(Rejected),
+    /// Not signed by a trusted key (`--verify-commits head`).
+    #[error("{}", .0.report())]
+    Unverified(crate::verify::Unverified),
 }
 
 impl LoadError {
@@ -51,13 +54,14 @@ impl LoadError {
             Self::Read { .. } | Self::Io { .. } => "read-error",
             Self::Render(f) => f.first().map_or(crate::manifest::RENDER_ERROR, |f| f.check),
             Self::Rejected(r) => r.reason(),
+            Self::Unverified(_) => crate::verify::REJECT_REASON,
         }
     }
 
     /// One line per problem, for `/status` and logs.
     pub fn messages(&self) -> Vec<String> {
         match self {
-            Self::Read { .. } | Self::Io { .. } => vec![self.to_string()],
+            Self::Read { .. } | Self::Io { .. } | Self::Unverified(_) => vec![self.to_string()],
             Self::Render(f) => f.iter().map(ToString::to_string).collect(),
             Self::Rejected(r) => r.errors.iter().map(ToString::to_string).collect(),
         }
@@ -66,7 +70,7 @@ impl LoadError {
     /// The findings, for the namespaces they name.
     pub fn findings(&self) -> Vec<&Finding> {
         match self {
-            Self::Read { .. } | Self::Io { .. } => Vec::new(),
+            Self::Read { .. } | Self::Io { .. } | Self::Unverified(_) => Vec::new(),
             Self::Render(f) => f.iter().collect(),
             Self::Rejected(r) => r.errors.iter().chain(&r.warnings).collect(),
         }

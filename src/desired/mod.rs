@@ -23,6 +23,7 @@ use crate::record::{self, short};
 use crate::service::{SharedStatus, Triggers};
 use crate::source::{GitSourceConfig, fetch_process};
 use crate::store::Stores;
+use crate::verify::{self, TrustStore};
 
 pub use load::{LoadError, Loaded, Loader, SourceIdentity, content_hash, decorate};
 
@@ -59,12 +60,29 @@ pub struct Pipeline {
     pub stores: Arc<Stores>,
     /// Namespaces to report a rejected commit in when no DaemonSet is managed yet.
     pub report_namespaces: Vec<String>,
+    /// `--verify-commits head`: the keys a commit must be signed by before it is
+    /// read at all (never checked again for a commit nodewave deployed before).
+    pub trust: Option<Arc<TrustStore>>,
 }
 
 struct Progress {
     published: Option<Arc<Desired>>,
     rejected_head: Option<String>,
+    /// The commit last rejected for its signature and the trust-store
+    /// generation then: it is tried again once the trusted keys change.
+    signature_rejected: Option<(String, u64)>,
     fetch_failures: u32,
+}
+
+impl Progress {
+    fn signature_retry_due(&self, trust: Option<&TrustStore>, head: &str) -> bool {
+        match (trust, &self.signature_rejected) {
+            (Some(t), Some((commit, generation))) => {
+                commit == head && t.generation() != *generation
+            }
+            _ => false,
+        }
+    }
 }
 
 impl Pipeline {
@@ -73,6 +91,7 @@ impl Pipeline {
         let mut p = Progress {
             published: None,
             rejected_head: None,
+            signature_rejected: None,
             fetch_failures: 0,
         };
         // A restarted nodewave knows what it last fetched: use it before touching
@@ -133,7 +152,9 @@ impl Pipeline {
                         p.published = Some(fresh.clone());
                         tx.send_replace(Some(fresh));
                     }
-                } else if p.rejected_head.as_deref() != Some(outcome.head.as_str()) {
+                } else if p.rejected_head.as_deref() != Some(outcome.head.as_str())
+                    || p.signature_retry_due(self.trust.as_deref(), &outcome.head)
+                {
                     info!(commit = %short(&outcome.head), "new commit");
                     self.consider(p, tx, &outcome.head, true).await;
                 }
@@ -152,6 +173,27 @@ impl Pipeline {
 
     /// Loads and validates `commit`; publishes it, or rejects it whole.
     async fn consider(&self, p: &mut Progress, tx: &DesiredTx, commit: &str, fresh: bool) {
+        // With --verify-commits head, a commit not signed by a trusted key is
+        // rejected before anything of it is read (reason "signature").
+        let mut signer = None;
+        if let Some(trust) = &self.trust {
+            match verify::check_commit(self.loader.source(), trust, commit).await {
+                Ok(s) => {
+                    info!(commit = %short(commit), signer = %s, "commit signature verified");
+                    p.signature_rejected = None;
+                    signer = Some(s);
+                }
+                Err(u) => {
+                    error!(commit = %short(commit), reason = u.metric_label(), error = %u, "commit signature not verified");
+                    p.signature_rejected = Some((commit.to_string(), trust.generation()));
+                    self.reject(p, commit, &LoadError::Unverified(u)).await;
+                    if p.published.is_none() {
+                        self.fall_back_to_deployed(p, tx, commit).await;
+                    }
+                    return;
+                }
+            }
+        }
         match self.loader.load(commit).await {
             Ok(loaded) => {
                 for w in &loaded.warnings {
@@ -168,6 +210,7 @@ impl Pipeline {
                     st.rejected_commit = None;
                     st.rejected_errors.clear();
                     st.applied_commit = Some(commit.to_string());
+                    st.applied_signer = signer;
                 }
                 let d = Arc::new(Desired { loaded, fresh });
                 p.published = Some(d.clone());
@@ -284,7 +327,12 @@ impl Pipeline {
                     using = %short(&commit),
                     "the newest commit is invalid; keeping the cluster on the last valid commit nodewave applied"
                 );
-                self.status.write().await.applied_commit = Some(commit.clone());
+                {
+                    // Deployed by nodewave before: not verified again, signer unknown.
+                    let mut st = self.status.write().await;
+                    st.applied_commit = Some(commit.clone());
+                    st.applied_signer = None;
+                }
                 let d = Arc::new(Desired {
                     loaded,
                     fresh: false,

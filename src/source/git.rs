@@ -827,6 +827,18 @@ impl GitSource {
     }
 }
 
+impl GitSource {
+    /// The signature header of `commit` and the data it signs (see
+    /// [`super::signature`]); read from the local clone, no network.
+    pub fn commit_signature(
+        &self,
+        commit: &str,
+    ) -> Result<super::signature::CommitSignature, SourceError> {
+        let oid = self.find_commit(commit)?.id();
+        super::signature::read(&self.repo, oid)
+    }
+}
+
 fn is_yaml(name: &str) -> bool {
     Path::new(name)
         .extension()

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::git::{
     CommitInfo, FetchOutcome, GitSource, GitSourceConfig, SourceError, TreeLimits, TreeStats,
 };
+use super::signature::CommitSignature;
 use crate::manifest::ManifestFile;
 
 /// Requests queued beyond this make callers wait (backpressure) rather than
@@ -32,6 +33,7 @@ enum Request {
     IsAncestor(String, String, Reply<bool>),
     HasFileNamed(String, &'static [&'static str], Reply<bool>),
     WriteTree(String, std::path::PathBuf, TreeLimits, Reply<TreeStats>),
+    CommitSignature(String, Reply<CommitSignature>),
 }
 
 /// Cloneable async handle; see the module docs.
@@ -112,6 +114,11 @@ impl SourceWorker {
             .await
     }
 
+    /// The commit's signature header and signed data, for [`crate::verify`].
+    pub async fn commit_signature(&self, commit: String) -> Result<CommitSignature, SourceError> {
+        self.call(|r| Request::CommitSignature(commit, r)).await
+    }
+
     /// Last fetched head (from the clone cache at start, then after every
     /// successful fetch). Does not wait for the worker.
     pub fn head(&self) -> Option<String> {
@@ -180,6 +187,9 @@ fn run(
             }
             Request::WriteTree(commit, dest, limits, reply) => {
                 let _ = reply.send(source.write_tree(&commit, &dest, &limits));
+            }
+            Request::CommitSignature(commit, reply) => {
+                let _ = reply.send(source.commit_signature(&commit));
             }
         }
     }
