@@ -8,9 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nodewave::metrics::{
-    FetchResult, Metrics, PoolPodCounts, RolloutOutcome, SyncStatus, WebhookProvider, WebhookResult,
-};
+use nodewave::desired::SourceIdentity;
+use nodewave::metrics::{FetchResult, Metrics, RolloutOutcome, WebhookProvider, WebhookResult};
+use nodewave::record::{DaemonSetRollout, PoolStatus, RecordStatus};
+use nodewave::store::Stores;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -377,21 +378,47 @@ fn metrics_with_one_sample_of_everything() -> Metrics {
     m.webhook_request(WebhookProvider::Gitlab, WebhookResult::BadSignature);
     m.init_commit_reject_reasons(["yaml-syntax"]);
     m.commit_rejected("yaml-syntax");
-    m.set_sync_status("logging", "fluent-bit", SyncStatus::RolledBack);
-    m.set_daemonset_commits("logging", "fluent-bit", "1a2b3c4", "1a2b3c4");
-    m.drift_detected("logging", "fluent-bit");
-    m.set_rollout_stage("logging", "fluent-bit", Some(0));
-    m.set_pool_pods(
-        "logging",
-        "fluent-bit",
-        "canary",
-        PoolPodCounts {
+    // Per-DaemonSet series come from the rollout records nodewave keeps.
+    let identity = SourceIdentity {
+        repo: "https://git.example/fleet.git".into(),
+        path: String::new(),
+    };
+    let mut record = DaemonSetRollout::default();
+    record.metadata.name = Some("fluent-bit".into());
+    record.metadata.namespace = Some("logging".into());
+    record.metadata.resource_version = Some("1".into());
+    record.metadata.labels = Some(
+        [(
+            "app.kubernetes.io/managed-by".to_string(),
+            "nodewave".to_string(),
+        )]
+        .into(),
+    );
+    record.metadata.annotations = Some(
+        [
+            ("nodewave.io/source-repo".to_string(), identity.repo.clone()),
+            ("nodewave.io/source-path".to_string(), String::new()),
+        ]
+        .into(),
+    );
+    record.status = Some(RecordStatus {
+        phase: "RolledBack".into(),
+        applied_commit: Some("1a2b3c4".into()),
+        last_good_commit: Some("1a2b3c4".into()),
+        stage: "1/2 canary".into(),
+        rollout_phase: "Updating".into(),
+        pools: vec![PoolStatus {
+            name: "canary".into(),
             updated: 1,
             ready: 0,
             total: 1,
-        },
-    );
-    m.retain_pools("logging", "fluent-bit", &["canary"]);
+        }],
+        ..RecordStatus::default()
+    });
+    let stores = std::sync::Arc::new(Stores::default());
+    stores.wrote_record(record);
+    m.watch_daemonsets(stores, identity);
+    m.drift_detected("logging", "fluent-bit");
     m.gate_failed(
         "logging",
         "fluent-bit",

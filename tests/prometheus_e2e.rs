@@ -165,7 +165,15 @@ async fn real_prometheus_fires_rollback_alert_and_every_panel_has_data() {
                 a["labels"]["namespace"] == env.ns.as_str() && a["labels"]["daemonset"] == "agent"
             }) {
                 Some(a) => Ok(Some(a)),
-                None => Err(format!("alerts: {:#?}", prom.alerts().await?)),
+                None => Err(format!(
+                    "alerts: {:#?}\nnodewave's rollout counters: {:?}",
+                    prom.alerts().await?,
+                    nw.metrics()
+                        .await
+                        .lines()
+                        .filter(|l| l.starts_with("nodewave_rollouts_total"))
+                        .collect::<Vec<_>>()
+                )),
             }
         },
     )

@@ -86,6 +86,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
             .map(|c| c.id)
             .chain(["read-error", crate::verify::REJECT_REASON]),
     );
+    metrics.init_reconcile_error_kinds(controller::ERROR_KINDS.iter().copied());
     let trust = match super::trust::trust_store(cfg.verify_commits, &cfg.trust_files) {
         Ok(t) => t,
         Err(e) => {
@@ -214,6 +215,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         repo: repo_display.clone(),
         path: cfg.path.clone(),
     };
+    metrics.watch_daemonsets(watches.stores.clone(), identity_src.clone());
     let cluster = Cluster::new(client.clone(), metrics.clone());
     let loader = Arc::new(Loader::new(
         source,

@@ -40,7 +40,7 @@ use crate::service::SharedStatus;
 use crate::store::{Stores, Touched};
 
 pub use fence::{Fence, NotLeader};
-pub use reconcile::ReconcileError;
+pub use reconcile::{ERROR_KINDS, ReconcileError};
 
 /// How the controller behaves; filled from flags, env and the config file.
 #[derive(Debug, Clone)]

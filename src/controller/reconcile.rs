@@ -58,6 +58,20 @@ impl ReconcileError {
     }
 }
 
+/// Every `ReconcileError::metric_label` value (and the worker's own), so the
+/// error counters exist at 0 from the start.
+pub const ERROR_KINDS: &[&str] = &[
+    "kube_config",
+    "kube_api",
+    "invalid_object",
+    "record_conflict",
+    "not_leader",
+    "load_commit",
+    "record_invalid",
+    "git_fetch",
+    "panic",
+];
+
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -460,7 +474,6 @@ async fn execute(
                 info!("deleting DaemonSet {key} (removed from Git)");
                 ctx.cluster.delete_daemonset(key).await?;
                 ctx.stores.forgot_daemonset(key);
-                ctx.metrics.forget_daemonset(&key.namespace, &key.name);
                 ctx.status.write().await.daemonsets.remove(&key.to_string());
             }
             Act::DeleteRecord => {
@@ -598,25 +611,8 @@ fn count(ctx: &Context, key: &ObjectKey, c: &Count) {
     }
 }
 
-/// Updates `/status` and the per-DaemonSet metrics after a reconcile.
+/// Updates `/status` after a reconcile (the metrics read the records themselves).
 async fn publish(ctx: &Context, key: &ObjectKey, s: &RecordState) {
-    let (ns, name) = (key.namespace.as_str(), key.name.as_str());
-    ctx.metrics.set_sync_status(ns, name, s.status);
-    ctx.metrics.set_daemonset_commits(
-        ns,
-        name,
-        s.applied.as_ref().map_or("", |t| t.commit.as_str()),
-        s.last_good.as_deref().unwrap_or(""),
-    );
-    let stage = match &s.work {
-        Work::Rolling { rollout, .. }
-            if !rollout.phase.is_terminal() && rollout.stage < rollout.stages.len() =>
-        {
-            Some(rollout.stage)
-        }
-        _ => None,
-    };
-    ctx.metrics.set_rollout_stage(ns, name, stage);
     ctx.status
         .write()
         .await
