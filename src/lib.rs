@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod controller;
 pub mod desired;
 pub mod diff;
+pub mod failpoint;
 pub mod keys;
 pub mod manifest;
 pub mod metrics;

@@ -454,11 +454,13 @@ async fn execute(
             Act::Apply(object) => {
                 ctx.fence.check()?;
                 apply(ctx, key, &object).await?;
+                crate::failpoint::hit("after-apply");
             }
             Act::DeletePod { node, name, uid } => {
                 ctx.fence.check()?;
                 info!(node = %node, pod = %name, "replacing pod");
                 ctx.cluster.delete_pod(&key.namespace, &name, &uid).await?;
+                crate::failpoint::hit("after-pod-delete");
             }
             Act::Event {
                 warning,
@@ -555,6 +557,7 @@ async fn write_record(
         .insert(key.clone(), (rv, Ok(Arc::new(state.clone()))));
     ctx.stores.wrote_record(written.clone());
     *rec_obj = Some(Arc::new(written));
+    crate::failpoint::hit("after-record-write");
     Ok(())
 }
 

@@ -610,8 +610,13 @@ impl Decider<'_, '_> {
                 "waiting for the DaemonSet controller to observe generation {} (observed {}); is kube-controller-manager running?",
                 live.generation, live.observed_generation
             );
-            return Ok(Self::set_status(rec, SyncStatus::Progressing, &msg)
-                .wake(now + OPEN_WORK_RESYNC_MS));
+            let plan = Self::set_status(rec, SyncStatus::Progressing, &msg);
+            let plan = if plan.write.is_some() {
+                plan.warn(msg)
+            } else {
+                plan
+            };
+            return Ok(plan.wake(now + OPEN_WORK_RESYNC_MS));
         }
         let revision = self.i.revision.ok_or(Need::Revision)?;
         let nodes_with_pods = self

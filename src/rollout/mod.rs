@@ -34,7 +34,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 pub use gates::{CheckValue, Gate, GateFailure, GateResult, HealthRules, PromOutcome};
-pub use planner::step;
+pub use planner::{REISSUE_AFTER_MS, step};
 pub use stages::{ALL_POOLS, NodeInfo, REMAINING_STAGE, Stage, resolve_stages};
 
 /// Name of the single stage of a rollback.
@@ -110,8 +110,9 @@ pub struct Replacement {
     /// the ready timeout covers it.
     pub old_pod_uid: String,
     /// Start of the ready timeout: when nodewave asked for the deletion, moved
-    /// forward while the old pod is still seen running (a deletion lost in a
-    /// crash or held back by a pause must not eat into the timeout).
+    /// forward each time a deletion that did not take effect is issued again
+    /// (see `planner::REISSUE_AFTER_MS`: a deletion lost in a crash or held back by
+    /// a pause must not eat into the timeout).
     pub deleted_at_ms: i64,
 }
 

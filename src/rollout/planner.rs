@@ -10,6 +10,9 @@ use super::{
     PodObservation, ROLLBACK_STAGE, Replacement, Rollout, RolloutEvent, RolloutKind, Stage,
 };
 
+/// A deletion whose pod is still seen running after this long is issued again.
+pub const REISSUE_AFTER_MS: i64 = 5_000;
+
 /// The observation's pods grouped by node, restricted to nodes that exist.
 struct View<'a> {
     target: &'a str,
@@ -484,13 +487,17 @@ impl Planner<'_> {
                 {
                     rep.old_pod_uid.clone_from(&first.uid);
                 }
-                if !olds.is_empty() {
-                    // The deletion has not taken effect yet (lost in a crash, or
-                    // paused before it was re-issued): the ready timeout measures
-                    // the replacement, so its clock starts when the old pod goes.
+                // The old pod is still running. Right after the deletion that is
+                // normal (it takes a moment to show as terminating); past
+                // `REISSUE_AFTER_MS` the deletion was lost (a crash between the
+                // record write and the delete, or a pause): it is issued again, and
+                // the ready timeout, which measures the replacement, starts over.
+                // Not re-issuing at once keeps a second actor working from the same
+                // record (two replicas, a deposed leader) from deleting it twice.
+                if !olds.is_empty() && now - rep.deleted_at_ms >= REISSUE_AFTER_MS {
                     rep.deleted_at_ms = now;
+                    redeletes.extend(olds.iter().map(|p| delete(p)));
                 }
-                redeletes.extend(olds.iter().map(|p| delete(p)));
             } else if olds.is_empty() {
                 // A target pod nodewave did not ask for, or no pod at all: wait for
                 // it like for a replacement, with the same deadline.

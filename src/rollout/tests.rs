@@ -320,11 +320,20 @@ fn crash_restart_reissues_only_missing_deletes() {
         "the ready timeout starts when the deletion takes effect"
     );
     assert!(events(&d2.actions).is_empty());
-    // Same again: still idempotent.
-    let d3 = step(&d2.rollout, &obs(6000, pods), &rules());
-    assert_eq!(d3.actions, d2.actions);
+    // Right after a (re-)issued deletion the old pod may still show: it is in
+    // flight, not issued again (a second actor on the same record stays quiet).
+    let d3 = step(&d2.rollout, &obs(6000, pods.clone()), &rules());
+    assert!(deleted(&d3.actions).is_empty(), "{:?}", d3.actions);
+    assert_eq!(d3.rollout, d2.rollout, "nothing to persist while in flight");
+    // Still there after REISSUE_AFTER_MS: issued again, idempotently.
+    let d4 = step(
+        &d3.rollout,
+        &obs(5000 + super::REISSUE_AFTER_MS, pods),
+        &rules(),
+    );
+    assert_eq!(deleted(&d4.actions), vec!["n2"]);
     assert_eq!(
-        d3.rollout.replacing.keys().collect::<Vec<_>>(),
+        d4.rollout.replacing.keys().collect::<Vec<_>>(),
         vec!["n1", "n2"]
     );
 }
@@ -339,7 +348,15 @@ fn old_pod_recreated_by_lagging_controller_is_deleted_again() {
     assert_eq!(deleted(&d.actions), vec!["n1"]);
     let mut again = pod("n1", OLD, true);
     again.uid = "uid-2".into();
-    let d = step(&d.rollout, &obs(1000, vec![again]), &rules());
+    // Within REISSUE_AFTER_MS it may just be the first one not gone yet...
+    let d = step(&d.rollout, &obs(1000, vec![again.clone()]), &rules());
+    assert!(deleted(&d.actions).is_empty(), "{:?}", d.actions);
+    // ...after it, the old-revision pod is deleted again.
+    let d = step(
+        &d.rollout,
+        &obs(super::REISSUE_AFTER_MS, vec![again]),
+        &rules(),
+    );
     assert_eq!(
         d.actions,
         vec![Action::DeletePod {
@@ -1010,8 +1027,11 @@ fn a_lost_delete_held_back_by_a_pause_does_not_time_out() {
     let d = step(&d.rollout, &paused, &rules());
     let d = step(&d.rollout, &obs(501_000, all_old(&nodes)), &rules());
     assert_eq!(failure(&d.actions), None);
+    let at = 500_000 + super::REISSUE_AFTER_MS;
+    let d = step(&d.rollout, &obs(at, all_old(&nodes)), &rules());
+    assert_eq!(failure(&d.actions), None);
     assert_eq!(deleted(&d.actions), vec!["a"], "re-issued after the pause");
-    assert_eq!(d.rollout.replacing["a"].deleted_at_ms, 501_000);
+    assert_eq!(d.rollout.replacing["a"].deleted_at_ms, at);
 }
 
 #[test]

@@ -13,6 +13,8 @@ pub enum Transport {
     Https,
     Http,
     Ssh,
+    /// `git://` (git daemon): anonymous and read-only, never any credentials.
+    Git,
     /// `file://` URLs and plain paths: no network, no credentials.
     Local,
 }
@@ -36,8 +38,8 @@ pub struct RemoteUrl {
 }
 
 impl RemoteUrl {
-    /// Parses `https://`, `http://`, `ssh://`, scp-style `user@host:path`,
-    /// `file://` and plain local paths.
+    /// Parses `https://`, `http://`, `ssh://`, `git://`, scp-style
+    /// `user@host:path`, `file://` and plain local paths.
     pub fn parse(url: &str) -> Result<Self, String> {
         let url = url.trim();
         if url.is_empty() {
@@ -49,6 +51,7 @@ impl RemoteUrl {
                 "https" => Transport::Https,
                 "http" => Transport::Http,
                 "ssh" | "git+ssh" | "ssh+git" => Transport::Ssh,
+                "git" => Transport::Git,
                 "file" => {
                     return Ok(Self {
                         transport: Transport::Local,
@@ -62,7 +65,7 @@ impl RemoteUrl {
                 }
                 other => {
                     return Err(format!(
-                        "unsupported scheme {other}:// (use https://, http://, ssh://, file:// or user@host:path)"
+                        "unsupported scheme {other}:// (use https://, http://, ssh://, git://, file:// or user@host:path)"
                     ));
                 }
             };

@@ -106,6 +106,7 @@ pub struct Nodewave {
     args: Vec<String>,
     _state: tempfile::TempDir,
     state_dir: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 pub fn binary() -> &'static str {
@@ -127,11 +128,16 @@ impl Nodewave {
             repo_url.into(),
             "--listen".into(),
             addr.to_string(),
-            "--state-dir".into(),
-            state_dir.display().to_string(),
             "--log-format".into(),
             "json".into(),
         ];
+        // A fresh clone cache unless the test brings its own.
+        let state_dir = if let Some(i) = extra.iter().position(|a| *a == "--state-dir") {
+            PathBuf::from(extra[i + 1])
+        } else {
+            args.extend(["--state-dir".into(), state_dir.display().to_string()]);
+            state_dir
+        };
         // The admin kubeconfig unless the test brings its own (e.g. a service account's).
         if !extra.contains(&"--kubeconfig") {
             args.extend([
@@ -147,6 +153,7 @@ impl Nodewave {
             args,
             _state: state,
             state_dir,
+            env: Vec::new(),
         };
         nw.spawn().await;
         nw
@@ -160,6 +167,7 @@ impl Nodewave {
             .unwrap();
         let child = Command::new(binary())
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env_remove("NODEWAVE_GIT_TOKEN")
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
@@ -186,6 +194,34 @@ impl Nodewave {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Sets (Some) or removes (None) an environment variable for the next start.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.env.push((key.to_string(), v.to_string()));
+        }
+    }
+
+    /// Waits until the process exits by itself (e.g. at a failpoint); returns its
+    /// exit status, or panics after `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(c) = self.child.as_mut()
+                && let Some(status) = c.try_wait().unwrap()
+            {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nodewave did not exit within {timeout:?}:\n{}",
+                tail(&self.logs(), 30)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
