@@ -38,7 +38,9 @@ fi
 pkill -x prometheus 2>/dev/null || true
 
 step "control-plane binaries (built once from the Go module proxy, then cached)"
-hack/build-binaries.sh >/dev/null
+# kubectl from the same build is on PATH for the tests that run it.
+control_plane_bin="$(hack/build-binaries.sh)"
+export PATH="$control_plane_bin:$PATH"
 
 step "renderers: helm and kustomize (built once from the Go module proxy, then cached)"
 # The rendering tests run the real renderers and find them on PATH.
