@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use nodewave::manifest::{self, CHECKS, LoadOptions, ObjectKey, Severity};
+use nodewave::manifest::{self, CHECKS, Limits, LoadOptions, ObjectKey, Severity};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/manifests")
@@ -25,7 +25,7 @@ fn options_for(check: &str) -> LoadOptions {
 
 #[test]
 fn valid_fixture_loads_without_findings() {
-    let files = manifest::read_dir(&fixtures().join("valid")).unwrap();
+    let files = manifest::read_dir(&fixtures().join("valid"), &Limits::default()).unwrap();
     let state = manifest::load(&files, &LoadOptions::default()).unwrap();
     assert!(state.warnings.is_empty(), "{:#?}", state.warnings);
     let key = ObjectKey::new("logging", "fluent-bit");
@@ -38,7 +38,8 @@ fn every_check_has_an_invalid_fixture_with_its_documented_output() {
     let bless = std::env::var_os("NODEWAVE_BLESS").is_some();
     for check in CHECKS {
         let dir = fixtures().join("invalid").join(check.id);
-        let files = manifest::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let files = manifest::read_dir(&dir, &Limits::default())
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         assert!(!files.is_empty(), "no fixture for {}", check.id);
         let findings = match manifest::load(&files, &options_for(check.id)) {
             Ok(state) => state.warnings,

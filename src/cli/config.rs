@@ -9,9 +9,10 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::KubeArgs;
+use super::limit_args::{FileLimits, LimitValue};
 use super::validate::RuleArgs;
-use crate::manifest::Severity;
 use crate::manifest::policy::parse_duration;
+use crate::manifest::{Limit, Severity};
 use crate::source::{Credentials, GitRef};
 
 #[derive(Debug, clap::Args)]
@@ -145,6 +146,61 @@ pub struct FileConfig {
     pub leader_elect: Option<bool>,
     pub leader_election_namespace: Option<String>,
     pub leader_election_lease: Option<String>,
+    pub max_file_bytes: Option<LimitValue>,
+    pub max_files: Option<LimitValue>,
+    pub max_total_bytes: Option<LimitValue>,
+    pub max_objects: Option<LimitValue>,
+    pub max_total_nodes: Option<LimitValue>,
+    pub max_object_bytes: Option<LimitValue>,
+    pub max_depth: Option<LimitValue>,
+    pub max_nodes: Option<LimitValue>,
+    pub max_aliases: Option<LimitValue>,
+}
+
+impl FileConfig {
+    fn limits(&self) -> FileLimits {
+        let field = |limit: Limit| match limit {
+            Limit::FileBytes => &self.max_file_bytes,
+            Limit::Files => &self.max_files,
+            Limit::TotalBytes => &self.max_total_bytes,
+            Limit::Objects => &self.max_objects,
+            Limit::TotalNodes => &self.max_total_nodes,
+            Limit::ObjectBytes => &self.max_object_bytes,
+            Limit::Depth => &self.max_depth,
+            Limit::Nodes => &self.max_nodes,
+            Limit::Aliases => &self.max_aliases,
+        };
+        FileLimits {
+            values: Limit::ALL
+                .into_iter()
+                .filter_map(|l| field(l).clone().map(|v| (l, v)))
+                .collect(),
+        }
+    }
+}
+
+/// Bounds of the two intervals: shorter ones would busy-loop, longer ones are
+/// typos (and time arithmetic on them could overflow).
+const POLL_INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(24 * 3600));
+const ROLLOUT_INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(3600));
+
+fn check_interval(
+    what: &str,
+    d: Duration,
+    (min, max): (Duration, Duration),
+) -> Result<Duration, String> {
+    use crate::manifest::policy::format_duration;
+    if d < min || d > max {
+        return Err(format!(
+            "{what} {} is outside {} to {}",
+            format_duration(d),
+            format_duration(min),
+            format_duration(max)
+        ));
+    }
+    Ok(d)
 }
 
 /// Everything `run` needs, resolved.
@@ -217,6 +273,7 @@ impl RunArgs {
             }
         }
         rules.require_digest |= file.require_digest.unwrap_or(false);
+        rules.limits.merge_file(&file.limits())?;
         let log_format = self
             .log_format
             .clone()
@@ -231,10 +288,13 @@ impl RunArgs {
             repo,
             reference,
             path,
-            poll_interval: self
-                .poll_interval
-                .or(duration_opt(file.poll_interval.as_ref(), "poll-interval")?)
-                .unwrap_or(Duration::from_mins(1)),
+            poll_interval: check_interval(
+                "poll-interval",
+                self.poll_interval
+                    .or(duration_opt(file.poll_interval.as_ref(), "poll-interval")?)
+                    .unwrap_or(Duration::from_mins(1)),
+                POLL_INTERVAL_RANGE,
+            )?,
             listen: self
                 .listen
                 .or(file.listen)
@@ -270,13 +330,16 @@ impl RunArgs {
             self_heal: !self.no_self_heal && file.self_heal.unwrap_or(true),
             create_namespaces: self.create_namespaces || file.create_namespaces.unwrap_or(false),
             pool_label: self.pool_label.clone().or(file.pool_label.clone()),
-            rollout_interval: self
-                .rollout_interval
-                .or(duration_opt(
-                    file.rollout_interval.as_ref(),
-                    "rollout-interval",
-                )?)
-                .unwrap_or(Duration::from_secs(2)),
+            rollout_interval: check_interval(
+                "rollout-interval",
+                self.rollout_interval
+                    .or(duration_opt(
+                        file.rollout_interval.as_ref(),
+                        "rollout-interval",
+                    )?)
+                    .unwrap_or(Duration::from_secs(2)),
+                ROLLOUT_INTERVAL_RANGE,
+            )?,
             log_json: log_format == "json",
             log_level: self
                 .log_level
@@ -347,6 +410,46 @@ mod tests {
             vec![("probes-missing".to_string(), Severity::Error)]
         );
         assert_eq!(r.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn limits_come_from_flags_then_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("nodewave.toml");
+        std::fs::write(
+            &cfg,
+            "repo = \"file:///r\"\nmax-file-bytes = \"8MiB\"\nmax-files = 10\nmax-depth = 32\n",
+        )
+        .unwrap();
+        let t = T::parse_from(["x", "--config", cfg.to_str().unwrap(), "--max-files", "20"]);
+        let limits = t.run.resolve().unwrap().rules.load_options().limits;
+        assert_eq!(limits.max_file_bytes, 8 << 20);
+        assert_eq!(limits.max_files, 20);
+        assert_eq!(limits.max_depth, 32);
+        assert_eq!(
+            limits.max_nodes,
+            crate::manifest::Limits::default().max_nodes
+        );
+        std::fs::write(&cfg, "repo = \"file:///r\"\nmax-object-bytes = \"lots\"\n").unwrap();
+        let t = T::parse_from(["x", "--config", cfg.to_str().unwrap()]);
+        let e = t.run.resolve().unwrap_err();
+        assert!(e.contains("max-object-bytes"), "{e}");
+    }
+
+    #[test]
+    fn absurd_intervals_are_refused() {
+        for (flag, value) in [
+            ("--poll-interval", "0"),
+            ("--poll-interval", "25h"),
+            ("--rollout-interval", "10ms"),
+            ("--rollout-interval", "2h"),
+        ] {
+            let t = T::parse_from(["x", "--repo", "file:///r", flag, value]);
+            let e = t.run.resolve().unwrap_err();
+            assert!(e.contains("is outside"), "{flag} {value}: {e}");
+        }
+        // Overflowing values are clap errors, not panics.
+        assert!(T::try_parse_from(["x", "--poll-interval", "1s18446744073709551615s"]).is_err());
     }
 
     #[test]

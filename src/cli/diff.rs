@@ -67,7 +67,7 @@ pub async fn run(args: DiffArgs) -> ExitCode {
 fn load_files(args: &DiffArgs) -> Result<(Vec<ManifestFile>, String, String), String> {
     if let Some(dir) = &args.dir {
         let base = dir.join(&args.path);
-        let mut files = manifest::read_dir(&base)
+        let mut files = manifest::read_dir(&base, &args.rules.limits())
             .map_err(|e| format!("cannot read {}: {e}", base.display()))?;
         let prefix = args.path.trim_matches('/');
         if !prefix.is_empty() {
@@ -91,6 +91,7 @@ fn load_files(args: &DiffArgs) -> Result<(Vec<ManifestFile>, String, String), St
         path: args.path.clone(),
         checkout_dir: tmp.clone(),
         credentials: crate::source::Credentials::default(),
+        limits: args.rules.limits(),
     })
     .map_err(|e| e.to_string())?;
     let outcome = src.fetch().map_err(|e| e.to_string())?;

@@ -67,6 +67,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         path: cfg.path.clone(),
         checkout_dir: cfg.state_dir.clone(),
         credentials: cfg.credentials.clone(),
+        limits: cfg.rules.limits(),
     }) {
         Ok(s) => s,
         Err(e) => {

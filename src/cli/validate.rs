@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::manifest::{self, CHECKS, LoadOptions, Severity};
+use super::limit_args::LimitArgs;
+use crate::manifest::{self, CHECKS, Limits, LoadOptions, ReadDirError, Severity};
 
 #[derive(Debug, clap::Args)]
 pub struct ValidateArgs {
@@ -35,6 +36,8 @@ pub struct RuleArgs {
     /// Require every image to be pinned by digest (@sha256:...).
     #[arg(long)]
     pub require_digest: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 fn parse_severity(s: &str) -> Result<(String, Severity), String> {
@@ -62,8 +65,14 @@ impl RuleArgs {
             allowed_namespaces: self.allow_namespaces.clone(),
             severity_overrides: self.severities.iter().cloned().collect(),
             require_digest: self.require_digest,
+            limits: self.limits(),
             ..LoadOptions::default()
         }
+    }
+
+    /// The size limits in force (also for the Git source: `GitSourceConfig::limits`).
+    pub fn limits(&self) -> Limits {
+        self.limits.limits()
     }
 }
 
@@ -87,9 +96,10 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
     let Some(dir) = &args.dir else {
         return ExitCode::from(2);
     };
-    let files = match manifest::read_dir(dir) {
+    let files = match manifest::read_dir(dir, &args.rules.limits()) {
         Ok(f) => f,
-        Err(e) => {
+        Err(ReadDirError::Rejected(rejected)) => return print_rejected(&rejected),
+        Err(ReadDirError::Io(e)) => {
             eprintln!("error: cannot read {}: {e}", dir.display());
             return ExitCode::from(2);
         }
@@ -112,16 +122,18 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(rejected) => {
-            for f in rejected.errors.iter().chain(&rejected.warnings) {
-                println!("{f}");
-            }
-            println!(
-                "invalid: {} error(s), {} warning(s); a commit like this is rejected whole and nothing from it is applied",
-                rejected.errors.len(),
-                rejected.warnings.len()
-            );
-            ExitCode::from(1)
-        }
+        Err(rejected) => print_rejected(&rejected),
     }
+}
+
+fn print_rejected(rejected: &manifest::Rejected) -> ExitCode {
+    for f in rejected.errors.iter().chain(&rejected.warnings) {
+        println!("{f}");
+    }
+    println!(
+        "invalid: {} error(s), {} warning(s); a commit like this is rejected whole and nothing from it is applied",
+        rejected.errors.len(),
+        rejected.warnings.len()
+    );
+    ExitCode::from(1)
 }

@@ -104,6 +104,7 @@ pub struct CheckInfo {
 }
 
 pub const YAML_SYNTAX: &str = "yaml-syntax";
+pub const LIMIT_EXCEEDED: &str = "limit-exceeded";
 pub const UNSUPPORTED_KIND: &str = "unsupported-kind";
 pub const UNKNOWN_FIELD: &str = "unknown-field";
 pub const INVALID_OBJECT: &str = "invalid-object";
@@ -146,6 +147,10 @@ const fn practice(
 /// Every check `load` runs, structural ones first.
 pub const CHECKS: &[CheckInfo] = &[
     structural(YAML_SYNTAX, "the file is not valid YAML"),
+    structural(
+        LIMIT_EXCEEDED,
+        "a file, the commit or a document is over a size limit (bytes, files, documents, nesting depth, nodes, aliases)",
+    ),
     structural(
         UNSUPPORTED_KIND,
         "a document is not an apps/v1 DaemonSet or a nodewave.io/v1alpha1 RolloutPolicy",

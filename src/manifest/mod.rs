@@ -1,11 +1,15 @@
 //! Reading a commit's manifests: YAML parsing, the DaemonSet and RolloutPolicy model,
 //! validation and best-practice checks. Pure: files in, desired state or errors out.
 
+#[doc(hidden)]
+pub mod adversarial;
 mod daemonset;
 mod findings;
+pub mod limits;
 mod lines;
 pub mod policy;
 mod policy_rules;
+mod ports;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,8 +18,11 @@ use std::path::Path as FsPath;
 use serde_json::Value;
 
 pub use findings::{CHECKS, CheckInfo, Finding, Location, Severity, check_info};
-use findings::{DUPLICATE_NAME, POLICY_TARGET_MISSING, UNSUPPORTED_KIND, YAML_SYNTAX};
-use lines::{DocumentSource, LineIndex, Path};
+use findings::{
+    DUPLICATE_NAME, LIMIT_EXCEEDED, POLICY_TARGET_MISSING, UNSUPPORTED_KIND, YAML_SYNTAX,
+};
+pub use limits::{FileBudget, Limit, LimitExceeded, Limits};
+use lines::{DocumentSource, IndexError, LineIndex, Path};
 
 /// One file of a commit, path relative to the repository root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +66,8 @@ pub struct LoadOptions {
     pub severity_overrides: BTreeMap<String, Severity>,
     /// Turns `image-digest` on (as an error) unless an override says otherwise.
     pub require_digest: bool,
+    /// Size limits on the commit, its files and its documents.
+    pub limits: Limits,
 }
 
 impl Default for LoadOptions {
@@ -68,6 +77,7 @@ impl Default for LoadOptions {
             default_namespace: "default".to_string(),
             severity_overrides: BTreeMap::new(),
             require_digest: false,
+            limits: Limits::default(),
         }
     }
 }
@@ -191,9 +201,19 @@ impl<'o> Report<'o> {
 /// One parsed document with what is needed to point at its lines.
 pub(crate) struct Doc<'a> {
     pub file: &'a str,
-    pub source: DocumentSource,
+    pub source: DocumentSource<'a>,
     pub index: LineIndex,
     pub value: Value,
+    /// serde-saphyr options carrying this document's budget, for typed re-parses.
+    yaml: serde_saphyr::Options,
+}
+
+/// A serde-saphyr error as a finding needs it: file line, message without the source
+/// snippet, and the limit it breached, if it was a budget breach.
+pub(crate) struct YamlError {
+    pub line: Option<usize>,
+    pub message: String,
+    pub limit: Option<Limit>,
 }
 
 impl Doc<'_> {
@@ -202,6 +222,13 @@ impl Doc<'_> {
     pub fn location(&self, path: &Path) -> Location {
         let line = self.index.line_of(path).unwrap_or(self.source.first_line);
         Location::new(self.file, Some(line))
+    }
+
+    /// Deserializes the document's text as `T`, within the same budget as its first
+    /// parse; error lines are file lines.
+    pub fn deserialize<T: serde::de::DeserializeOwned>(&self) -> Result<T, YamlError> {
+        serde_saphyr::from_str_with_options(self.source.text, self.yaml.clone())
+            .map_err(|e| yaml_error(&e, &self.source))
     }
 
     pub fn str_at(&self, dotted: &str) -> Option<&str> {
@@ -232,9 +259,9 @@ impl Doc<'_> {
     }
 }
 
-/// Line and message of a serde-saphyr error, without its source snippet (findings
-/// carry the location separately).
-pub(crate) fn saphyr_error(e: &serde_saphyr::Error) -> (Option<usize>, String) {
+/// File line, message (without its source snippet: findings carry the location
+/// separately) and breached limit of a serde-saphyr error.
+fn yaml_error(e: &serde_saphyr::Error, source: &DocumentSource<'_>) -> YamlError {
     let mut render = serde_saphyr::RenderOptions::new(&serde_saphyr::UserMessageFormatter);
     render.snippets = serde_saphyr::SnippetMode::Off;
     let mut message = e.render_with_options(render);
@@ -245,12 +272,49 @@ pub(crate) fn saphyr_error(e: &serde_saphyr::Error) -> (Option<usize>, String) {
         .location()
         .map(|l| l.line())
         .filter(|l| *l > 0)
-        .and_then(|l| usize::try_from(l).ok());
-    (line, message)
+        .and_then(|l| usize::try_from(l).ok())
+        .map(|l| source.file_line(l));
+    YamlError {
+        line,
+        message,
+        limit: breached_limit(e),
+    }
+}
+
+/// The nodewave limit behind a serde-saphyr budget or alias-replay error.
+fn breached_limit(e: &serde_saphyr::Error) -> Option<Limit> {
+    use serde_saphyr::Error as E;
+    use serde_saphyr::budget::BudgetBreach as B;
+    let mut e = e;
+    while let E::AliasError { error, .. } | E::WithSnippet { error, .. } = e {
+        e = error;
+    }
+    match e {
+        E::Budget { breach, .. } => match breach {
+            B::Depth { .. } => Some(Limit::Depth),
+            B::Aliases { .. } | B::Anchors { .. } | B::AliasAnchorRatio { .. } => {
+                Some(Limit::Aliases)
+            }
+            B::ScalarBytes { .. } | B::RecordedAnchorBytes { .. } | B::InputBytes { .. } => {
+                Some(Limit::ObjectBytes)
+            }
+            B::Documents { .. } => Some(Limit::Objects),
+            _ => Some(Limit::Nodes),
+        },
+        E::AliasReplayLimitExceeded { .. } | E::AliasReplayCounterOverflow { .. } => {
+            Some(Limit::Nodes)
+        }
+        E::AliasReplayStackDepthExceeded { .. } => Some(Limit::Depth),
+        E::AliasExpansionLimitExceeded { .. } => Some(Limit::Aliases),
+        _ => None,
+    }
 }
 
 /// Validates a commit's files and builds the desired state. Any finding of severity
 /// `Error` rejects the whole commit; the result does not depend on the order of `files`.
+///
+/// Work and memory are bounded by `opts.limits`: a commit over a per-commit limit
+/// is rejected with one finding and not parsed further.
 pub fn load(files: &[ManifestFile], opts: &LoadOptions) -> Result<DesiredState, Rejected> {
     let mut sorted: Vec<&ManifestFile> = files.iter().collect();
     sorted.sort_by(|a, b| a.path.cmp(&b.path));
@@ -259,25 +323,59 @@ pub fn load(files: &[ManifestFile], opts: &LoadOptions) -> Result<DesiredState, 
     let mut daemonsets: Vec<DesiredDaemonSet> = Vec::new();
     let mut policies: Vec<policy_rules::LoadedPolicy> = Vec::new();
 
-    for file in sorted {
-        for source in lines::split_documents(&file.contents) {
-            let Some(doc) = parse_document(&file.path, source, &mut report) else {
-                continue;
-            };
-            let api_version = doc.str_at("apiVersion").unwrap_or_default();
-            let kind = doc.str_at("kind").unwrap_or_default();
-            match (api_version, kind) {
-                ("apps/v1", "DaemonSet") => {
-                    if let Some(ds) = daemonset::check(&doc, &mut report, opts) {
-                        daemonsets.push(ds);
-                    }
+    let limits = &opts.limits;
+    let mut file_budget = FileBudget::new(limits);
+    let oversized = sorted.iter().find_map(|f| {
+        file_budget.admit("", f.contents.len()).err().map(|e| {
+            (
+                Location::new(&f.path, None),
+                LimitExceeded { subject: None, ..e },
+            )
+        })
+    });
+    let mut budget = DocBudget {
+        objects: 0,
+        nodes_left: limits.max_total_nodes,
+        exhausted: false,
+    };
+    if let Some((location, exceeded)) = oversized {
+        report.add(LIMIT_EXCEEDED, location, None, exceeded.to_string());
+    } else {
+        'files: for file in sorted {
+            for source in lines::split_documents(&file.contents) {
+                budget.objects += 1;
+                if budget.objects > limits.max_objects {
+                    let exceeded = LimitExceeded::new(Limit::Objects, limits, budget.objects);
+                    report.add(
+                        LIMIT_EXCEEDED,
+                        Location::new(&file.path, Some(source.first_line)),
+                        None,
+                        exceeded.to_string(),
+                    );
+                    break 'files;
                 }
-                (policy::API_VERSION, policy::KIND) => {
-                    if let Some(p) = policy_rules::check(&doc, &mut report, opts) {
-                        policies.push(p);
-                    }
+                let doc = parse_document(&file.path, source, &mut report, limits, &mut budget);
+                if budget.exhausted {
+                    break 'files;
                 }
-                _ => unsupported_kind(&doc, api_version, kind, &mut report),
+                let Some(doc) = doc else {
+                    continue;
+                };
+                let api_version = doc.str_at("apiVersion").unwrap_or_default();
+                let kind = doc.str_at("kind").unwrap_or_default();
+                match (api_version, kind) {
+                    ("apps/v1", "DaemonSet") => {
+                        if let Some(ds) = daemonset::check(&doc, &mut report, opts) {
+                            daemonsets.push(ds);
+                        }
+                    }
+                    (policy::API_VERSION, policy::KIND) => {
+                        if let Some(p) = policy_rules::check(&doc, &mut report, opts) {
+                            policies.push(p);
+                        }
+                    }
+                    _ => unsupported_kind(&doc, api_version, kind, &mut report),
+                }
             }
         }
     }
@@ -301,42 +399,98 @@ pub fn load(files: &[ManifestFile], opts: &LoadOptions) -> Result<DesiredState, 
     }
 }
 
-/// Parses one document; `None` for empty documents and for syntax errors (reported).
+/// What a commit's documents have used of the per-commit limits.
+struct DocBudget {
+    objects: usize,
+    /// Of `max_total_nodes`.
+    nodes_left: usize,
+    /// A per-commit limit was hit: nothing more is parsed.
+    exhausted: bool,
+}
+
+/// Parses one document within the limits; `None` for empty documents and for
+/// syntax errors and limit breaches (reported).
 fn parse_document<'a>(
     file: &'a str,
-    source: DocumentSource,
+    source: DocumentSource<'a>,
     report: &mut Report<'_>,
+    limits: &Limits,
+    budget: &mut DocBudget,
 ) -> Option<Doc<'a>> {
-    let index = match LineIndex::build(&source.text) {
+    let limit_finding = |line: usize, limit: Limit, actual: usize, report: &mut Report<'_>| {
+        report.add(
+            LIMIT_EXCEEDED,
+            Location::new(file, Some(line)),
+            None,
+            LimitExceeded::new(limit, limits, actual).to_string(),
+        );
+    };
+    if source.text.len() > limits.max_object_bytes {
+        limit_finding(
+            source.first_line,
+            Limit::ObjectBytes,
+            source.text.len(),
+            report,
+        );
+        return None;
+    }
+    // A document may use what the commit has left of its node budget, at most
+    // its own limit; running out of the former is a per-commit breach.
+    let max_nodes = limits.max_nodes.min(budget.nodes_left);
+    let doc_limit = |limit: Limit| {
+        if limit == Limit::Nodes && max_nodes < limits.max_nodes {
+            Limit::TotalNodes
+        } else {
+            limit
+        }
+    };
+    let doc_limits = Limits {
+        max_nodes,
+        ..*limits
+    };
+    let index = match LineIndex::build(&source, &doc_limits) {
         Ok(index) => index,
-        Err(e) => {
+        Err(IndexError::Syntax { line, message }) => {
             report.add(
                 YAML_SYNTAX,
-                Location::new(file, Some(e.line.max(source.first_line))),
+                Location::new(file, Some(line.max(source.first_line))),
                 None,
                 format!(
-                    "invalid YAML: {}; fix the syntax (indentation, quoting, unclosed brackets)",
-                    e.message
+                    "invalid YAML: {message}; fix the syntax (indentation, quoting, unclosed brackets)"
                 ),
             );
+            return None;
+        }
+        Err(IndexError::Limit { line, limit }) => {
+            let limit = doc_limit(limit);
+            budget.exhausted = limit == Limit::TotalNodes;
+            limit_finding(line, limit, 0, report);
             return None;
         }
     };
     // Documents with only comments or a bare `---` are no objects.
     index.root_line()?;
-    let value = match serde_saphyr::from_str::<Value>(&source.text) {
+    let yaml = limits.yaml_options(max_nodes);
+    let value = match serde_saphyr::from_str_with_options::<Value>(source.text, yaml.clone()) {
         Ok(value) => value,
         Err(e) => {
-            let (line, message) = saphyr_error(&e);
-            report.add(
-                YAML_SYNTAX,
-                Location::new(file, line.or(index.root_line())),
-                None,
-                format!("invalid YAML: {message}"),
-            );
+            let e = yaml_error(&e, &source);
+            let line = e.line.or(index.root_line());
+            if let Some(limit) = e.limit.map(doc_limit) {
+                budget.exhausted = limit == Limit::TotalNodes;
+                limit_finding(line.unwrap_or(source.first_line), limit, 0, report);
+            } else {
+                report.add(
+                    YAML_SYNTAX,
+                    Location::new(file, line),
+                    None,
+                    format!("invalid YAML: {}", e.message),
+                );
+            }
             return None;
         }
     };
+    budget.nodes_left = budget.nodes_left.saturating_sub(value_nodes(&value));
     if value.is_null() {
         return None;
     }
@@ -345,7 +499,27 @@ fn parse_document<'a>(
         source,
         index,
         value,
+        yaml,
     })
+}
+
+/// Nodes of a parsed document as YAML counts them (every value and every mapping
+/// key), without recursion.
+fn value_nodes(value: &Value) -> usize {
+    let mut count = 0usize;
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        count += 1;
+        match v {
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => {
+                count += map.len();
+                stack.extend(map.values());
+            }
+            _ => {}
+        }
+    }
+    count
 }
 
 fn unsupported_kind(doc: &Doc<'_>, api_version: &str, kind: &str, report: &mut Report<'_>) {
@@ -431,14 +605,26 @@ fn index_daemonsets(
     out
 }
 
+/// How many other places a duplicate finding lists: with thousands of copies,
+/// listing all of them in each finding would be quadratic.
+const MAX_LISTED: usize = 5;
+
+/// `items` joined with ", ", at most [`MAX_LISTED`] of them and then "and N more".
+fn list_some<I: IntoIterator<Item = String>>(items: I, total: usize) -> String {
+    let mut listed: Vec<String> = items.into_iter().take(MAX_LISTED).collect();
+    if total > listed.len() {
+        listed.push(format!("and {} more", total - listed.len()));
+    }
+    listed.join(", ")
+}
+
 fn report_duplicates(label: &str, places: &[Location], fix: &str, report: &mut Report<'_>) {
     for (i, here) in places.iter().enumerate() {
-        let others: Vec<String> = places
+        let others = places
             .iter()
             .enumerate()
             .filter(|(j, _)| *j != i)
-            .map(|(_, l)| l.to_string())
-            .collect();
+            .map(|(_, l)| l.to_string());
         report.add(
             DUPLICATE_NAME,
             here.clone(),
@@ -446,7 +632,7 @@ fn report_duplicates(label: &str, places: &[Location], fix: &str, report: &mut R
             format!(
                 "defined {} times in this commit, also at {}: {fix}",
                 places.len(),
-                others.join(", ")
+                list_some(others, places.len() - 1)
             ),
         );
     }
@@ -490,7 +676,7 @@ fn attach_policies(
     let mut out = BTreeMap::new();
     for (target, mut group) in by_target {
         if group.len() > 1 {
-            let names: Vec<String> = group.iter().map(|p| p.key.name.clone()).collect();
+            let names = list_some(group.iter().map(|p| p.key.name.clone()), group.len());
             for p in &group {
                 report.add(
                     DUPLICATE_NAME,
@@ -499,7 +685,7 @@ fn attach_policies(
                     format!(
                         "DaemonSet {target} is targeted by {} RolloutPolicies ({}): a DaemonSet takes at most one policy; merge them into one",
                         group.len(),
-                        names.join(", ")
+                        names
                     ),
                 );
             }
@@ -509,19 +695,71 @@ fn attach_policies(
     out
 }
 
+/// Why [`read_dir`] returned no files.
+#[derive(Debug)]
+pub enum ReadDirError {
+    Io(std::io::Error),
+    /// The directory is over a size limit; nothing past the limit was read.
+    Rejected(Rejected),
+}
+
+impl fmt::Display for ReadDirError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Io(e) => e.fmt(f),
+            Self::Rejected(r) => r.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ReadDirError {}
+
+impl From<std::io::Error> for ReadDirError {
+    fn from(e: std::io::Error) -> Self {
+        Self::Io(e)
+    }
+}
+
+impl From<LimitExceeded> for ReadDirError {
+    fn from(mut e: LimitExceeded) -> Self {
+        // The file goes into the finding's location, not its message.
+        let file = e.subject.take().unwrap_or_default();
+        Self::Rejected(Rejected {
+            errors: vec![Finding {
+                check: LIMIT_EXCEEDED,
+                severity: Severity::Error,
+                location: Location::new(file, None),
+                object: None,
+                message: e.to_string(),
+            }],
+            warnings: Vec::new(),
+        })
+    }
+}
+
 /// Every `*.yaml` / `*.yml` file below `dir`, recursively, sorted by path. Paths are
 /// relative to `dir` with `/` separators; hidden files and directories (`.git`) and
-/// symlinked directories are skipped.
-pub fn read_dir(dir: &FsPath) -> std::io::Result<Vec<ManifestFile>> {
+/// symlinked directories are skipped. File sizes are checked against `limits` before
+/// a file is read, so an oversized directory costs no memory.
+pub fn read_dir(dir: &FsPath, limits: &Limits) -> Result<Vec<ManifestFile>, ReadDirError> {
     let mut files = Vec::new();
-    walk(dir, "", &mut files)?;
+    let mut budget = FileBudget::new(limits);
+    walk(dir, "", &mut files, &mut budget, limits)?;
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
 }
 
-fn walk(dir: &FsPath, prefix: &str, out: &mut Vec<ManifestFile>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
+fn walk(
+    dir: &FsPath,
+    prefix: &str,
+    out: &mut Vec<ManifestFile>,
+    budget: &mut FileBudget,
+    limits: &Limits,
+) -> Result<(), ReadDirError> {
+    // Sorted, so that which file trips a limit does not depend on the file system.
+    let mut entries = std::fs::read_dir(dir)?.collect::<Result<Vec<_>, _>>()?;
+    entries.sort_by_key(std::fs::DirEntry::file_name);
+    for entry in entries {
         let name = entry.file_name();
         let Some(name) = name.to_str() else {
             continue;
@@ -537,18 +775,49 @@ fn walk(dir: &FsPath, prefix: &str, out: &mut Vec<ManifestFile>) -> std::io::Res
         let file_type = entry.file_type()?;
         let path = entry.path();
         if file_type.is_dir() {
-            walk(&path, &rel, out)?;
-        } else if is_yaml(&path) && std::fs::metadata(&path)?.is_file() {
-            let contents = std::fs::read_to_string(&path).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("reading {}: {e}", path.display()))
-            })?;
-            out.push(ManifestFile {
-                path: rel,
-                contents,
-            });
+            walk(&path, &rel, out, budget, limits)?;
+        } else if is_yaml(&path) {
+            if let Some(contents) = read_limited(&path, &rel, budget, limits)? {
+                out.push(ManifestFile {
+                    path: rel,
+                    contents,
+                });
+            }
         }
     }
     Ok(())
+}
+
+/// Reads a regular file (following a symlink) after admitting its size; `None` for
+/// anything else (FIFOs, devices). At most one byte past the limit is ever read, in
+/// case the file grows after its size was taken.
+fn read_limited(
+    path: &FsPath,
+    rel: &str,
+    budget: &mut FileBudget,
+    limits: &Limits,
+) -> Result<Option<String>, ReadDirError> {
+    use std::io::Read as _;
+    let context = |e: std::io::Error| {
+        std::io::Error::new(e.kind(), format!("reading {}: {e}", path.display()))
+    };
+    if !std::fs::metadata(path).map_err(context)?.is_file() {
+        return Ok(None);
+    }
+    let file = std::fs::File::open(path).map_err(context)?;
+    let size = file.metadata().map_err(context)?.len();
+    budget.admit(rel, usize::try_from(size).unwrap_or(usize::MAX))?;
+    let cap = limits.max_file_bytes.saturating_add(1);
+    let mut contents = String::new();
+    file.take(u64::try_from(cap).unwrap_or(u64::MAX))
+        .read_to_string(&mut contents)
+        .map_err(context)?;
+    if contents.len() > limits.max_file_bytes {
+        return Err(LimitExceeded::new(Limit::FileBytes, limits, contents.len())
+            .at(rel)
+            .into());
+    }
+    Ok(Some(contents))
 }
 
 fn is_yaml(path: &FsPath) -> bool {
@@ -557,5 +826,7 @@ fn is_yaml(path: &FsPath) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
 }
 
+#[cfg(test)]
+mod limit_tests;
 #[cfg(test)]
 mod tests;
