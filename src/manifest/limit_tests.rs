@@ -393,3 +393,31 @@ fn the_catalogue_of_hostile_commits_is_rejected_as_documented() {
         }
     }
 }
+
+/// The deepest nesting any configuration allows parses, validates and drops on a
+/// 2 MiB stack (a tokio worker thread's), in this unoptimised build too.
+#[test]
+fn the_deepest_allowed_nesting_fits_a_small_stack() {
+    let cap = super::limits::MAX_DEPTH_CAP;
+    let limits = Limits {
+        max_depth: cap,
+        ..Limits::default()
+    };
+    // The document's mapping is one level; `extra` holds the rest.
+    let text = format!(
+        "{}extra: {}x{}\n",
+        daemonset("ns", "deep"),
+        "[".repeat(cap - 1),
+        "]".repeat(cap - 1)
+    );
+    let handle = std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            let rejected = load(&[file("deep.yaml", text)], &with_limits(limits)).unwrap_err();
+            rejected.errors.iter().map(|f| f.check).collect::<Vec<_>>()
+        })
+        .unwrap();
+    let checks = handle.join().expect("no stack overflow");
+    // Parsed all the way: the one finding is about the field, not a limit.
+    assert_eq!(checks, vec!["unknown-field"]);
+}

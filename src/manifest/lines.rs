@@ -154,7 +154,7 @@ impl<'a> Iterator for Documents<'a> {
             let mut has_content = false;
             let mut end = self.contents.len();
             let mut end_line = self.line;
-            for line in self.contents[self.pos..].split_inclusive('\n') {
+            for line in yaml_lines(&self.contents[self.pos..]) {
                 let bare = line.trim_end_matches(['\n', '\r']);
                 let (here, here_line) = (self.pos, self.line);
                 let next_pos = self.pos + line.len();
@@ -202,6 +202,25 @@ impl<'a> Iterator for Documents<'a> {
         }
         None
     }
+}
+
+/// Lines with their break, as YAML breaks them: at `\n`, `\r\n` and a lone `\r`
+/// (so that line numbers agree with the parser's).
+fn yaml_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let end = match rest.find(['\n', '\r']) {
+            None => rest.len(),
+            Some(i) if rest[i..].starts_with("\r\n") => i + 2,
+            Some(i) => i + 1,
+        };
+        let (line, tail) = rest.split_at(end);
+        rest = tail;
+        Some(line)
+    })
 }
 
 /// What follows a column-0 marker (`---`, `...`), if `line` is one.
@@ -542,6 +561,15 @@ mod tests {
         assert!(total <= storm.len(), "{total} > {}", storm.len());
         assert_eq!(docs[19_999].first_line, 39_998);
         assert_eq!(split_documents(&"---\n".repeat(100_000)).count(), 0);
+    }
+
+    #[test]
+    fn a_lone_carriage_return_breaks_lines_as_in_yaml() {
+        let docs: Vec<DocumentSource<'_>> = split_documents("a: 1\r---\rb: 2\r\nc: 3").collect();
+        assert_eq!(docs.len(), 2);
+        assert_eq!((docs[1].first_line, docs[1].text), (2, "---\rb: 2\r\nc: 3"));
+        let idx = LineIndex::build(&docs[1], &Limits::default()).unwrap();
+        assert_eq!(idx.line_of(&Path::parse("c")), Some(4));
     }
 
     #[test]

@@ -6,7 +6,9 @@ pub mod adversarial;
 mod daemonset;
 mod findings;
 pub mod limits;
-mod lines;
+/// Document splitting and the line index; public for the fuzz targets only.
+#[doc(hidden)]
+pub mod lines;
 pub mod policy;
 mod policy_rules;
 mod ports;
