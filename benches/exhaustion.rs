@@ -13,7 +13,7 @@
 //!   what reading the commit added.
 
 // A failed setup step should just fail the benchmark.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::Write as _;
 use std::path::Path;
@@ -60,7 +60,9 @@ fn validate(name: &str, files: &[ManifestFile], extra: impl FnOnce(&Path), args:
         .lines()
         .find_map(|l| l.strip_prefix("TIME "))
         .and_then(|t| t.split_once(' '))
-        .map_or(("?".into(), 0u64), |(s, k)| (s.to_string(), k.parse().unwrap_or(0)));
+        .map_or(("?".into(), 0u64), |(s, k)| {
+            (s.to_string(), k.parse().unwrap_or(0))
+        });
     let check = stdout
         .lines()
         .next()
@@ -95,9 +97,9 @@ fn walk_size(dir: &Path) -> u64 {
 
 fn human(bytes: u64) -> String {
     match bytes {
-        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / f64::from(1u32 << 30)),
-        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / f64::from(1u32 << 20)),
-        b if b >= 1 << 10 => format!("{:.0} KiB", b as f64 / 1024.0),
+        b if b >= 1 << 30 => format!("{} GiB", b >> 30),
+        b if b >= 1 << 20 => format!("{}.{} MiB", b >> 20, ((b & ((1 << 20) - 1)) * 10) >> 20),
+        b if b >= 1 << 10 => format!("{} KiB", b >> 10),
         b => format!("{b} B"),
     }
 }
@@ -119,7 +121,8 @@ fn reset_hwm() {
 /// A bare repository whose `main` holds the given blobs (path, size or contents).
 fn repo_with(dir: &Path, files: &[(String, BlobSpec)]) {
     let repo = Repository::init_bare(dir).unwrap();
-    let mut trees: std::collections::BTreeMap<String, git2::TreeBuilder<'_>> = Default::default();
+    let mut trees: std::collections::BTreeMap<String, git2::TreeBuilder<'_>> =
+        std::collections::BTreeMap::new();
     for (path, spec) in files {
         let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
         let oid = match spec {
@@ -146,7 +149,8 @@ fn repo_with(dir: &Path, files: &[(String, BlobSpec)]) {
         .remove("")
         .unwrap_or_else(|| repo.treebuilder(None).unwrap());
     for (dir, builder) in trees {
-        root.insert(&dir, builder.write().unwrap(), 0o040_000).unwrap();
+        root.insert(&dir, builder.write().unwrap(), 0o040_000)
+            .unwrap();
     }
     let tree = repo.find_tree(root.write().unwrap()).unwrap();
     let sig = Signature::now("Mallory", "m@example.com").unwrap();
@@ -181,7 +185,7 @@ fn files_at(name: &str, files: &[(String, BlobSpec)]) {
     let peak = vm_hwm_kb();
     let outcome = match &result {
         Ok(files) => format!("ok, {} files", files.len()),
-        Err(e) => format!("{}", e.metric_label()),
+        Err(e) => e.metric_label().to_string(),
     };
     println!(
         "files_at  {name:<44} {:>8.3}s  RSS {:>5} MB (+{} MB)  {outcome}",
@@ -192,7 +196,9 @@ fn files_at(name: &str, files: &[(String, BlobSpec)]) {
 }
 
 fn main() {
-    println!("what      input                                              size     time  peak RSS  result");
+    println!(
+        "what      input                                              size     time  peak RSS  result"
+    );
     let good = || one("good.yaml", adv::daemonset("ns", "good"));
     validate("baseline: one DaemonSet", &good(), |_| {}, &[]);
     validate(
@@ -306,14 +312,22 @@ fn main() {
     files_at(
         "huge blob: 1 GiB",
         &[
-            ("good.yaml".into(), BlobSpec::Text(adv::daemonset("ns", "good"))),
+            (
+                "good.yaml".into(),
+                BlobSpec::Text(adv::daemonset("ns", "good")),
+            ),
             ("huge.yaml".into(), BlobSpec::Zeros(1 << 30)),
         ],
     );
     files_at(
         "many blobs: 100,000 files",
         &(0..100_000)
-            .map(|i| (format!("d{:03}/{i:06}.yaml", i % 100), BlobSpec::Text(format!("a: {i}\n"))))
+            .map(|i| {
+                (
+                    format!("d{:03}/{i:06}.yaml", i % 100),
+                    BlobSpec::Text(format!("a: {i}\n")),
+                )
+            })
             .collect::<Vec<_>>(),
     );
     files_at(

@@ -18,7 +18,8 @@ use tempfile::TempDir;
 /// writing blobs and trees directly (fast for thousands of files).
 fn repo_with(dir: &Path, files: &[(String, Vec<u8>)]) -> Oid {
     let repo = Repository::init_bare(dir).unwrap();
-    let mut by_dir: std::collections::BTreeMap<&str, Vec<(&str, Oid)>> = Default::default();
+    let mut by_dir: std::collections::BTreeMap<&str, Vec<(&str, Oid)>> =
+        std::collections::BTreeMap::new();
     for (path, contents) in files {
         let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
         by_dir
@@ -137,7 +138,10 @@ fn too_many_files_or_bytes_reject_the_commit() {
         ..Limits::default()
     };
     let (source, head) = fetched(&tmp, &files, limits);
-    assert_eq!(limit_of(&source.files_at(&head).unwrap_err()), Limit::TotalBytes);
+    assert_eq!(
+        limit_of(&source.files_at(&head).unwrap_err()),
+        Limit::TotalBytes
+    );
 
     // Within the limits every file is read.
     let tmp = TempDir::new().unwrap();
@@ -155,7 +159,8 @@ fn thousands_of_files_stop_at_the_limit() {
     let e = source.files_at(&head).unwrap_err();
     assert_eq!(limit_of(&e), Limit::Files, "{e}");
     assert!(
-        e.to_string().contains("many/05000.yaml: the commit has more than 5000"),
+        e.to_string()
+            .contains("many/05000.yaml: the commit has more than 5000"),
         "{e}"
     );
 }

@@ -39,11 +39,18 @@ fuzz_target!(|input: Input<'_>| {
     let with_line = KnownHosts::parse(&format!("{}\n{line}", input.text));
     let status = with_line.check(input.host, input.port, input.key_type, input.key);
     assert!(
-        matches!(status, HostKeyStatus::Trusted | HostKeyStatus::Revoked { .. }),
+        matches!(
+            status,
+            HostKeyStatus::Trusted | HostKeyStatus::Revoked { .. }
+        ),
         "{line:?}: {status:?}"
     );
 
-    let b64 = line.split_whitespace().nth(2).unwrap_or_default().to_string();
+    let b64 = line
+        .split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .to_string();
     let wildcard = KnownHosts::parse(&format!("* {} {b64}\n", input.key_type));
     assert_eq!(
         wildcard.check(input.host, input.port, input.key_type, input.key),

@@ -124,7 +124,12 @@ fn render(input: &Input) -> String {
             if s.star {
                 pools.push(q("*"));
             }
-            let _ = writeln!(y, "    - name: {}\n      pools: [{}]", q(&name), pools.join(", "));
+            let _ = writeln!(
+                y,
+                "    - name: {}\n      pools: [{}]",
+                q(&name),
+                pools.join(", ")
+            );
             if let Some(n) = &s.nodes {
                 let _ = writeln!(y, "      nodes: {}", num(n));
             }
@@ -164,7 +169,12 @@ fn render(input: &Input) -> String {
         }
         y.push_str("      checks:\n");
         for c in p.checks.iter().take(4) {
-            let _ = writeln!(y, "        - name: {}\n          query: {}", q(&c.name), q(&c.query));
+            let _ = writeln!(
+                y,
+                "        - name: {}\n          query: {}",
+                q(&c.name),
+                q(&c.query)
+            );
             if let Some(n) = &c.min {
                 let _ = writeln!(y, "          min: {}", num(n));
             }
@@ -243,7 +253,10 @@ fuzz_target!(|input: Input| {
     for stage in &stages {
         assert!(stage.max_unavailable >= 1, "{stage:?}");
         for node in &stage.nodes {
-            assert!(seen.insert(node.clone()), "{node} in two stages: {stages:?}");
+            assert!(
+                seen.insert(node.clone()),
+                "{node} in two stages: {stages:?}"
+            );
         }
     }
     let expected: BTreeSet<String> = nodes.iter().map(|n| n.name.clone()).collect();

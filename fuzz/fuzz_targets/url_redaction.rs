@@ -38,15 +38,13 @@ fuzz_target!(|input: Input<'_>| {
     let _ = RemoteUrl::parse(input.raw);
 
     // A URL with a secret in its userinfo.
-    let secret: String = std::iter::once("S3cr")
-        .map(str::to_string)
-        .chain(
-            input
-                .secret
-                .iter()
-                .map(|b| char::from(SECRET_CHARS[usize::from(*b) % SECRET_CHARS.len()]).to_string()),
-        )
-        .collect();
+    let secret: String =
+        std::iter::once("S3cr")
+            .map(str::to_string)
+            .chain(input.secret.iter().map(|b| {
+                char::from(SECRET_CHARS[usize::from(*b) % SECRET_CHARS.len()]).to_string()
+            }))
+            .collect();
     if secret.len() < 8 {
         return;
     }
@@ -73,7 +71,10 @@ fuzz_target!(|input: Input<'_>| {
     }
 
     let redacted = redact_url(&url);
-    assert!(!redacted.contains(&secret), "redact_url({url:?}) = {redacted:?}");
+    assert!(
+        !redacted.contains(&secret),
+        "redact_url({url:?}) = {redacted:?}"
+    );
     // Text quoting the URL the way libgit2 messages do.
     for text in [
         format!("{} {url} {}", input.before, input.after),

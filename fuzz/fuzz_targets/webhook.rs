@@ -44,7 +44,10 @@ fn sign(secret: &[u8], body: &[u8]) -> String {
 }
 
 fn is_signature_error(e: &WebhookError) -> bool {
-    matches!(e, WebhookError::BadSignature | WebhookError::MissingSignature)
+    matches!(
+        e,
+        WebhookError::BadSignature | WebhookError::MissingSignature
+    )
 }
 
 fuzz_target!(|input: Input<'_>| {
@@ -62,7 +65,10 @@ fuzz_target!(|input: Input<'_>| {
     }
     if let Ok(event) = authenticate(&headers, input.body, input.secret) {
         let _ = is_for(&event, &reference);
-        assert!(!input.secret.is_empty(), "an empty secret authenticated {event:?}");
+        assert!(
+            !input.secret.is_empty(),
+            "an empty secret authenticated {event:?}"
+        );
     }
 
     // A delivery signed the way the provider does it.
@@ -107,7 +113,10 @@ fuzz_target!(|input: Input<'_>| {
     let gitlab_changed = provider == 2 && trimmed_credential;
     match &result {
         Ok(event) => {
-            assert!(!(tampered && provider != 2), "a tampered body authenticated");
+            assert!(
+                !(tampered && provider != 2),
+                "a tampered body authenticated"
+            );
             let _ = is_for(event, &reference);
         }
         Err(e) if is_signature_error(e) => {

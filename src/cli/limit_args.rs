@@ -38,6 +38,8 @@ fn aliases(s: &str) -> Result<usize, String> {
 /// is rejected whole with a `limit-exceeded` finding naming the flag.
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 #[command(next_help_heading = "Limits (a commit over one is rejected)")]
+// The fields are the flags' names, which all start with `max-`.
+#[allow(clippy::struct_field_names)]
 pub struct LimitArgs {
     /// Largest manifest file, checked before it is read (e.g. 4MiB, 512KiB)
     /// [default: 4MiB].
@@ -73,20 +75,16 @@ pub struct LimitArgs {
 
 impl LimitArgs {
     pub fn get(&self, limit: Limit) -> Option<usize> {
-        *self.field(limit)
-    }
-
-    fn field(&self, limit: Limit) -> &Option<usize> {
         match limit {
-            Limit::FileBytes => &self.max_file_bytes,
-            Limit::Files => &self.max_files,
-            Limit::TotalBytes => &self.max_total_bytes,
-            Limit::Objects => &self.max_objects,
-            Limit::TotalNodes => &self.max_total_nodes,
-            Limit::ObjectBytes => &self.max_object_bytes,
-            Limit::Depth => &self.max_depth,
-            Limit::Nodes => &self.max_nodes,
-            Limit::Aliases => &self.max_aliases,
+            Limit::FileBytes => self.max_file_bytes,
+            Limit::Files => self.max_files,
+            Limit::TotalBytes => self.max_total_bytes,
+            Limit::Objects => self.max_objects,
+            Limit::TotalNodes => self.max_total_nodes,
+            Limit::ObjectBytes => self.max_object_bytes,
+            Limit::Depth => self.max_depth,
+            Limit::Nodes => self.max_nodes,
+            Limit::Aliases => self.max_aliases,
         }
     }
 

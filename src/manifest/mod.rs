@@ -778,13 +778,13 @@ fn walk(
         let path = entry.path();
         if file_type.is_dir() {
             walk(&path, &rel, out, budget, limits)?;
-        } else if is_yaml(&path) {
-            if let Some(contents) = read_limited(&path, &rel, budget, limits)? {
-                out.push(ManifestFile {
-                    path: rel,
-                    contents,
-                });
-            }
+        } else if is_yaml(&path)
+            && let Some(contents) = read_limited(&path, &rel, budget, limits)?
+        {
+            out.push(ManifestFile {
+                path: rel,
+                contents,
+            });
         }
     }
     Ok(())
