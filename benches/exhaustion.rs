@@ -63,12 +63,17 @@ fn validate(name: &str, files: &[ManifestFile], extra: impl FnOnce(&Path), args:
         .map_or(("?".into(), 0u64), |(s, k)| {
             (s.to_string(), k.parse().unwrap_or(0))
         });
-    let check = stdout
-        .lines()
-        .next()
-        .and_then(|l| l.split_once("error[").or_else(|| l.split_once("warning[")))
-        .and_then(|(_, rest)| rest.split_once(']'))
-        .map_or("-", |(c, _)| c);
+    // The limit that rejected it, else the first finding's check.
+    let check = if stdout.contains("error[limit-exceeded]") {
+        "limit-exceeded"
+    } else {
+        stdout
+            .lines()
+            .next()
+            .and_then(|l| l.split_once("error[").or_else(|| l.split_once("warning[")))
+            .and_then(|(_, rest)| rest.split_once(']'))
+            .map_or("-", |(c, _)| c)
+    };
     let code = match out.status.code() {
         Some(c) => c.to_string(),
         None => "signal".into(),
@@ -204,6 +209,12 @@ fn main() {
     validate(
         "200 DaemonSets in 200 files",
         &adv::many_files(200, "ns"),
+        |_| {},
+        &[],
+    );
+    validate(
+        "5,000 DaemonSets in 5,000 files (the object limit)",
+        &adv::many_files(5_000, "ns"),
         |_| {},
         &[],
     );

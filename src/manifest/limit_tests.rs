@@ -318,6 +318,30 @@ fn alias_bombs_are_bounded_by_the_node_limit_after_expansion() {
 }
 
 #[test]
+fn rejected_alias_bombs_still_spend_the_commit_node_budget() {
+    // Each bomb is stopped at the per-document limit; without charging that work
+    // to the commit, 5,000 of them took four minutes.
+    let opts = with_limits(Limits {
+        max_nodes: 1_000,
+        max_total_nodes: 3_500,
+        ..Limits::default()
+    });
+    let bombs = vec![alias_bomb(9, 10); 50].join("---\n");
+    let rejected = load(&[file("lol.yaml", bombs)], &opts).unwrap_err();
+    let checks: Vec<String> = rejected
+        .errors
+        .iter()
+        .map(|f| f.message.split(';').next().unwrap_or_default().to_string())
+        .collect();
+    // Three bombs use up 3,000 of the 3,500 nodes; the fourth hits the commit limit.
+    assert_eq!(rejected.errors.len(), 4, "{checks:#?}");
+    assert!(
+        checks[3].contains("the commit's documents have more than 3500"),
+        "{checks:#?}"
+    );
+}
+
+#[test]
 fn the_commit_node_budget_spans_documents() {
     let opts = with_limits(Limits {
         max_total_nodes: 150,

@@ -242,6 +242,8 @@ fn is_content(text: &str) -> bool {
 #[derive(Debug, Clone, Default)]
 pub struct LineIndex {
     root: Option<usize>,
+    /// YAML nodes of the text (aliases count one each, unexpanded).
+    node_count: usize,
     /// Node 0 is the root; every other node has a parent and a segment.
     nodes: Vec<IndexNode>,
     children: HashMap<(usize, Seg), usize>,
@@ -287,6 +289,7 @@ impl LineIndex {
     pub fn build(source: &DocumentSource<'_>, limits: &Limits) -> Result<Self, IndexError> {
         let mut index = Self {
             root: None,
+            node_count: 0,
             nodes: vec![IndexNode {
                 parent: 0,
                 seg: None,
@@ -345,6 +348,7 @@ impl LineIndex {
             if opens.is_some() {
                 open += 1;
             }
+            index.node_count = nodes;
             if let Some(node) = index.node(&mut frames, line, scalar) {
                 frames.push(match opens {
                     Some(true) => Frame::Map {
@@ -449,6 +453,11 @@ impl LineIndex {
     /// Line of the document's root node, if the document has any content.
     pub fn root_line(&self) -> Option<usize> {
         self.root
+    }
+
+    /// YAML nodes in the document's text (an alias counts as one).
+    pub fn nodes(&self) -> usize {
+        self.node_count
     }
 
     /// The index node at exactly `path`, if present.

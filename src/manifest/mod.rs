@@ -470,6 +470,10 @@ fn parse_document<'a>(
             return None;
         }
     };
+    // Every document pays for the nodes it made the parsers produce, also when it
+    // is rejected: otherwise thousands of alias bombs, each stopped at the
+    // per-document limit, would cost that limit thousands of times.
+    budget.nodes_left = budget.nodes_left.saturating_sub(index.nodes());
     // Documents with only comments or a bare `---` are no objects.
     index.root_line()?;
     let yaml = limits.yaml_options(max_nodes);
@@ -479,6 +483,9 @@ fn parse_document<'a>(
             let e = yaml_error(&e, &source);
             let line = e.line.or(index.root_line());
             if let Some(limit) = e.limit.map(doc_limit) {
+                // Stopped at its allowance: it cost all of it.
+                let rest = max_nodes.saturating_sub(index.nodes());
+                budget.nodes_left = budget.nodes_left.saturating_sub(rest);
                 budget.exhausted = limit == Limit::TotalNodes;
                 limit_finding(line.unwrap_or(source.first_line), limit, 0, report);
             } else {
@@ -492,7 +499,9 @@ fn parse_document<'a>(
             return None;
         }
     };
-    budget.nodes_left = budget.nodes_left.saturating_sub(value_nodes(&value));
+    // Alias expansion may have produced more nodes than the text holds.
+    let expanded = value_nodes(&value).saturating_sub(index.nodes());
+    budget.nodes_left = budget.nodes_left.saturating_sub(expanded);
     if value.is_null() {
         return None;
     }
