@@ -4,6 +4,8 @@
 #[doc(hidden)]
 pub mod adversarial;
 mod daemonset;
+mod dir;
+mod document;
 mod findings;
 pub mod limits;
 /// Document splitting and the line index; public for the fuzz targets only.
@@ -15,16 +17,16 @@ mod ports;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path as FsPath;
 
 use serde_json::Value;
 
+pub use dir::{ReadDirError, read_dir};
+pub(crate) use document::Doc;
+use document::{DocBudget, parse_document};
 pub use findings::{CHECKS, CheckInfo, Finding, Location, Severity, check_info};
-use findings::{
-    DUPLICATE_NAME, LIMIT_EXCEEDED, POLICY_TARGET_MISSING, UNSUPPORTED_KIND, YAML_SYNTAX,
-};
+use findings::{DUPLICATE_NAME, LIMIT_EXCEEDED, POLICY_TARGET_MISSING, UNSUPPORTED_KIND};
 pub use limits::{FileBudget, Limit, LimitExceeded, Limits};
-use lines::{DocumentSource, IndexError, LineIndex, Path};
+use lines::Path;
 
 /// One file of a commit, path relative to the repository root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,118 +202,6 @@ impl<'o> Report<'o> {
     }
 }
 
-/// One parsed document with what is needed to point at its lines.
-pub(crate) struct Doc<'a> {
-    pub file: &'a str,
-    pub source: DocumentSource<'a>,
-    pub index: LineIndex,
-    pub value: Value,
-    /// serde-saphyr options carrying this document's budget, for typed re-parses.
-    yaml: serde_saphyr::Options,
-}
-
-/// A serde-saphyr error as a finding needs it: file line, message without the source
-/// snippet, and the limit it breached, if it was a budget breach.
-pub(crate) struct YamlError {
-    pub line: Option<usize>,
-    pub message: String,
-    pub limit: Option<Limit>,
-}
-
-impl Doc<'_> {
-    /// Location of `path`, falling back to its closest ancestor and then to the
-    /// document's first line.
-    pub fn location(&self, path: &Path) -> Location {
-        let line = self.index.line_of(path).unwrap_or(self.source.first_line);
-        Location::new(self.file, Some(line))
-    }
-
-    /// Deserializes the document's text as `T`, within the same budget as its first
-    /// parse; error lines are file lines.
-    pub fn deserialize<T: serde::de::DeserializeOwned>(&self) -> Result<T, YamlError> {
-        serde_saphyr::from_str_with_options(self.source.text, self.yaml.clone())
-            .map_err(|e| yaml_error(&e, &self.source))
-    }
-
-    pub fn str_at(&self, dotted: &str) -> Option<&str> {
-        Path::parse(dotted)
-            .0
-            .iter()
-            .try_fold(&self.value, |v, seg| match seg {
-                lines::Seg::Key(k) => v.get(k),
-                lines::Seg::Index(i) => v.get(i),
-            })
-            .and_then(Value::as_str)
-    }
-
-    /// `Kind namespace/name` as far as the document says, for findings.
-    /// Names the field on `line` in front of a parser message, which often lacks it.
-    pub fn with_field(&self, line: Option<usize>, message: &str) -> String {
-        match line.and_then(|l| self.index.path_at(l)) {
-            Some(path) => format!("{path}: {message}"),
-            None => message.to_string(),
-        }
-    }
-
-    pub fn object_label(&self, kind: &str, namespace: &str) -> String {
-        match self.str_at("metadata.name") {
-            Some(name) => format!("{kind} {namespace}/{name}"),
-            None => kind.to_string(),
-        }
-    }
-}
-
-/// File line, message (without its source snippet: findings carry the location
-/// separately) and breached limit of a serde-saphyr error.
-fn yaml_error(e: &serde_saphyr::Error, source: &DocumentSource<'_>) -> YamlError {
-    let mut render = serde_saphyr::RenderOptions::new(&serde_saphyr::UserMessageFormatter);
-    render.snippets = serde_saphyr::SnippetMode::Off;
-    let mut message = e.render_with_options(render);
-    if let Some(at) = message.rfind(" at line ") {
-        message.truncate(at);
-    }
-    let line = e
-        .location()
-        .map(|l| l.line())
-        .filter(|l| *l > 0)
-        .and_then(|l| usize::try_from(l).ok())
-        .map(|l| source.file_line(l));
-    YamlError {
-        line,
-        message,
-        limit: breached_limit(e),
-    }
-}
-
-/// The nodewave limit behind a serde-saphyr budget or alias-replay error.
-fn breached_limit(e: &serde_saphyr::Error) -> Option<Limit> {
-    use serde_saphyr::Error as E;
-    use serde_saphyr::budget::BudgetBreach as B;
-    let mut e = e;
-    while let E::AliasError { error, .. } | E::WithSnippet { error, .. } = e {
-        e = error;
-    }
-    match e {
-        E::Budget { breach, .. } => match breach {
-            B::Depth { .. } => Some(Limit::Depth),
-            B::Aliases { .. } | B::Anchors { .. } | B::AliasAnchorRatio { .. } => {
-                Some(Limit::Aliases)
-            }
-            B::ScalarBytes { .. } | B::RecordedAnchorBytes { .. } | B::InputBytes { .. } => {
-                Some(Limit::ObjectBytes)
-            }
-            B::Documents { .. } => Some(Limit::Objects),
-            _ => Some(Limit::Nodes),
-        },
-        E::AliasReplayLimitExceeded { .. } | E::AliasReplayCounterOverflow { .. } => {
-            Some(Limit::Nodes)
-        }
-        E::AliasReplayStackDepthExceeded { .. } => Some(Limit::Depth),
-        E::AliasExpansionLimitExceeded { .. } => Some(Limit::Aliases),
-        _ => None,
-    }
-}
-
 /// Validates a commit's files and builds the desired state. Any finding of severity
 /// `Error` rejects the whole commit; the result does not depend on the order of `files`.
 ///
@@ -399,138 +289,6 @@ pub fn load(files: &[ManifestFile], opts: &LoadOptions) -> Result<DesiredState, 
     } else {
         Err(Rejected { errors, warnings })
     }
-}
-
-/// What a commit's documents have used of the per-commit limits.
-struct DocBudget {
-    objects: usize,
-    /// Of `max_total_nodes`.
-    nodes_left: usize,
-    /// A per-commit limit was hit: nothing more is parsed.
-    exhausted: bool,
-}
-
-/// Parses one document within the limits; `None` for empty documents and for
-/// syntax errors and limit breaches (reported).
-fn parse_document<'a>(
-    file: &'a str,
-    source: DocumentSource<'a>,
-    report: &mut Report<'_>,
-    limits: &Limits,
-    budget: &mut DocBudget,
-) -> Option<Doc<'a>> {
-    let limit_finding = |line: usize, limit: Limit, actual: usize, report: &mut Report<'_>| {
-        report.add(
-            LIMIT_EXCEEDED,
-            Location::new(file, Some(line)),
-            None,
-            LimitExceeded::new(limit, limits, actual).to_string(),
-        );
-    };
-    if source.text.len() > limits.max_object_bytes {
-        limit_finding(
-            source.first_line,
-            Limit::ObjectBytes,
-            source.text.len(),
-            report,
-        );
-        return None;
-    }
-    // A document may use what the commit has left of its node budget, at most
-    // its own limit; running out of the former is a per-commit breach.
-    let max_nodes = limits.max_nodes.min(budget.nodes_left);
-    let doc_limit = |limit: Limit| {
-        if limit == Limit::Nodes && max_nodes < limits.max_nodes {
-            Limit::TotalNodes
-        } else {
-            limit
-        }
-    };
-    let doc_limits = Limits {
-        max_nodes,
-        ..*limits
-    };
-    let index = match LineIndex::build(&source, &doc_limits) {
-        Ok(index) => index,
-        Err(IndexError::Syntax { line, message }) => {
-            report.add(
-                YAML_SYNTAX,
-                Location::new(file, Some(line.max(source.first_line))),
-                None,
-                format!(
-                    "invalid YAML: {message}; fix the syntax (indentation, quoting, unclosed brackets)"
-                ),
-            );
-            return None;
-        }
-        Err(IndexError::Limit { line, limit }) => {
-            let limit = doc_limit(limit);
-            budget.exhausted = limit == Limit::TotalNodes;
-            limit_finding(line, limit, 0, report);
-            return None;
-        }
-    };
-    // Every document pays for the nodes it made the parsers produce, also when it
-    // is rejected: otherwise thousands of alias bombs, each stopped at the
-    // per-document limit, would cost that limit thousands of times.
-    budget.nodes_left = budget.nodes_left.saturating_sub(index.nodes());
-    // Documents with only comments or a bare `---` are no objects.
-    index.root_line()?;
-    let yaml = limits.yaml_options(max_nodes);
-    let value = match serde_saphyr::from_str_with_options::<Value>(source.text, yaml.clone()) {
-        Ok(value) => value,
-        Err(e) => {
-            let e = yaml_error(&e, &source);
-            let line = e.line.or(index.root_line());
-            if let Some(limit) = e.limit.map(doc_limit) {
-                // Stopped at its allowance: it cost all of it.
-                let rest = max_nodes.saturating_sub(index.nodes());
-                budget.nodes_left = budget.nodes_left.saturating_sub(rest);
-                budget.exhausted = limit == Limit::TotalNodes;
-                limit_finding(line.unwrap_or(source.first_line), limit, 0, report);
-            } else {
-                report.add(
-                    YAML_SYNTAX,
-                    Location::new(file, line),
-                    None,
-                    format!("invalid YAML: {}", e.message),
-                );
-            }
-            return None;
-        }
-    };
-    // Alias expansion may have produced more nodes than the text holds.
-    let expanded = value_nodes(&value).saturating_sub(index.nodes());
-    budget.nodes_left = budget.nodes_left.saturating_sub(expanded);
-    if value.is_null() {
-        return None;
-    }
-    Some(Doc {
-        file,
-        source,
-        index,
-        value,
-        yaml,
-    })
-}
-
-/// Nodes of a parsed document as YAML counts them (every value and every mapping
-/// key), without recursion.
-fn value_nodes(value: &Value) -> usize {
-    let mut count = 0usize;
-    let mut stack = vec![value];
-    while let Some(v) = stack.pop() {
-        count += 1;
-        match v {
-            Value::Array(items) => stack.extend(items),
-            Value::Object(map) => {
-                count += map.len();
-                stack.extend(map.values());
-            }
-            _ => {}
-        }
-    }
-    count
 }
 
 fn unsupported_kind(doc: &Doc<'_>, api_version: &str, kind: &str, report: &mut Report<'_>) {
@@ -704,137 +462,6 @@ fn attach_policies(
         out.insert(target, group.swap_remove(0).policy);
     }
     out
-}
-
-/// Why [`read_dir`] returned no files.
-#[derive(Debug)]
-pub enum ReadDirError {
-    Io(std::io::Error),
-    /// The directory is over a size limit; nothing past the limit was read.
-    Rejected(Rejected),
-}
-
-impl fmt::Display for ReadDirError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Io(e) => e.fmt(f),
-            Self::Rejected(r) => r.fmt(f),
-        }
-    }
-}
-
-impl std::error::Error for ReadDirError {}
-
-impl From<std::io::Error> for ReadDirError {
-    fn from(e: std::io::Error) -> Self {
-        Self::Io(e)
-    }
-}
-
-impl From<LimitExceeded> for ReadDirError {
-    fn from(mut e: LimitExceeded) -> Self {
-        // The file goes into the finding's location, not its message.
-        let file = e.subject.take().unwrap_or_default();
-        Self::Rejected(Rejected {
-            errors: vec![Finding {
-                check: LIMIT_EXCEEDED,
-                severity: Severity::Error,
-                location: Location::new(file, None),
-                object: None,
-                message: e.to_string(),
-            }],
-            warnings: Vec::new(),
-        })
-    }
-}
-
-/// Every `*.yaml` / `*.yml` file below `dir`, recursively, sorted by path. Paths are
-/// relative to `dir` with `/` separators; hidden files and directories (`.git`) and
-/// symlinked directories are skipped. File sizes are checked against `limits` before
-/// a file is read, so an oversized directory costs no memory.
-pub fn read_dir(dir: &FsPath, limits: &Limits) -> Result<Vec<ManifestFile>, ReadDirError> {
-    let mut files = Vec::new();
-    let mut budget = FileBudget::new(limits);
-    walk(dir, "", &mut files, &mut budget, limits)?;
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(files)
-}
-
-fn walk(
-    dir: &FsPath,
-    prefix: &str,
-    out: &mut Vec<ManifestFile>,
-    budget: &mut FileBudget,
-    limits: &Limits,
-) -> Result<(), ReadDirError> {
-    // Sorted, so that which file trips a limit does not depend on the file system.
-    let mut entries = std::fs::read_dir(dir)?.collect::<Result<Vec<_>, _>>()?;
-    entries.sort_by_key(std::fs::DirEntry::file_name);
-    for entry in entries {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else {
-            continue;
-        };
-        if name.starts_with('.') {
-            continue;
-        }
-        let rel = if prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{prefix}/{name}")
-        };
-        let file_type = entry.file_type()?;
-        let path = entry.path();
-        if file_type.is_dir() {
-            walk(&path, &rel, out, budget, limits)?;
-        } else if is_yaml(&path)
-            && let Some(contents) = read_limited(&path, &rel, budget, limits)?
-        {
-            out.push(ManifestFile {
-                path: rel,
-                contents,
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Reads a regular file (following a symlink) after admitting its size; `None` for
-/// anything else (FIFOs, devices). At most one byte past the limit is ever read, in
-/// case the file grows after its size was taken.
-fn read_limited(
-    path: &FsPath,
-    rel: &str,
-    budget: &mut FileBudget,
-    limits: &Limits,
-) -> Result<Option<String>, ReadDirError> {
-    use std::io::Read as _;
-    let context = |e: std::io::Error| {
-        std::io::Error::new(e.kind(), format!("reading {}: {e}", path.display()))
-    };
-    if !std::fs::metadata(path).map_err(context)?.is_file() {
-        return Ok(None);
-    }
-    let file = std::fs::File::open(path).map_err(context)?;
-    let size = file.metadata().map_err(context)?.len();
-    budget.admit(rel, usize::try_from(size).unwrap_or(usize::MAX))?;
-    let cap = limits.max_file_bytes.saturating_add(1);
-    let mut contents = String::new();
-    file.take(u64::try_from(cap).unwrap_or(u64::MAX))
-        .read_to_string(&mut contents)
-        .map_err(context)?;
-    if contents.len() > limits.max_file_bytes {
-        return Err(LimitExceeded::new(Limit::FileBytes, limits, contents.len())
-            .at(rel)
-            .into());
-    }
-    Ok(Some(contents))
-}
-
-fn is_yaml(path: &FsPath) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
 }
 
 #[cfg(test)]
