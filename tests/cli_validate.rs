@@ -261,10 +261,30 @@ fn a_huge_file_is_refused_before_it_is_read_and_the_flag_raises_the_limit() {
     let path = dir.path().to_str().unwrap();
     let (code, out, _) = nodewave(&["validate", path, "--max-files", "10"]);
     assert_eq!(code, 1, "{out}");
+    // One directory over the limit is named as the place: its files are not even
+    // collected past the limit.
     assert!(
-        out.starts_with(
-            "d/10.yaml: error[limit-exceeded] the commit has more than 10 manifest files"
-        ),
+        out.starts_with("d: error[limit-exceeded] the commit has more than 10 manifest files"),
+        "{out}"
+    );
+    // Spread over directories, the file that crosses the limit is named.
+    let (code, out, _) = nodewave(&["validate", path, "--max-files", "11"]);
+    assert_eq!(code, 1, "{out}");
+    let spread: Vec<(String, String)> = many
+        .iter()
+        .enumerate()
+        .map(|(i, (p, c))| (p.replace("d/", if i < 6 { "a/" } else { "b/" }), c.clone()))
+        .collect();
+    let spread_dir = commit_dir(&spread);
+    let (code, out, _) = nodewave(&[
+        "validate",
+        spread_dir.path().to_str().unwrap(),
+        "--max-files",
+        "10",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.starts_with("b/10.yaml: error[limit-exceeded] the commit has more than 10"),
         "{out}"
     );
     let (code, out, _) = nodewave(&["validate", path, "--max-files", "12"]);

@@ -70,29 +70,50 @@ fn walk(
     budget: &mut FileBudget,
     limits: &Limits,
 ) -> Result<(), ReadDirError> {
-    // Sorted, so that which file trips a limit does not depend on the file system.
-    let mut entries = std::fs::read_dir(dir)?.collect::<Result<Vec<_>, _>>()?;
-    entries.sort_by_key(std::fs::DirEntry::file_name);
-    for entry in entries {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else {
+    let rel = |name: &str| {
+        if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}/{name}")
+        }
+    };
+    // Only what is walked or read is kept, and at most one file more than the
+    // limit, so a directory of millions of files costs no memory.
+    let mut entries: Vec<(String, bool)> = Vec::new();
+    let mut yaml_files = 0usize;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().into_string() else {
             continue;
         };
         if name.starts_with('.') {
             continue;
         }
-        let rel = if prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{prefix}/{name}")
-        };
-        let file_type = entry.file_type()?;
-        let path = entry.path();
-        if file_type.is_dir() {
+        let is_dir = entry.file_type()?.is_dir();
+        if !is_dir && !is_yaml(FsPath::new(&name)) {
+            continue;
+        }
+        if !is_dir {
+            yaml_files += 1;
+            if yaml_files > limits.max_files {
+                // The directory, not a file: which file came first is up to the
+                // file system.
+                let here = if prefix.is_empty() { "." } else { prefix };
+                return Err(LimitExceeded::new(Limit::Files, limits, yaml_files)
+                    .at(here)
+                    .into());
+            }
+        }
+        entries.push((name, is_dir));
+    }
+    // Sorted, so that which file trips a limit does not depend on the file system.
+    entries.sort();
+    for (name, is_dir) in entries {
+        let path = dir.join(&name);
+        let rel = rel(&name);
+        if is_dir {
             walk(&path, &rel, out, budget, limits)?;
-        } else if is_yaml(&path)
-            && let Some(contents) = read_limited(&path, &rel, budget, limits)?
-        {
+        } else if let Some(contents) = read_limited(&path, &rel, budget, limits)? {
             out.push(ManifestFile {
                 path: rel,
                 contents,
