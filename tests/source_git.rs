@@ -107,6 +107,7 @@ fn config(url: String, reference: GitRef, path: &str, checkout: &Path) -> GitSou
         path: path.to_owned(),
         checkout_dir: checkout.to_path_buf(),
         credentials: Credentials::default(),
+        limits: nodewave::manifest::Limits::default(),
     }
 }
 

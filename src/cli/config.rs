@@ -9,11 +9,12 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::KubeArgs;
+use super::limit_args::{FileLimits, LimitValue};
 use super::render::{FileRender, RenderArgs};
 use super::trust::{TrustArgs, parse_verify_mode};
 use super::validate::RuleArgs;
-use crate::manifest::Severity;
 use crate::manifest::policy::parse_duration;
+use crate::manifest::{Limit, Severity};
 use crate::server::ServerConfig;
 use crate::source::webhook::TIMESTAMP_TOLERANCE;
 use crate::source::{Credentials, GitRef};
@@ -228,6 +229,59 @@ pub struct FileConfig {
     pub verify_commits: Option<String>,
     pub trusted_gpg_keys: Option<PathBuf>,
     pub trusted_ssh_signers: Option<PathBuf>,
+    pub max_file_bytes: Option<LimitValue>,
+    pub max_files: Option<LimitValue>,
+    pub max_total_bytes: Option<LimitValue>,
+    pub max_objects: Option<LimitValue>,
+    pub max_total_nodes: Option<LimitValue>,
+    pub max_object_bytes: Option<LimitValue>,
+    pub max_depth: Option<LimitValue>,
+    pub max_nodes: Option<LimitValue>,
+    pub max_aliases: Option<LimitValue>,
+}
+
+impl FileConfig {
+    fn limits(&self) -> FileLimits {
+        let field = |limit: Limit| match limit {
+            Limit::FileBytes => &self.max_file_bytes,
+            Limit::Files => &self.max_files,
+            Limit::TotalBytes => &self.max_total_bytes,
+            Limit::Objects => &self.max_objects,
+            Limit::TotalNodes => &self.max_total_nodes,
+            Limit::ObjectBytes => &self.max_object_bytes,
+            Limit::Depth => &self.max_depth,
+            Limit::Nodes => &self.max_nodes,
+            Limit::Aliases => &self.max_aliases,
+        };
+        FileLimits {
+            values: Limit::ALL
+                .into_iter()
+                .filter_map(|l| field(l).clone().map(|v| (l, v)))
+                .collect(),
+        }
+    }
+}
+
+/// Bounds of the two intervals: shorter ones would busy-loop, longer ones are
+/// typos (and time arithmetic on them could overflow).
+const POLL_INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(24 * 3600));
+
+fn check_interval(
+    what: &str,
+    d: Duration,
+    (min, max): (Duration, Duration),
+) -> Result<Duration, String> {
+    use crate::manifest::policy::format_duration;
+    if d < min || d > max {
+        return Err(format!(
+            "{what} {} is outside {} to {}",
+            format_duration(d),
+            format_duration(min),
+            format_duration(max)
+        ));
+    }
+    Ok(d)
 }
 
 /// Everything `run` needs, resolved.
@@ -318,6 +372,8 @@ impl RunArgs {
             }
         }
         rules.require_digest |= file.require_digest.unwrap_or(false);
+        rules.limits.merge_file(&file.limits())?;
+        render.limits = rules.limits();
         let log_format = self
             .log_format
             .clone()
@@ -352,10 +408,13 @@ impl RunArgs {
             repo,
             reference,
             path,
-            poll_interval: self
-                .poll_interval
-                .or(duration_opt(file.poll_interval.as_ref(), "poll-interval")?)
-                .unwrap_or(Duration::from_mins(1)),
+            poll_interval: check_interval(
+                "poll-interval",
+                self.poll_interval
+                    .or(duration_opt(file.poll_interval.as_ref(), "poll-interval")?)
+                    .unwrap_or(Duration::from_mins(1)),
+                POLL_INTERVAL_RANGE,
+            )?,
             http: self.http_config(&file)?,
             webhook_secret_file: self
                 .webhook_secret_file
@@ -711,6 +770,44 @@ mod tests {
         std::fs::write(&cfg, "repo = \"r\"\nverify-commits = \"always\"\n").unwrap();
         let t = T::parse_from(["x", "--config", cfg.to_str().unwrap()]);
         assert!(t.run.resolve().unwrap_err().contains("off or head"));
+    }
+
+    #[test]
+    fn limits_come_from_flags_then_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("nodewave.toml");
+        std::fs::write(
+            &cfg,
+            "repo = \"file:///r\"\nmax-file-bytes = \"8MiB\"\nmax-files = 10\nmax-depth = 32\n",
+        )
+        .unwrap();
+        let t = T::parse_from(["x", "--config", cfg.to_str().unwrap(), "--max-files", "20"]);
+        let limits = t.run.resolve().unwrap().rules.load_options().limits;
+        assert_eq!(limits.max_file_bytes, 8 << 20);
+        assert_eq!(limits.max_files, 20);
+        assert_eq!(limits.max_depth, 32);
+        assert_eq!(
+            limits.max_nodes,
+            crate::manifest::Limits::default().max_nodes
+        );
+        std::fs::write(&cfg, "repo = \"file:///r\"\nmax-object-bytes = \"lots\"\n").unwrap();
+        let t = T::parse_from(["x", "--config", cfg.to_str().unwrap()]);
+        let e = t.run.resolve().unwrap_err();
+        assert!(e.contains("max-object-bytes"), "{e}");
+    }
+
+    #[test]
+    fn absurd_intervals_are_refused() {
+        for (flag, value) in [
+            ("--poll-interval", "0"),
+            ("--poll-interval", "25h"),
+        ] {
+            let t = T::parse_from(["x", "--repo", "file:///r", flag, value]);
+            let e = t.run.resolve().unwrap_err();
+            assert!(e.contains("is outside"), "{flag} {value}: {e}");
+        }
+        // Overflowing values are clap errors, not panics.
+        assert!(T::try_parse_from(["x", "--poll-interval", "1s18446744073709551615s"]).is_err());
     }
 
     #[test]

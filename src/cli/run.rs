@@ -107,6 +107,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         path: cfg.path.clone(),
         checkout_dir: cfg.state_dir.clone(),
         credentials: cfg.credentials.clone(),
+        limits: cfg.rules.limits(),
     };
     let source = match SourceWorker::open(source_cfg.clone()) {
         Ok(s) => s,

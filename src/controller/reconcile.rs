@@ -215,10 +215,11 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Option<i64>, Re
             commit = record::short(&target.commit),
             stage = rollout.current_stage().map_or("", |s| s.name.as_str())
         ),
+        // Before the stages are resolved the line is about the apply.
         Some(Work::Applying { target, .. }) => tracing::info_span!(
             "rollout",
             commit = record::short(&target.commit),
-            stage = tracing::field::Empty
+            stage = "applying"
         ),
         _ => tracing::Span::current(),
     };
