@@ -13,6 +13,7 @@ use super::limit_args::{FileLimits, LimitValue};
 use super::render::{FileRender, RenderArgs};
 use super::trust::{TrustArgs, parse_verify_mode};
 use super::validate::RuleArgs;
+use crate::desired::PruneLimit;
 use crate::manifest::policy::parse_duration;
 use crate::manifest::{Limit, Severity};
 use crate::server::ServerConfig;
@@ -112,6 +113,12 @@ pub struct RunArgs {
     /// Do not delete managed DaemonSets that disappeared from Git.
     #[arg(long, env = "NODEWAVE_NO_PRUNE")]
     pub no_prune: bool,
+    /// Prune guard: refuse the deletions of a commit that would delete more than
+    /// this share (0-100) of the managed DaemonSets. A commit deleting all of them
+    /// is always refused. Either is allowed when the commit carries the file
+    /// .nodewave-allow-prune in the tracked directory [default: 100].
+    #[arg(long, env = "NODEWAVE_MAX_PRUNE_PERCENT", value_name = "PERCENT")]
+    pub max_prune_percent: Option<u32>,
     /// Report drift (changes made outside Git) without undoing it.
     #[arg(long, env = "NODEWAVE_NO_SELF_HEAL")]
     pub no_self_heal: bool,
@@ -202,6 +209,7 @@ pub struct FileConfig {
     pub git_accept_new_host_keys: Option<bool>,
     pub insecure_allow_http_credentials: Option<bool>,
     pub prune: Option<bool>,
+    pub max_prune_percent: Option<u32>,
     pub self_heal: Option<bool>,
     pub create_namespaces: Option<bool>,
     pub pool_label: Option<String>,
@@ -297,6 +305,8 @@ pub struct Resolved {
     pub state_dir: PathBuf,
     pub credentials: Credentials,
     pub prune: bool,
+    /// The prune guard's limit (`--max-prune-percent`).
+    pub prune_limit: PruneLimit,
     pub self_heal: bool,
     pub create_namespaces: bool,
     pub pool_label: Option<String>,
@@ -446,6 +456,12 @@ impl RunArgs {
                     || file.insecure_allow_http_credentials.unwrap_or(false),
             },
             prune: !self.no_prune && file.prune.unwrap_or(true),
+            prune_limit: self
+                .max_prune_percent
+                .or(file.max_prune_percent)
+                .map(PruneLimit::new)
+                .transpose()?
+                .unwrap_or_default(),
             self_heal: !self.no_self_heal && file.self_heal.unwrap_or(true),
             create_namespaces: self.create_namespaces || file.create_namespaces.unwrap_or(false),
             pool_label: self.pool_label.clone().or(file.pool_label.clone()),
@@ -798,16 +814,46 @@ mod tests {
 
     #[test]
     fn absurd_intervals_are_refused() {
-        for (flag, value) in [
-            ("--poll-interval", "0"),
-            ("--poll-interval", "25h"),
-        ] {
+        for (flag, value) in [("--poll-interval", "0"), ("--poll-interval", "25h")] {
             let t = T::parse_from(["x", "--repo", "file:///r", flag, value]);
             let e = t.run.resolve().unwrap_err();
             assert!(e.contains("is outside"), "{flag} {value}: {e}");
         }
         // Overflowing values are clap errors, not panics.
         assert!(T::try_parse_from(["x", "--poll-interval", "1s18446744073709551615s"]).is_err());
+    }
+
+    #[test]
+    fn the_prune_limit_comes_from_the_flag_or_the_file_and_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("nodewave.toml");
+        std::fs::write(&cfg, "repo = \"file:///r\"\nmax-prune-percent = 25\n").unwrap();
+        let r = T::parse_from(["x", "--config", cfg.to_str().unwrap()])
+            .run
+            .resolve()
+            .unwrap();
+        assert_eq!(r.prune_limit.max_percent(), 25);
+        let r = T::parse_from([
+            "x",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--max-prune-percent",
+            "0",
+        ])
+        .run
+        .resolve()
+        .unwrap();
+        assert_eq!(r.prune_limit.max_percent(), 0, "the flag wins");
+        let r = T::parse_from(["x", "--repo", "file:///r"])
+            .run
+            .resolve()
+            .unwrap();
+        assert_eq!(r.prune_limit, PruneLimit::DEFAULT);
+        let e = T::parse_from(["x", "--repo", "file:///r", "--max-prune-percent", "150"])
+            .run
+            .resolve()
+            .unwrap_err();
+        assert!(e.contains("between 0 and 100"), "{e}");
     }
 
     #[test]

@@ -237,6 +237,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         stores: watches.stores.clone(),
         report_namespaces: cfg.rules.allow_namespaces.clone(),
         trust,
+        prune: cfg.prune.then_some(cfg.prune_limit),
     };
     let pipeline_task = tokio::spawn(pipeline.run(desired_tx, shutdown_rx.clone()));
     let ctx = controller::Context::new(
