@@ -191,6 +191,7 @@ async fn diff_all(args: &DiffArgs) -> Result<usize, String> {
             println!("{}", d.unified);
         }
     }
+    differing += diff_objects(args, &cluster, &desired, &repo).await?;
     for ds in cluster
         .managed_daemonsets()
         .await
@@ -204,6 +205,78 @@ async fn diff_all(args: &DiffArgs) -> Result<usize, String> {
         if same_source && !desired.daemonsets.contains_key(&key) {
             differing += 1;
             println!("DaemonSet {key}: managed by nodewave but not in Git: would be pruned");
+        }
+    }
+    Ok(differing)
+}
+
+/// Companion objects: what applying them would change (they are applied at
+/// once, not staged).
+async fn diff_objects(
+    args: &DiffArgs,
+    cluster: &Cluster,
+    desired: &manifest::DesiredState,
+    repo: &str,
+) -> Result<usize, String> {
+    let mut differing = 0;
+    for (reference, o) in &desired.objects {
+        let Some(kind) = cluster
+            .served_kind(&o.api_version, &reference.kind)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            differing += 1;
+            println!(
+                "{reference}: the API server does not serve {} {} (its CRD is not installed yet)",
+                o.api_version, reference.kind
+            );
+            continue;
+        };
+        let live = cluster
+            .get_object(&kind, reference)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (repo_ann, path_ann) = live.as_ref().map_or_else(
+            || (repo.to_string(), args.path.clone()),
+            |l| {
+                let source = |k: &str| {
+                    l.pointer(&format!("/metadata/annotations/{}", k.replace('/', "~1")))
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                };
+                (
+                    source(keys::SOURCE_REPO).unwrap_or_else(|| repo.to_string()),
+                    source(keys::SOURCE_PATH).unwrap_or_else(|| args.path.clone()),
+                )
+            },
+        );
+        let obj = crate::desired::mark(&o.manifest, &o.location.file, &repo_ann, &path_ann);
+        let Some(live) = live else {
+            differing += 1;
+            println!("{reference}: would be created");
+            if !args.paths_only {
+                println!(
+                    "{}",
+                    diff::unified_yaml(&reference.to_string(), &Value::Null, &obj)
+                );
+            }
+            continue;
+        };
+        let dry = cluster
+            .apply_object(&kind, reference, &obj, true)
+            .await
+            .map_err(|e| e.to_string())?;
+        let d = diff::compare(&reference.to_string(), &live, &dry);
+        if d.is_empty() {
+            continue;
+        }
+        differing += 1;
+        println!("{reference}: differs");
+        for p in &d.paths {
+            println!("  ~ {p}");
+        }
+        if !args.paths_only {
+            println!("{}", d.unified);
         }
     }
     Ok(differing)

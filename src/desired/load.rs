@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::keys;
-use crate::manifest::{self, Finding, LoadOptions, ObjectKey, Rejected};
+use crate::manifest::{self, ApplyOrder, Finding, LoadOptions, ObjectKey, ObjectRef, Rejected};
 use crate::plan::DesiredDs;
 use crate::render::{self, RenderError, RenderOptions};
 use crate::source::{SourceError, SourceWorker};
@@ -23,7 +23,22 @@ const CACHED_COMMITS: usize = 4;
 pub struct Loaded {
     pub commit: String,
     pub daemonsets: BTreeMap<ObjectKey, Arc<DesiredDs>>,
+    /// Companion objects, applied before the DaemonSets (see `controller::companions`).
+    pub objects: BTreeMap<ObjectRef, Arc<DesiredObject>>,
     pub warnings: Vec<Finding>,
+}
+
+/// A companion object ready to apply: the manifest with nodewave's label and
+/// source annotations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredObject {
+    pub reference: ObjectRef,
+    pub api_version: String,
+    pub object: Value,
+    pub hash: String,
+    pub order: ApplyOrder,
+    /// The file it came from, relative to the repository root.
+    pub file: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -201,9 +216,31 @@ impl Loader {
                 (key, Arc::new(ds))
             })
             .collect();
+        let objects = state
+            .objects
+            .into_iter()
+            .map(|(reference, o)| {
+                let object = mark(
+                    &o.manifest,
+                    &o.location.file,
+                    &self.identity.repo,
+                    &self.identity.path,
+                );
+                let d = DesiredObject {
+                    reference: reference.clone(),
+                    api_version: o.api_version,
+                    hash: content_hash(&object),
+                    object,
+                    order: o.order,
+                    file: o.location.file,
+                };
+                (reference, Arc::new(d))
+            })
+            .collect();
         let loaded = Arc::new(Loaded {
             commit: commit.to_string(),
             daemonsets,
+            objects,
             warnings: state.warnings,
         });
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
@@ -219,6 +256,14 @@ impl Loader {
 /// (nodewave drives every update itself: the controller only replaces pods it
 /// deletes).
 pub fn decorate(manifest: &Value, file: &str, repo: &str, path: &str) -> Value {
+    let mut obj = mark(manifest, file, repo, path);
+    obj["spec"]["updateStrategy"] = json!({"type": "OnDelete"});
+    obj
+}
+
+/// The manifest with the managed-by label and where it came from (what pruning
+/// and the ownership checks read).
+pub fn mark(manifest: &Value, file: &str, repo: &str, path: &str) -> Value {
     let mut obj = manifest.clone();
     let meta = &mut obj["metadata"];
     if !meta["labels"].is_object() {
@@ -232,7 +277,6 @@ pub fn decorate(manifest: &Value, file: &str, repo: &str, path: &str) -> Value {
     ann[keys::SOURCE_REPO] = json!(repo);
     ann[keys::SOURCE_PATH] = json!(path);
     ann[keys::SOURCE_FILE] = json!(file);
-    obj["spec"]["updateStrategy"] = json!({"type": "OnDelete"});
     obj
 }
 

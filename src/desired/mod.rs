@@ -32,7 +32,9 @@ use crate::source::{GitSourceConfig, fetch_process};
 use crate::store::Stores;
 use crate::verify::{self, TrustStore};
 
-pub use load::{LoadError, Loaded, Loader, SourceIdentity, content_hash, decorate};
+pub use load::{
+    DesiredObject, LoadError, Loaded, Loader, SourceIdentity, content_hash, decorate, mark,
+};
 pub use prune_guard::{ALLOW_PRUNE_MARKER, PruneLimit, PruneVerdict};
 
 /// How many commits back the fallback looks for one nodewave applied itself.

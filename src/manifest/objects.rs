@@ -206,6 +206,33 @@ pub const DEFAULT_ALLOWED_KINDS: &[&str] = &[
     "MutatingWebhookConfiguration.admissionregistration.k8s.io",
 ];
 
+/// Built-in kinds nodewave looks through for objects to prune (and that
+/// `nodewave status` lists) even when the commit holds none of them any more,
+/// with the apiVersion they are listed at.
+pub const PRUNABLE_KINDS: &[(&str, &str)] = &[
+    ("v1", "Namespace"),
+    ("v1", "ServiceAccount"),
+    ("v1", "ConfigMap"),
+    ("v1", "Secret"),
+    ("v1", "Service"),
+    ("rbac.authorization.k8s.io/v1", "Role"),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"),
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"),
+    ("policy/v1", "PodDisruptionBudget"),
+    ("scheduling.k8s.io/v1", "PriorityClass"),
+    ("apiextensions.k8s.io/v1", "CustomResourceDefinition"),
+    ("apps/v1", "Deployment"),
+    (
+        "admissionregistration.k8s.io/v1",
+        "ValidatingWebhookConfiguration",
+    ),
+    (
+        "admissionregistration.k8s.io/v1",
+        "MutatingWebhookConfiguration",
+    ),
+];
+
 /// The current apiVersion for a removed one, for kinds node agents used to ship
 /// with. `None`: not a legacy apiVersion nodewave knows.
 pub fn legacy_replacement(api_version: &str, kind: &str) -> Option<&'static str> {
