@@ -238,7 +238,7 @@ async fn vendor_files_with_companions_sync_heal_and_prune_exactly_their_objects(
     .await;
     eprintln!("ConfigMap drift put back after {:?}", t.elapsed());
     assert!(
-        nw.metric("nodewave_object_drift_total{kind=\"ConfigMap\"}")
+        nw.metric("nodewave_object_drift_total")
             .await
             .unwrap_or(0.0)
             >= 1.0,

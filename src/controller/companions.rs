@@ -337,7 +337,7 @@ async fn sync_one(
                         diff.paths.join(", ")
                     );
                     warn!(object = %o.reference, paths = ?diff.paths, "companion object drifted from Git; put back");
-                    ctx.metrics.object_drift(&o.reference.kind);
+                    ctx.metrics.object_drift();
                     ctx.cluster
                         .object_event(&o.api_version, &o.reference, true, "DriftCorrected", &msg)
                         .await;

@@ -70,6 +70,7 @@ pub const ERROR_KINDS: &[&str] = &[
     "record_invalid",
     "git_fetch",
     "panic",
+    "companions",
 ];
 
 pub fn now_ms() -> i64 {

@@ -288,9 +288,9 @@ impl Metrics {
         self.inner.objects.error(reason);
     }
 
-    /// Counts a companion object put back after it drifted (kind like `ConfigMap`).
-    pub fn object_drift(&self, kind: &str) {
-        self.inner.objects.drift(kind);
+    /// Counts a companion object put back after it drifted.
+    pub fn object_drift(&self) {
+        self.inner.objects.drift();
     }
 
     // ---------------------------------------------------------- DaemonSets

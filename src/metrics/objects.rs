@@ -1,5 +1,6 @@
 //! Companion objects' metrics: how many are managed and how many are in error,
-//! per-object errors by reason, and drift corrected on them.
+//! per-object errors by reason, and drift corrected on them (the kind and
+//! name are in the log line and the `DriftCorrected` Event).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -17,11 +18,6 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct KindLabels {
-    kind: String,
-}
-
 /// Reasons an object can be in error; each exists at 0 from the start.
 pub const OBJECT_ERROR_REASONS: &[&str] = &["unknown_kind", "not_managed", "apply_failed"];
 
@@ -29,7 +25,7 @@ pub const OBJECT_ERROR_REASONS: &[&str] = &["unknown_kind", "not_managed", "appl
 pub(super) struct ObjectMetrics {
     objects: Family<StateLabels, Gauge>,
     errors: Family<ReasonLabels, Counter>,
-    drift: Family<KindLabels, Counter>,
+    drift: Counter,
 }
 
 impl ObjectMetrics {
@@ -46,10 +42,10 @@ impl ObjectMetrics {
             "Companion objects that could not be applied, by reason (unknown_kind, not_managed, apply_failed)",
             errors.clone(),
         );
-        let drift = Family::<KindLabels, Counter>::default();
+        let drift = Counter::default();
         registry.register(
             "nodewave_object_drift",
-            "Companion objects changed or deleted in the cluster and put back to what Git declares, by kind",
+            "Companion objects changed or deleted in the cluster and put back to what Git declares",
             drift.clone(),
         );
         for state in ["synced", "error"] {
@@ -77,11 +73,7 @@ impl ObjectMetrics {
         self.errors.get_or_create(&ReasonLabels { reason }).inc();
     }
 
-    pub(super) fn drift(&self, kind: &str) {
-        self.drift
-            .get_or_create(&KindLabels {
-                kind: kind.to_string(),
-            })
-            .inc();
+    pub(super) fn drift(&self) {
+        self.drift.inc();
     }
 }
