@@ -37,7 +37,7 @@ use crate::desired::{Desired, DesiredObject};
 use crate::keys;
 use crate::manifest::objects::PRUNABLE_KINDS;
 use crate::manifest::{ApplyOrder, ObjectRef};
-use crate::plan::objects::{LiveObject, ObjectStep, meta_maps, step, to_prune};
+use crate::plan::objects::{LiveObject, ObjectStep, meta_maps, step, template_configs, to_prune};
 
 /// A wait between a watch event and the sync it causes: a burst of events
 /// (nodewave's own applies among them) costs one sync.
@@ -374,6 +374,17 @@ async fn prune(
         return Ok(());
     }
     let wanted: BTreeSet<&ObjectRef> = desired.loaded.objects.keys().collect();
+    // Config copies the templates name, desired and live (pods of the live
+    // revision mount them).
+    let mut referenced: BTreeSet<ObjectRef> = BTreeSet::new();
+    for ds in desired.loaded.daemonsets.values() {
+        referenced.extend(template_configs(&ds.key.namespace, &ds.object));
+    }
+    for (key, ds) in ctx.stores.daemonsets().iter() {
+        if let Ok(v) = serde_json::to_value(ds.as_ref()) {
+            referenced.extend(template_configs(&key.namespace, &v));
+        }
+    }
     let mut candidates: Vec<(String, String)> = PRUNABLE_KINDS
         .iter()
         .map(|(a, k)| ((*a).to_string(), (*k).to_string()))
@@ -396,7 +407,7 @@ async fn prune(
             .iter()
             .map(|o| live_object(o, &kind))
             .collect();
-        for gone in to_prune(&ctx.cfg.identity, &wanted, &live) {
+        for gone in to_prune(&ctx.cfg.identity, &wanted, &referenced, &live) {
             ctx.fence.check().map_err(|_| SyncError::NotLeader)?;
             info!(object = %gone.reference, "pruning companion object removed from Git");
             ctx.cluster
@@ -430,6 +441,12 @@ fn live_object(o: &DynamicObject, kind: &ServedKind) -> LiveObject {
         labels,
         annotations,
         deleting: o.metadata.deletion_timestamp.is_some(),
+        created: o
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .unwrap_or_default(),
     }
 }
 

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::keys;
 use crate::manifest::{self, ApplyOrder, Finding, LoadOptions, ObjectKey, ObjectRef, Rejected};
-use crate::plan::DesiredDs;
+use crate::plan::{DesiredDs, config};
 use crate::render::{self, RenderError, RenderOptions};
 use crate::source::{SourceError, SourceWorker};
 
@@ -191,32 +191,7 @@ impl Loader {
                 RenderError::Rejected(findings) => LoadError::Render(findings),
             })?;
         let state = manifest::load(&files, &self.options).map_err(LoadError::Rejected)?;
-        let daemonsets = state
-            .daemonsets
-            .into_iter()
-            .map(|(key, dds)| {
-                let object = decorate(
-                    &dds.manifest,
-                    &dds.location.file,
-                    &self.identity.repo,
-                    &self.identity.path,
-                );
-                let policy = state
-                    .policies
-                    .get(&key)
-                    .map(|p| p.spec.clone())
-                    .unwrap_or_default();
-                let ds = DesiredDs {
-                    key: key.clone(),
-                    commit: commit.to_string(),
-                    hash: content_hash(&object),
-                    object,
-                    policy,
-                };
-                (key, Arc::new(ds))
-            })
-            .collect();
-        let objects = state
+        let mut objects: BTreeMap<ObjectRef, Arc<DesiredObject>> = state
             .objects
             .into_iter()
             .map(|(reference, o)| {
@@ -237,6 +212,38 @@ impl Loader {
                 (reference, Arc::new(d))
             })
             .collect();
+        let mut copies: Vec<DesiredObject> = Vec::new();
+        let daemonsets = state
+            .daemonsets
+            .into_iter()
+            .map(|(key, dds)| {
+                let mut object = decorate(
+                    &dds.manifest,
+                    &dds.location.file,
+                    &self.identity.repo,
+                    &self.identity.path,
+                );
+                copies.extend(version_configs(&key.namespace, &mut object, &objects));
+                let policy = state
+                    .policies
+                    .get(&key)
+                    .map(|p| p.spec.clone())
+                    .unwrap_or_default();
+                let ds = DesiredDs {
+                    key: key.clone(),
+                    commit: commit.to_string(),
+                    hash: content_hash(&object),
+                    object,
+                    policy,
+                };
+                (key, Arc::new(ds))
+            })
+            .collect();
+        for c in copies {
+            objects
+                .entry(c.reference.clone())
+                .or_insert_with(|| Arc::new(c));
+        }
         let loaded = Arc::new(Loaded {
             commit: commit.to_string(),
             daemonsets,
@@ -278,6 +285,50 @@ pub fn mark(manifest: &Value, file: &str, repo: &str, path: &str) -> Value {
     ann[keys::SOURCE_PATH] = json!(path);
     ann[keys::SOURCE_FILE] = json!(file);
     obj
+}
+
+/// Config rollouts (`plan::config`): each ConfigMap or Secret of the commit that
+/// the DaemonSet's pod template references (same namespace, not opted out, not
+/// immutable already) gets an immutable copy named by its content hash, and the
+/// template is rewritten to it. A config change is then a new pod template,
+/// rolled out stage by stage like an image change. Returns the copies.
+pub fn version_configs(
+    namespace: &str,
+    daemonset: &mut Value,
+    objects: &BTreeMap<ObjectRef, Arc<DesiredObject>>,
+) -> Vec<DesiredObject> {
+    let mut renames = BTreeMap::new();
+    let mut copies = Vec::new();
+    for r in config::references(daemonset) {
+        let reference = ObjectRef {
+            group: String::new(),
+            kind: r.kind.as_str().to_string(),
+            namespace: namespace.to_string(),
+            name: r.name.clone(),
+        };
+        let Some(original) = objects.get(&reference) else {
+            continue;
+        };
+        if !config::is_versioned(&original.object) {
+            continue;
+        }
+        let name = config::hashed_name(&r.name, &config::content_hash(&original.object));
+        let object = config::hashed_copy(&original.object, &name);
+        copies.push(DesiredObject {
+            reference: ObjectRef {
+                name: name.clone(),
+                ..reference
+            },
+            api_version: original.api_version.clone(),
+            hash: content_hash(&object),
+            object,
+            order: original.order,
+            file: original.file.clone(),
+        });
+        renames.insert(r, name);
+    }
+    config::rewrite(daemonset, &renames);
+    copies
 }
 
 /// Hash of what Git declares for a DaemonSet, without nodewave's bookkeeping.

@@ -34,6 +34,7 @@ use crate::verify::{self, TrustStore};
 
 pub use load::{
     DesiredObject, LoadError, Loaded, Loader, SourceIdentity, content_hash, decorate, mark,
+    version_configs,
 };
 pub use prune_guard::{ALLOW_PRUNE_MARKER, PruneLimit, PruneVerdict};
 

@@ -9,6 +9,7 @@ use crate::desired::SourceIdentity;
 use crate::diff::{self, Difference};
 use crate::keys;
 use crate::manifest::ObjectRef;
+use crate::plan::config;
 
 /// The decision for one desired companion object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,19 +77,75 @@ pub struct LiveObject {
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub deleting: bool,
+    /// Creation time (RFC 3339), for keeping the newest config copies.
+    pub created: String,
 }
 
 /// The live objects to delete: applied by nodewave from this repository and
-/// path, and no longer in the commit.
+/// path, and no longer in the commit. Hashed config copies (`plan::config`)
+/// follow their own rule: those still `referenced` by a DaemonSet template
+/// (desired or live) and the newest [`config::KEEP_COPIES`] of each config
+/// stay, so a rollback finds the config its template names.
 pub fn to_prune<'a>(
     identity: &SourceIdentity,
     desired: &BTreeSet<&ObjectRef>,
+    referenced: &BTreeSet<ObjectRef>,
     live: &'a [LiveObject],
 ) -> Vec<&'a LiveObject> {
-    live.iter()
+    let candidates: Vec<&LiveObject> = live
+        .iter()
         .filter(|o| !o.deleting)
         .filter(|o| identity.owns(&o.labels, &o.annotations))
         .filter(|o| !desired.contains(&o.reference))
+        .collect();
+    let (copies, plain): (Vec<&LiveObject>, Vec<&LiveObject>) = candidates
+        .into_iter()
+        .partition(|o| o.labels.contains_key(config::COPY_OF_LABEL));
+    let live_copies: Vec<config::LiveCopy> = copies
+        .iter()
+        .filter_map(|o| {
+            Some(config::LiveCopy {
+                kind: config::ConfigKind::of(&o.reference.kind)?,
+                name: o.reference.name.clone(),
+                copy_of: format!(
+                    "{}/{}",
+                    o.reference.namespace,
+                    o.labels.get(config::COPY_OF_LABEL)?
+                ),
+                created: o.created.clone(),
+            })
+        })
+        .collect();
+    let referenced_here: BTreeSet<config::ConfigRef> = referenced
+        .iter()
+        .filter_map(|r| {
+            Some(config::ConfigRef {
+                kind: config::ConfigKind::of(&r.kind)?,
+                name: r.name.clone(),
+            })
+        })
+        .collect();
+    let mut out = plain;
+    for c in config::prunable(&live_copies, &referenced_here) {
+        if let Some(o) = copies.iter().find(|o| {
+            o.reference.name == c.name && config::ConfigKind::of(&o.reference.kind) == Some(c.kind)
+        }) {
+            out.push(o);
+        }
+    }
+    out
+}
+
+/// The ConfigMaps and Secrets (namespace and name) a DaemonSet's template names.
+pub fn template_configs(namespace: &str, daemonset: &Value) -> Vec<ObjectRef> {
+    config::references(daemonset)
+        .into_iter()
+        .map(|r| ObjectRef {
+            group: String::new(),
+            kind: r.kind.as_str().to_string(),
+            namespace: namespace.to_string(),
+            name: r.name,
+        })
         .collect()
 }
 
@@ -196,6 +253,7 @@ mod tests {
                 labels: labels.clone(),
                 annotations: annotations.clone(),
                 deleting: false,
+                created: String::new(),
             },
             LiveObject {
                 reference: r("gone"),
@@ -203,6 +261,7 @@ mod tests {
                 labels: labels.clone(),
                 annotations: annotations.clone(),
                 deleting: false,
+                created: String::new(),
             },
             LiveObject {
                 reference: r("other-path"),
@@ -213,14 +272,51 @@ mod tests {
                     "https://git/r.git".into(),
                 )]),
                 deleting: false,
+                created: String::new(),
             },
         ];
         let kept = r("kept");
         let desired = BTreeSet::from([&kept]);
-        let pruned: Vec<&str> = to_prune(&id(), &desired, &live)
+        let pruned: Vec<&str> = to_prune(&id(), &desired, &BTreeSet::new(), &live)
             .iter()
             .map(|o| o.reference.name.as_str())
             .collect();
         assert_eq!(pruned, ["gone"]);
+    }
+
+    #[test]
+    fn config_copies_stay_while_referenced_or_among_the_newest() {
+        let (mut labels, annotations) = meta_maps(&ours("v", "h"));
+        labels.insert(config::COPY_OF_LABEL.into(), "agent-config".into());
+        let copy = |name: &str, created: &str| LiveObject {
+            reference: ObjectRef {
+                group: String::new(),
+                kind: "ConfigMap".into(),
+                namespace: "n".into(),
+                name: name.into(),
+            },
+            uid: name.into(),
+            labels: labels.clone(),
+            annotations: annotations.clone(),
+            deleting: false,
+            created: created.into(),
+        };
+        let live: Vec<LiveObject> = (1..=6)
+            .map(|i| {
+                copy(
+                    &format!("agent-config-{i}"),
+                    &format!("2026-12-01T00:0{i}:00Z"),
+                )
+            })
+            .collect();
+        // -6 is the desired copy; -1 is still named by a live template.
+        let current = live[5].reference.clone();
+        let desired = BTreeSet::from([&current]);
+        let referenced = BTreeSet::from([live[0].reference.clone()]);
+        let pruned: Vec<&str> = to_prune(&id(), &desired, &referenced, &live)
+            .iter()
+            .map(|o| o.reference.name.as_str())
+            .collect();
+        assert_eq!(pruned, ["agent-config-2"]);
     }
 }
