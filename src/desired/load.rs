@@ -190,7 +190,17 @@ impl Loader {
                 },
                 RenderError::Rejected(findings) => LoadError::Render(findings),
             })?;
-        let state = manifest::load(&files, &self.options).map_err(LoadError::Rejected)?;
+        // The repository's own settings (`.nodewave.yaml` at the tracked path).
+        let repo_config = self
+            .source
+            .read_tracked_file(commit.to_string(), manifest::REPO_CONFIG_FILE)
+            .await
+            .map_err(|source| LoadError::Read {
+                commit: commit.to_string(),
+                source,
+            })?;
+        let state = manifest::load_with_config(&files, repo_config.as_ref(), &self.options)
+            .map_err(LoadError::Rejected)?;
         let mut objects: BTreeMap<ObjectRef, Arc<DesiredObject>> = state
             .objects
             .into_iter()
