@@ -1,15 +1,27 @@
-//! nodewave runs with exactly the permissions shipped in
-//! `deploy/kubernetes/nodewave.yaml`: a service-account token bound to that
-//! ClusterRole and leader-election Role drives a rollout, a rollback and a prune
-//! with no request forbidden.
+//! nodewave runs with exactly the RBAC the Helm chart renders (and so
+//! `deploy/kubernetes/nodewave.yaml`, generated from it), in both modes: a
+//! service-account token bound to the rendered ClusterRole/Roles drives a
+//! rollout, a rollback and a prune with no request forbidden.
+//!
+//! - cluster mode (`rbac.mode=cluster`, the default): one ClusterRole;
+//! - namespaced mode (`rbac.mode=namespaced`, `--namespaced`): write access only
+//!   through a Role in the allowed namespace; the ClusterRole is read-only (nodes,
+//!   the record CRD), checked with SubjectAccessReviews.
+//!
+//! nodewave's own namespace (service account, Lease) is a second namespace, as
+//! in a real install. To check by hand that every verb is needed, set
+//! `NODEWAVE_RBAC_TEST_DROP=<resource>:<verb>` (e.g. `pods:delete`): the verb is
+//! removed from the rendered rules and the test must then fail.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // integration test crate: panics are test failures
 
+mod chart_common;
 mod support;
 
 use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -18,23 +30,103 @@ use support::gitops::{ds_yaml, get_ds, wait_rolled_out, wait_status};
 use support::nodewave::{GitRepo, Nodewave};
 use support::*;
 
-fn shipped_documents() -> Vec<Value> {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/kubernetes/nodewave.yaml"
-    ))
-    .unwrap();
-    text.split("\n---\n")
-        .map(|doc| serde_saphyr::from_str::<Value>(doc).unwrap())
-        .filter(Value::is_object)
-        .collect()
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Cluster,
+    Namespaced,
 }
 
-fn shipped(kind: &str) -> Value {
-    shipped_documents()
-        .into_iter()
-        .find(|d| d["kind"] == kind)
-        .unwrap_or_else(|| panic!("deploy/kubernetes/nodewave.yaml has no {kind}"))
+/// The chart's RBAC for a release in `system_ns` managing DaemonSets in `fleet_ns`.
+fn rendered(mode: Mode, release: &str, system_ns: &str, fleet_ns: &str) -> Vec<Value> {
+    let allowed = format!("allowedNamespaces={{{fleet_ns}}}");
+    let mut args = vec!["--set", "repo.url=https://git.example.com/fleet.git"];
+    args.extend(["--set", &allowed]);
+    if mode == Mode::Namespaced {
+        args.extend(["--set", "rbac.mode=namespaced"]);
+    }
+    chart_common::template(release, system_ns, &args)
+}
+
+/// Removes `NODEWAVE_RBAC_TEST_DROP`'s verb from every rule of its resource.
+fn drop_verb(doc: &mut Value) {
+    let Ok(spec) = std::env::var("NODEWAVE_RBAC_TEST_DROP") else {
+        return;
+    };
+    let (resource, verb) = spec.split_once(':').expect("NODEWAVE_RBAC_TEST_DROP=<resource>:<verb>");
+    for rule in doc["rules"].as_array_mut().into_iter().flatten() {
+        if rule["resources"].as_array().unwrap().iter().any(|r| r == resource) {
+            rule["verbs"]
+                .as_array_mut()
+                .unwrap()
+                .retain(|v| v != verb);
+        }
+    }
+}
+
+/// Whether the service account may `verb` `resource` (in `namespace`, or
+/// cluster-wide with None), as the API server's authorizer answers.
+async fn allowed(
+    client: &kube::Client,
+    sa: &str,
+    sa_ns: &str,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    namespace: Option<&str>,
+) -> bool {
+    let mut attrs = json!({"verb": verb, "group": group, "resource": resource});
+    if let Some(ns) = namespace {
+        attrs["namespace"] = json!(ns);
+    }
+    let sar: SubjectAccessReview = serde_json::from_value(json!({
+        "spec": {"user": format!("system:serviceaccount:{sa_ns}:{sa}"), "resourceAttributes": attrs}
+    }))
+    .unwrap();
+    let api: Api<SubjectAccessReview> = Api::all(client.clone());
+    api.create(&PostParams::default(), &sar)
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .allowed
+}
+
+async fn create_all(client: &kube::Client, docs: &[Value]) -> Vec<(String, String)> {
+    let mut cluster_scoped = Vec::new();
+    for doc in docs {
+        let mut doc = doc.clone();
+        let ns = doc["metadata"]["namespace"].as_str().map(str::to_string);
+        let name = doc["metadata"]["name"].as_str().unwrap().to_string();
+        let pp = PostParams::default();
+        match doc["kind"].as_str().unwrap() {
+            "ServiceAccount" => {
+                let api: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns.unwrap());
+                api.create(&pp, &serde_json::from_value(doc).unwrap()).await.unwrap();
+            }
+            "ClusterRole" => {
+                drop_verb(&mut doc);
+                let api: Api<ClusterRole> = Api::all(client.clone());
+                api.create(&pp, &serde_json::from_value(doc).unwrap()).await.unwrap();
+                cluster_scoped.push(("ClusterRole".into(), name));
+            }
+            "ClusterRoleBinding" => {
+                let api: Api<ClusterRoleBinding> = Api::all(client.clone());
+                api.create(&pp, &serde_json::from_value(doc).unwrap()).await.unwrap();
+                cluster_scoped.push(("ClusterRoleBinding".into(), name));
+            }
+            "Role" => {
+                drop_verb(&mut doc);
+                let api: Api<Role> = Api::namespaced(client.clone(), &ns.unwrap());
+                api.create(&pp, &serde_json::from_value(doc).unwrap()).await.unwrap();
+            }
+            "RoleBinding" => {
+                let api: Api<RoleBinding> = Api::namespaced(client.clone(), &ns.unwrap());
+                api.create(&pp, &serde_json::from_value(doc).unwrap()).await.unwrap();
+            }
+            _ => {}
+        }
+    }
+    cluster_scoped
 }
 
 /// A kubeconfig for the local cluster that authenticates with `token`.
@@ -61,52 +153,56 @@ fn token_kubeconfig(dir: &std::path::Path, token: &str) -> std::path::PathBuf {
     path
 }
 
-#[tokio::test]
-async fn nodewave_works_with_exactly_the_shipped_rbac() {
-    let mut env = TestEnv::new("rbac").await;
+async fn nodewave_works_with_exactly_the_chart_rbac(mode: Mode) {
+    let mut env = TestEnv::new(match mode {
+        Mode::Cluster => "rbac",
+        Mode::Namespaced => "rbac-ns",
+    })
+    .await;
     let nodes = env.create_nodes(&["pool-a", "pool-b"], 1).await;
     let ns = env.ns.clone();
-    let cluster_role_name = format!("nodewave-{ns}");
-
-    // The shipped rules, bound to a service account of this test's namespace.
-    let sa: ServiceAccount =
-        serde_json::from_value(json!({"metadata": {"name": "nodewave", "namespace": ns}})).unwrap();
-    env.api::<ServiceAccount>()
-        .create(&PostParams::default(), &sa)
-        .await
-        .unwrap();
-    let mut cr = shipped("ClusterRole");
-    cr["metadata"] = json!({"name": cluster_role_name});
-    let crs: Api<ClusterRole> = Api::all(env.client.clone());
-    crs.create(&PostParams::default(), &serde_json::from_value(cr).unwrap())
-        .await
-        .unwrap();
-    let crb: ClusterRoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": cluster_role_name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role_name},
-        "subjects": [{"kind": "ServiceAccount", "name": "nodewave", "namespace": ns}],
-    }))
+    // nodewave's own namespace, as nodewave-system in a real install.
+    let system_ns = format!("{ns}-sys");
+    let nss: Api<Namespace> = Api::all(env.client.clone());
+    nss.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": system_ns}})).unwrap(),
+    )
+    .await
     .unwrap();
-    let crbs: Api<ClusterRoleBinding> = Api::all(env.client.clone());
-    crbs.create(&PostParams::default(), &crb).await.unwrap();
-    let mut role = shipped("Role");
-    role["metadata"]["namespace"] = json!(ns);
-    env.api::<Role>()
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(role).unwrap(),
-        )
-        .await
-        .unwrap();
-    let mut rb = shipped("RoleBinding");
-    rb["metadata"]["namespace"] = json!(ns);
-    rb["subjects"][0]["namespace"] = json!(ns);
-    env.api::<RoleBinding>()
-        .create(&PostParams::default(), &serde_json::from_value(rb).unwrap())
-        .await
-        .unwrap();
 
-    // The record CRD, installed by the cluster admin as the deploy docs say.
+    let docs = rendered(mode, &ns, &system_ns, &ns);
+    let sa = chart_common::one_of_kind(&docs, "ServiceAccount")["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let args = chart_common::deployment_args(&docs);
+    for flag in ["--no-install-crds", "--leader-elect", &format!("--allow-namespace={ns}")] {
+        assert!(args.iter().any(|a| a == flag), "{flag} not in {args:?}");
+    }
+    assert_eq!(
+        args.iter().any(|a| a == "--namespaced"),
+        mode == Mode::Namespaced,
+        "{args:?}"
+    );
+    let cluster_scoped = create_all(&env.client, &docs).await;
+
+    // What each mode grants, as the authorizer sees it.
+    let c = &env.client;
+    let cluster_wide_write =
+        allowed(c, &sa, &system_ns, "patch", "apps", "daemonsets", None).await;
+    assert_eq!(cluster_wide_write, mode == Mode::Cluster);
+    assert!(allowed(c, &sa, &system_ns, "patch", "apps", "daemonsets", Some(&ns)).await);
+    assert_eq!(
+        allowed(c, &sa, &system_ns, "delete", "", "pods", Some("kube-system")).await,
+        mode == Mode::Cluster
+    );
+    assert!(allowed(c, &sa, &system_ns, "watch", "", "nodes", None).await);
+    assert!(!allowed(c, &sa, &system_ns, "patch", "", "nodes", None).await);
+    assert!(!allowed(c, &sa, &system_ns, "create", "apiextensions.k8s.io", "customresourcedefinitions", None).await);
+    assert!(!allowed(c, &sa, &system_ns, "get", "", "secrets", Some(&ns)).await);
+
+    // The record CRD, installed by the cluster admin (the chart's crds/).
     let crds: Api<CustomResourceDefinition> = Api::all(env.client.clone());
     crds.patch(
         ::nodewave::record::client::CRD_NAME,
@@ -119,14 +215,9 @@ async fn nodewave_works_with_exactly_the_shipped_rbac() {
     let tr: TokenRequest =
         serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
             .unwrap();
-    let token = env
-        .api::<ServiceAccount>()
-        .create_subresource::<TokenRequest, TokenRequest>(
-            "token",
-            "nodewave",
-            &PostParams::default(),
-            &tr,
-        )
+    let sas: Api<ServiceAccount> = Api::namespaced(env.client.clone(), &system_ns);
+    let token = sas
+        .create_subresource::<TokenRequest, TokenRequest>("token", &sa, &PostParams::default(), &tr)
         .await
         .unwrap()
         .status
@@ -149,22 +240,22 @@ async fn nodewave_works_with_exactly_the_shipped_rbac() {
             ),
         ],
     );
-    let nw = Nodewave::start(
-        &repo.url(),
-        &[
-            "--kubeconfig",
-            kubeconfig.to_str().unwrap(),
-            "--poll-interval",
-            "1s",
-            "--allow-namespace",
-            &ns,
-            "--leader-elect",
-            "--leader-election-namespace",
-            &ns,
-            "--no-install-crds",
-        ],
-    )
-    .await;
+    let allow = format!("--allow-namespace={ns}");
+    let mut nw_args = vec![
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--poll-interval",
+        "1s",
+        &allow,
+        "--leader-elect",
+        "--leader-election-namespace",
+        &system_ns,
+        "--no-install-crds",
+    ];
+    if mode == Mode::Namespaced {
+        nw_args.push("--namespaced");
+    }
+    let nw = Nodewave::start(&repo.url(), &nw_args).await;
     wait_rolled_out(&env, "agent", "registry.example/agent:1.0.0", nodes.len()).await;
     wait_status(&env, "agent", "Synced", Duration::from_mins(1)).await;
 
@@ -180,8 +271,7 @@ async fn nodewave_works_with_exactly_the_shipped_rbac() {
             )),
         )],
     );
-    let ds = wait_status(&env, "agent", "RolledBack", Duration::from_mins(2)).await;
-    let _ = ds;
+    wait_status(&env, "agent", "RolledBack", Duration::from_mins(2)).await;
     assert_eq!(
         support::record::get(&env, "agent")
             .await
@@ -207,13 +297,26 @@ async fn nodewave_works_with_exactly_the_shipped_rbac() {
     assert!(logs.contains("became leader"), "{logs}");
     assert!(
         !logs.to_lowercase().contains("forbidden"),
-        "a request was forbidden by the shipped RBAC:\n{logs}"
+        "a request was forbidden by the chart's RBAC ({mode:?} mode):\n{logs}"
     );
     drop(nw);
-    let _ = crbs
-        .delete(&cluster_role_name, &DeleteParams::default())
-        .await;
-    let _ = crs
-        .delete(&cluster_role_name, &DeleteParams::default())
-        .await;
+    for (kind, name) in cluster_scoped {
+        let dp = DeleteParams::default();
+        if kind == "ClusterRole" {
+            let _ = Api::<ClusterRole>::all(env.client.clone()).delete(&name, &dp).await;
+        } else {
+            let _ = Api::<ClusterRoleBinding>::all(env.client.clone()).delete(&name, &dp).await;
+        }
+    }
+    let _ = nss.delete(&system_ns, &DeleteParams::default()).await;
+}
+
+#[tokio::test]
+async fn nodewave_works_with_exactly_the_chart_rbac_cluster_mode() {
+    nodewave_works_with_exactly_the_chart_rbac(Mode::Cluster).await;
+}
+
+#[tokio::test]
+async fn nodewave_works_with_exactly_the_chart_rbac_namespaced_mode() {
+    nodewave_works_with_exactly_the_chart_rbac(Mode::Namespaced).await;
 }
