@@ -1,7 +1,8 @@
 //! nodewave runs with exactly the RBAC the Helm chart renders (and so
 //! `deploy/kubernetes/nodewave.yaml`, generated from it), in both modes: a
 //! service-account token bound to the rendered ClusterRole/Roles drives a
-//! rollout, a rollback and a prune with no request forbidden.
+//! rollout, a rollback, a prune and a repeated drift (an Event series) with no
+//! request forbidden.
 //!
 //! - cluster mode (`rbac.mode=cluster`, the default): one ClusterRole;
 //! - namespaced mode (`rbac.mode=namespaced`, `--namespaced`): write access only
@@ -19,12 +20,14 @@ mod support;
 
 use std::time::Duration;
 
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::gitops::{ds_yaml, get_ds, wait_rolled_out, wait_status};
 use support::nodewave::{GitRepo, Nodewave};
@@ -53,7 +56,8 @@ fn drop_verb(doc: &mut Value) {
         return;
     };
     let (resource, verb) = spec.split_once(':').expect("NODEWAVE_RBAC_TEST_DROP=<resource>:<verb>");
-    for rule in doc["rules"].as_array_mut().into_iter().flatten() {
+    let rules = doc["rules"].as_array_mut().unwrap();
+    for rule in rules.iter_mut() {
         if rule["resources"].as_array().unwrap().iter().any(|r| r == resource) {
             rule["verbs"]
                 .as_array_mut()
@@ -61,6 +65,31 @@ fn drop_verb(doc: &mut Value) {
                 .retain(|v| v != verb);
         }
     }
+    // A rule left without verbs is invalid: drop it.
+    rules.retain(|r| !r["verbs"].as_array().unwrap().is_empty());
+}
+
+/// Changes the agent's image behind nodewave's back and waits until nodewave
+/// has put Git's image back (a DriftDetected Event each time).
+async fn drift_and_wait_healed(env: &TestEnv, nodes: usize) {
+    let patch = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "agent", "image": "registry.example/agent:9.9.9-drift"}
+    ]}}}});
+    env.api::<DaemonSet>()
+        .patch("agent", &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+        .unwrap();
+    wait_for("drift undone", Duration::from_mins(1), || async {
+        let ds = get_ds(env, "agent").await.unwrap();
+        let image = support::gitops::image_of(&ds);
+        if image == "registry.example/agent:1.0.0" {
+            Ok(Some(()))
+        } else {
+            Err(image)
+        }
+    })
+    .await;
+    wait_rolled_out(env, "agent", "registry.example/agent:1.0.0", nodes).await;
 }
 
 /// Whether the service account may `verb` `resource` (in `namespace`, or
@@ -258,6 +287,27 @@ async fn nodewave_works_with_exactly_the_chart_rbac(mode: Mode) {
     let nw = Nodewave::start(&repo.url(), &nw_args).await;
     wait_rolled_out(&env, "agent", "registry.example/agent:1.0.0", nodes.len()).await;
     wait_status(&env, "agent", "Synced", Duration::from_mins(1)).await;
+
+    // The same drift twice: the second DriftDetected Event is a patch of the
+    // first one's series (events: patch).
+    drift_and_wait_healed(&env, nodes.len()).await;
+    drift_and_wait_healed(&env, nodes.len()).await;
+    let events: Api<Event> = env.api();
+    wait_for("a DriftDetected series of 2", Duration::from_secs(30), || async {
+        let list = events.list(&ListParams::default()).await.unwrap();
+        let counts: Vec<i32> = list
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("DriftDetected"))
+            .map(|e| e.series.as_ref().map_or(1, |s| s.count))
+            .collect();
+        if counts.iter().any(|c| *c >= 2) {
+            Ok(Some(()))
+        } else {
+            Err(format!("DriftDetected events with counts {counts:?}"))
+        }
+    })
+    .await;
 
     // A rollout that fails its gate and rolls back: pod deletes, revisions, Events.
     repo.commit(
