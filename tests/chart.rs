@@ -223,14 +223,20 @@ fn rendered_pod_is_restricted_and_probes_and_rbac_are_as_documented() {
     let cr = one_of_kind(&full, "ClusterRole");
     for rule in cr["rules"].as_array().unwrap() {
         for verb in rule["verbs"].as_array().unwrap() {
-            assert!(["list", "watch", "get"].contains(&verb.as_str().unwrap()), "{rule}");
+            assert!(
+                ["list", "watch", "get"].contains(&verb.as_str().unwrap()),
+                "{rule}"
+            );
         }
     }
     let role_namespaces: Vec<&str> = of_kind(&full, "Role")
         .iter()
         .map(|r| r["metadata"]["namespace"].as_str().unwrap())
         .collect();
-    assert_eq!(role_namespaces, ["logging", "monitoring", "nodewave-system"]);
+    assert_eq!(
+        role_namespaces,
+        ["logging", "monitoring", "nodewave-system"]
+    );
     let args = deployment_args(&full);
     assert!(args.iter().any(|a| a == "--namespaced"), "{args:?}");
     // Webhook and metrics on separate listeners and Services.
@@ -285,7 +291,10 @@ fn without_operator_kinds(docs: Vec<Value>) -> Vec<Value> {
 async fn templates_pass_a_server_side_dry_run() {
     let env = TestEnv::new("chart-dry").await;
     let nss: Api<Namespace> = Api::all(env.client.clone());
-    let fleet: Vec<String> = ["a", "b"].iter().map(|s| format!("{}-{s}", env.ns)).collect();
+    let fleet: Vec<String> = ["a", "b"]
+        .iter()
+        .map(|s| format!("{}-{s}", env.ns))
+        .collect();
     for ns in &fleet {
         nss.create(
             &PostParams::default(),
@@ -342,7 +351,8 @@ async fn assert_restricted_is_enforced(client: &kube::Client, ns: &str) {
     .unwrap();
     let err = pods.create(&PostParams::default(), &bad).await.unwrap_err();
     assert!(
-        err.to_string().contains("violates PodSecurity \"restricted"),
+        err.to_string()
+            .contains("violates PodSecurity \"restricted"),
         "{err}"
     );
 }
@@ -355,12 +365,22 @@ async fn wait_pods_admitted(client: &kube::Client, ns: &str, selector: &str, n: 
         &format!("{n} nodewave pods admitted in {ns}"),
         Duration::from_mins(1),
         || async {
-            let found = pods.list(&ListParams::default().labels(selector)).await.unwrap();
+            let found = pods
+                .list(&ListParams::default().labels(selector))
+                .await
+                .unwrap();
             if found.items.len() == n {
                 Ok(Some(()))
             } else {
                 let events = Command::new(kubectl())
-                    .args(["get", "events", "-n", &ns, "-o", "custom-columns=REASON:.reason,MESSAGE:.message"])
+                    .args([
+                        "get",
+                        "events",
+                        "-n",
+                        &ns,
+                        "-o",
+                        "custom-columns=REASON:.reason,MESSAGE:.message",
+                    ])
                     .output()
                     .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
                     .unwrap_or_default();
@@ -395,8 +415,17 @@ async fn helm_install_creates_every_object_admitted_under_restricted_pod_securit
     ]);
     assert!(out.contains("STATUS: deployed"), "{out}");
     // Every object the chart renders exists, as rendered (helm get manifest).
-    let manifest = documents(&run_helm(&["get", "manifest", &release, "--namespace", &ns]));
-    let kinds: Vec<&str> = manifest.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    let manifest = documents(&run_helm(&[
+        "get",
+        "manifest",
+        &release,
+        "--namespace",
+        &ns,
+    ]));
+    let kinds: Vec<&str> = manifest
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap())
+        .collect();
     for kind in [
         "ServiceAccount",
         "ClusterRole",
@@ -432,10 +461,9 @@ async fn helm_install_creates_every_object_admitted_under_restricted_pod_securit
 #[tokio::test]
 async fn single_file_manifest_is_admitted_under_restricted_pod_security() {
     let env = TestEnv::new("single-file").await;
-    let text = std::fs::read_to_string(
-        chart_common::repo_root().join("deploy/kubernetes/nodewave.yaml"),
-    )
-    .unwrap();
+    let text =
+        std::fs::read_to_string(chart_common::repo_root().join("deploy/kubernetes/nodewave.yaml"))
+            .unwrap();
     let docs = documents(&text);
     // The shipped namespace itself enforces "restricted".
     let shipped_ns = one_of_kind(&docs, "Namespace");
@@ -478,7 +506,14 @@ async fn single_file_manifest_is_admitted_under_restricted_pod_security() {
     }
     // The CRD as shipped: a dry run (the cluster's CRD is shared by every test).
     kubectl_with(
-        &["apply", "--server-side", "--dry-run=server", "--field-manager=nodewave-chart-test", "-f", "-"],
+        &[
+            "apply",
+            "--server-side",
+            "--dry-run=server",
+            "--field-manager=nodewave-chart-test",
+            "-f",
+            "-",
+        ],
         &list(crd),
     )
     .unwrap();
@@ -493,11 +528,20 @@ async fn single_file_manifest_is_admitted_under_restricted_pod_security() {
         })
         .collect();
     let out = kubectl_with(
-        &["apply", "--server-side", "--field-manager=nodewave-chart-test", "-f", "-"],
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=nodewave-chart-test",
+            "-f",
+            "-",
+        ],
         &list(apply),
     )
     .unwrap();
-    assert!(out.contains("deployment.apps/nodewave serverside-applied"), "{out}");
+    assert!(
+        out.contains("deployment.apps/nodewave serverside-applied"),
+        "{out}"
+    );
     assert_restricted_is_enforced(&env.client, &ns).await;
     wait_pods_admitted(&env.client, &ns, "app.kubernetes.io/name=nodewave", 2).await;
 

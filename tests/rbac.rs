@@ -22,9 +22,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -55,14 +55,18 @@ fn drop_verb(doc: &mut Value) {
     let Ok(spec) = std::env::var("NODEWAVE_RBAC_TEST_DROP") else {
         return;
     };
-    let (resource, verb) = spec.split_once(':').expect("NODEWAVE_RBAC_TEST_DROP=<resource>:<verb>");
+    let (resource, verb) = spec
+        .split_once(':')
+        .expect("NODEWAVE_RBAC_TEST_DROP=<resource>:<verb>");
     let rules = doc["rules"].as_array_mut().unwrap();
     for rule in rules.iter_mut() {
-        if rule["resources"].as_array().unwrap().iter().any(|r| r == resource) {
-            rule["verbs"]
-                .as_array_mut()
-                .unwrap()
-                .retain(|v| v != verb);
+        if rule["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == resource)
+        {
+            rule["verbs"].as_array_mut().unwrap().retain(|v| v != verb);
         }
     }
     // A rule left without verbs is invalid: drop it.
@@ -130,27 +134,37 @@ async fn create_all(client: &kube::Client, docs: &[Value]) -> Vec<(String, Strin
         match doc["kind"].as_str().unwrap() {
             "ServiceAccount" => {
                 let api: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns.unwrap());
-                api.create(&pp, &serde_json::from_value(doc).unwrap()).await.unwrap();
+                api.create(&pp, &serde_json::from_value(doc).unwrap())
+                    .await
+                    .unwrap();
             }
             "ClusterRole" => {
                 drop_verb(&mut doc);
                 let api: Api<ClusterRole> = Api::all(client.clone());
-                api.create(&pp, &serde_json::from_value(doc).unwrap()).await.unwrap();
+                api.create(&pp, &serde_json::from_value(doc).unwrap())
+                    .await
+                    .unwrap();
                 cluster_scoped.push(("ClusterRole".into(), name));
             }
             "ClusterRoleBinding" => {
                 let api: Api<ClusterRoleBinding> = Api::all(client.clone());
-                api.create(&pp, &serde_json::from_value(doc).unwrap()).await.unwrap();
+                api.create(&pp, &serde_json::from_value(doc).unwrap())
+                    .await
+                    .unwrap();
                 cluster_scoped.push(("ClusterRoleBinding".into(), name));
             }
             "Role" => {
                 drop_verb(&mut doc);
                 let api: Api<Role> = Api::namespaced(client.clone(), &ns.unwrap());
-                api.create(&pp, &serde_json::from_value(doc).unwrap()).await.unwrap();
+                api.create(&pp, &serde_json::from_value(doc).unwrap())
+                    .await
+                    .unwrap();
             }
             "RoleBinding" => {
                 let api: Api<RoleBinding> = Api::namespaced(client.clone(), &ns.unwrap());
-                api.create(&pp, &serde_json::from_value(doc).unwrap()).await.unwrap();
+                api.create(&pp, &serde_json::from_value(doc).unwrap())
+                    .await
+                    .unwrap();
             }
             _ => {}
         }
@@ -206,7 +220,11 @@ async fn nodewave_works_with_exactly_the_chart_rbac(mode: Mode) {
         .unwrap()
         .to_string();
     let args = chart_common::deployment_args(&docs);
-    for flag in ["--no-install-crds", "--leader-elect", &format!("--allow-namespace={ns}")] {
+    for flag in [
+        "--no-install-crds",
+        "--leader-elect",
+        &format!("--allow-namespace={ns}"),
+    ] {
         assert!(args.iter().any(|a| a == flag), "{flag} not in {args:?}");
     }
     assert_eq!(
@@ -218,17 +236,36 @@ async fn nodewave_works_with_exactly_the_chart_rbac(mode: Mode) {
 
     // What each mode grants, as the authorizer sees it.
     let c = &env.client;
-    let cluster_wide_write =
-        allowed(c, &sa, &system_ns, "patch", "apps", "daemonsets", None).await;
+    let cluster_wide_write = allowed(c, &sa, &system_ns, "patch", "apps", "daemonsets", None).await;
     assert_eq!(cluster_wide_write, mode == Mode::Cluster);
     assert!(allowed(c, &sa, &system_ns, "patch", "apps", "daemonsets", Some(&ns)).await);
     assert_eq!(
-        allowed(c, &sa, &system_ns, "delete", "", "pods", Some("kube-system")).await,
+        allowed(
+            c,
+            &sa,
+            &system_ns,
+            "delete",
+            "",
+            "pods",
+            Some("kube-system")
+        )
+        .await,
         mode == Mode::Cluster
     );
     assert!(allowed(c, &sa, &system_ns, "watch", "", "nodes", None).await);
     assert!(!allowed(c, &sa, &system_ns, "patch", "", "nodes", None).await);
-    assert!(!allowed(c, &sa, &system_ns, "create", "apiextensions.k8s.io", "customresourcedefinitions", None).await);
+    assert!(
+        !allowed(
+            c,
+            &sa,
+            &system_ns,
+            "create",
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            None
+        )
+        .await
+    );
     assert!(!allowed(c, &sa, &system_ns, "get", "", "secrets", Some(&ns)).await);
 
     // The record CRD, installed by the cluster admin (the chart's crds/).
@@ -293,20 +330,24 @@ async fn nodewave_works_with_exactly_the_chart_rbac(mode: Mode) {
     drift_and_wait_healed(&env, nodes.len()).await;
     drift_and_wait_healed(&env, nodes.len()).await;
     let events: Api<Event> = env.api();
-    wait_for("a DriftDetected series of 2", Duration::from_secs(30), || async {
-        let list = events.list(&ListParams::default()).await.unwrap();
-        let counts: Vec<i32> = list
-            .items
-            .iter()
-            .filter(|e| e.reason.as_deref() == Some("DriftDetected"))
-            .map(|e| e.series.as_ref().map_or(1, |s| s.count))
-            .collect();
-        if counts.iter().any(|c| *c >= 2) {
-            Ok(Some(()))
-        } else {
-            Err(format!("DriftDetected events with counts {counts:?}"))
-        }
-    })
+    wait_for(
+        "a DriftDetected series of 2",
+        Duration::from_secs(30),
+        || async {
+            let list = events.list(&ListParams::default()).await.unwrap();
+            let counts: Vec<i32> = list
+                .items
+                .iter()
+                .filter(|e| e.reason.as_deref() == Some("DriftDetected"))
+                .map(|e| e.series.as_ref().map_or(1, |s| s.count))
+                .collect();
+            if counts.iter().any(|c| *c >= 2) {
+                Ok(Some(()))
+            } else {
+                Err(format!("DriftDetected events with counts {counts:?}"))
+            }
+        },
+    )
     .await;
 
     // A rollout that fails its gate and rolls back: pod deletes, revisions, Events.
@@ -353,9 +394,13 @@ async fn nodewave_works_with_exactly_the_chart_rbac(mode: Mode) {
     for (kind, name) in cluster_scoped {
         let dp = DeleteParams::default();
         if kind == "ClusterRole" {
-            let _ = Api::<ClusterRole>::all(env.client.clone()).delete(&name, &dp).await;
+            let _ = Api::<ClusterRole>::all(env.client.clone())
+                .delete(&name, &dp)
+                .await;
         } else {
-            let _ = Api::<ClusterRoleBinding>::all(env.client.clone()).delete(&name, &dp).await;
+            let _ = Api::<ClusterRoleBinding>::all(env.client.clone())
+                .delete(&name, &dp)
+                .await;
         }
     }
     let _ = nss.delete(&system_ns, &DeleteParams::default()).await;

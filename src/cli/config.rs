@@ -579,7 +579,10 @@ mod tests {
     fn namespaced_mode_needs_allowed_namespaces_and_no_namespace_creation() {
         let t = T::parse_from(["x", "--repo", "file:///r", "--namespaced"]);
         let e = t.run.resolve().unwrap_err();
-        assert!(e.contains("--namespaced needs at least one --allow-namespace"), "{e}");
+        assert!(
+            e.contains("--namespaced needs at least one --allow-namespace"),
+            "{e}"
+        );
         let t = T::parse_from([
             "x",
             "--repo",
@@ -604,7 +607,10 @@ mod tests {
             .unwrap();
         assert!(r.namespaced);
         assert_eq!(r.rules.allow_namespaces, vec!["logging", "monitoring"]);
-        let r = T::parse_from(["x", "--repo", "file:///r"]).run.resolve().unwrap();
+        let r = T::parse_from(["x", "--repo", "file:///r"])
+            .run
+            .resolve()
+            .unwrap();
         assert!(!r.namespaced);
     }
 
