@@ -20,6 +20,9 @@ pub struct ServiceStatus {
     pub last_fetch_error: Option<String>,
     pub rejected_commit: Option<String>,
     pub rejected_errors: Vec<String>,
+    /// Why the current desired state's deletions are refused by the prune guard
+    /// (`None`: nothing refused).
+    pub prune_refused: Option<String>,
     /// A valid commit has been compared with the cluster at least once.
     pub synced_once: bool,
     /// This replica holds the leader lease (always true without `--leader-elect`).

@@ -81,7 +81,7 @@ fn kubectl_with(args: &[&str], input: &str) -> Result<String, String> {
     }
 }
 
-fn list(items: Vec<Value>) -> String {
+fn list(items: &[Value]) -> String {
     json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string()
 }
 
@@ -315,7 +315,7 @@ async fn templates_pass_a_server_side_dry_run() {
                 "-f",
                 "-",
             ],
-            &list(without_operator_kinds(docs)),
+            &list(&without_operator_kinds(docs)),
         );
         let out = out.unwrap_or_else(|e| panic!("{name} values: dry run refused:\n{e}"));
         assert!(out.contains("deployment.apps/"), "{name}: {out}");
@@ -514,7 +514,7 @@ async fn single_file_manifest_is_admitted_under_restricted_pod_security() {
             "-f",
             "-",
         ],
-        &list(crd),
+        &list(&crd),
     )
     .unwrap();
     let cluster_scoped: Vec<(String, String)> = apply
@@ -535,7 +535,7 @@ async fn single_file_manifest_is_admitted_under_restricted_pod_security() {
             "-f",
             "-",
         ],
-        &list(apply),
+        &list(&apply),
     )
     .unwrap();
     assert!(

@@ -167,3 +167,129 @@ fn examples_repo_validates() {
     assert!(!summary.contains(" 0 DaemonSet(s)"), "{out}");
     eprintln!("{summary}");
 }
+
+/// Writes `files` (path, contents) into a new temporary directory.
+fn commit_dir(files: &[(String, String)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, contents) in files {
+        let full = dir.path().join(path);
+        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+        std::fs::write(full, contents).unwrap();
+    }
+    dir
+}
+
+fn good_ds() -> (String, String) {
+    (
+        "good.yaml".into(),
+        nodewave::manifest::adversarial::daemonset("ns", "good"),
+    )
+}
+
+/// Regression (issue 10): this readyTimeout overflowed `Duration` addition and
+/// `nodewave validate` died with a panic (exit 101).
+#[test]
+fn an_overflowing_duration_is_a_finding_not_a_panic() {
+    let policy = nodewave::manifest::adversarial::bad_numbers("ns", "good").swap_remove(0);
+    let dir = commit_dir(&[good_ds(), ("policy.yaml".into(), policy)]);
+    let (code, out, err) = nodewave(&["validate", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.starts_with("policy.yaml:6: error[invalid-object] RolloutPolicy ns/good: "),
+        "{out}"
+    );
+    assert!(out.contains("longer than 8760h"), "{out}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// Every hostile input of `manifest::adversarial::catalogue`, through the binary.
+#[test]
+fn hostile_directories_are_rejected_naming_the_limit_or_pass_cheaply() {
+    for commit in nodewave::manifest::adversarial::catalogue("ns") {
+        let files: Vec<(String, String)> = commit
+            .files
+            .iter()
+            .map(|f| (f.path.clone(), f.contents.clone()))
+            .collect();
+        let dir = commit_dir(&files);
+        let (code, out, err) = nodewave(&["validate", dir.path().to_str().unwrap()]);
+        match commit.check {
+            None => assert_eq!(code, 0, "{}: {out}{err}", commit.name),
+            Some(check) => {
+                assert_eq!(code, 1, "{}: {out}{err}", commit.name);
+                assert!(
+                    out.contains(&format!("error[{check}]")),
+                    "{}: {out}",
+                    commit.name
+                );
+                if check == "limit-exceeded" {
+                    assert!(
+                        out.contains("raise it with --max-"),
+                        "{}: {out}",
+                        commit.name
+                    );
+                }
+            }
+        }
+        eprintln!("{}: exit {code}", commit.name);
+    }
+}
+
+/// A file over the per-file limit is refused from its size alone (a sparse 1 GiB
+/// file costs nothing to create, and would cost 1 GiB to read).
+#[test]
+fn a_huge_file_is_refused_before_it_is_read_and_the_flag_raises_the_limit() {
+    let dir = commit_dir(&[good_ds()]);
+    let huge = std::fs::File::create(dir.path().join("huge.yaml")).unwrap();
+    huge.set_len(1 << 30).unwrap();
+    let (code, out, err) = nodewave(&["validate", dir.path().to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(
+        out.lines().next().unwrap(),
+        "huge.yaml: error[limit-exceeded] the file is 1GiB; the limit is 4MiB: split the file, or raise it with --max-file-bytes (`max-file-bytes` in the config file)"
+    );
+
+    let many: Vec<(String, String)> = (0..12)
+        .map(|i| {
+            (
+                format!("d/{i:02}.yaml"),
+                nodewave::manifest::adversarial::daemonset("ns", &format!("d{i}")),
+            )
+        })
+        .collect();
+    let dir = commit_dir(&many);
+    let path = dir.path().to_str().unwrap();
+    let (code, out, _) = nodewave(&["validate", path, "--max-files", "10"]);
+    assert_eq!(code, 1, "{out}");
+    // One directory over the limit is named as the place: its files are not even
+    // collected past the limit.
+    assert!(
+        out.starts_with("d: error[limit-exceeded] the commit has more than 10 manifest files"),
+        "{out}"
+    );
+    // Spread over directories, the file that crosses the limit is named.
+    let (code, out, _) = nodewave(&["validate", path, "--max-files", "11"]);
+    assert_eq!(code, 1, "{out}");
+    let spread: Vec<(String, String)> = many
+        .iter()
+        .enumerate()
+        .map(|(i, (p, c))| (p.replace("d/", if i < 6 { "a/" } else { "b/" }), c.clone()))
+        .collect();
+    let spread_dir = commit_dir(&spread);
+    let (code, out, _) = nodewave(&[
+        "validate",
+        spread_dir.path().to_str().unwrap(),
+        "--max-files",
+        "10",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.starts_with("b/10.yaml: error[limit-exceeded] the commit has more than 10"),
+        "{out}"
+    );
+    let (code, out, _) = nodewave(&["validate", path, "--max-files", "12"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, _, err) = nodewave(&["validate", path, "--max-depth", "1000"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("at most 250"), "{err}");
+}

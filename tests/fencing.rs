@@ -151,6 +151,7 @@ async fn a_replica_with_a_stale_clone_applies_nothing_older_than_what_runs() {
         reference: GitRef::Branch("main".into()),
         path: String::new(),
         checkout_dir: stale_dir.clone(),
+        limits: ::nodewave::manifest::Limits::default(),
         credentials: Credentials::default(),
     })
     .unwrap()

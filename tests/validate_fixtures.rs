@@ -7,7 +7,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use nodewave::manifest::{
-    self, CHECKS, Finding, LoadOptions, ObjectKey, REMOTE_SOURCE_REFUSED, RENDER_ERROR, Severity,
+    self, CHECKS, Finding, Limits, LoadOptions, ObjectKey, REMOTE_SOURCE_REFUSED, RENDER_ERROR,
+    Severity,
 };
 use nodewave::render::{self, RenderError, RenderOptions};
 
@@ -28,7 +29,7 @@ fn options_for(check: &str) -> LoadOptions {
 
 #[test]
 fn valid_fixture_loads_without_findings() {
-    let files = manifest::read_dir(&fixtures().join("valid")).unwrap();
+    let files = manifest::read_dir(&fixtures().join("valid"), &Limits::default()).unwrap();
     let state = manifest::load(&files, &LoadOptions::default()).unwrap();
     assert!(state.warnings.is_empty(), "{:#?}", state.warnings);
     let key = ObjectKey::new("logging", "fluent-bit");
@@ -46,7 +47,8 @@ fn every_check_has_an_invalid_fixture_with_its_documented_output() {
             compare(check.id, &dir, &findings, bless);
             continue;
         }
-        let files = manifest::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let files = manifest::read_dir(&dir, &Limits::default())
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         assert!(!files.is_empty(), "no fixture for {}", check.id);
         let findings = match manifest::load(&files, &options_for(check.id)) {
             Ok(state) => state.warnings,

@@ -9,11 +9,13 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::KubeArgs;
+use super::limit_args::{FileLimits, LimitValue};
 use super::render::{FileRender, RenderArgs};
 use super::trust::{TrustArgs, parse_verify_mode};
 use super::validate::RuleArgs;
-use crate::manifest::Severity;
+use crate::desired::PruneLimit;
 use crate::manifest::policy::parse_duration;
+use crate::manifest::{Limit, Severity};
 use crate::server::ServerConfig;
 use crate::source::webhook::TIMESTAMP_TOLERANCE;
 use crate::source::{Credentials, GitRef};
@@ -111,6 +113,12 @@ pub struct RunArgs {
     /// Do not delete managed DaemonSets that disappeared from Git.
     #[arg(long, env = "NODEWAVE_NO_PRUNE")]
     pub no_prune: bool,
+    /// Prune guard: refuse the deletions of a commit that would delete more than
+    /// this share (0-100) of the managed DaemonSets. A commit deleting all of them
+    /// is always refused. Either is allowed when the commit carries the file
+    /// .nodewave-allow-prune in the tracked directory [default: 100].
+    #[arg(long, env = "NODEWAVE_MAX_PRUNE_PERCENT", value_name = "PERCENT")]
+    pub max_prune_percent: Option<u32>,
     /// Report drift (changes made outside Git) without undoing it.
     #[arg(long, env = "NODEWAVE_NO_SELF_HEAL")]
     pub no_self_heal: bool,
@@ -206,6 +214,7 @@ pub struct FileConfig {
     pub git_accept_new_host_keys: Option<bool>,
     pub insecure_allow_http_credentials: Option<bool>,
     pub prune: Option<bool>,
+    pub max_prune_percent: Option<u32>,
     pub self_heal: Option<bool>,
     pub create_namespaces: Option<bool>,
     pub namespaced: Option<bool>,
@@ -234,6 +243,59 @@ pub struct FileConfig {
     pub verify_commits: Option<String>,
     pub trusted_gpg_keys: Option<PathBuf>,
     pub trusted_ssh_signers: Option<PathBuf>,
+    pub max_file_bytes: Option<LimitValue>,
+    pub max_files: Option<LimitValue>,
+    pub max_total_bytes: Option<LimitValue>,
+    pub max_objects: Option<LimitValue>,
+    pub max_total_nodes: Option<LimitValue>,
+    pub max_object_bytes: Option<LimitValue>,
+    pub max_depth: Option<LimitValue>,
+    pub max_nodes: Option<LimitValue>,
+    pub max_aliases: Option<LimitValue>,
+}
+
+impl FileConfig {
+    fn limits(&self) -> FileLimits {
+        let field = |limit: Limit| match limit {
+            Limit::FileBytes => &self.max_file_bytes,
+            Limit::Files => &self.max_files,
+            Limit::TotalBytes => &self.max_total_bytes,
+            Limit::Objects => &self.max_objects,
+            Limit::TotalNodes => &self.max_total_nodes,
+            Limit::ObjectBytes => &self.max_object_bytes,
+            Limit::Depth => &self.max_depth,
+            Limit::Nodes => &self.max_nodes,
+            Limit::Aliases => &self.max_aliases,
+        };
+        FileLimits {
+            values: Limit::ALL
+                .into_iter()
+                .filter_map(|l| field(l).clone().map(|v| (l, v)))
+                .collect(),
+        }
+    }
+}
+
+/// Bounds of the two intervals: shorter ones would busy-loop, longer ones are
+/// typos (and time arithmetic on them could overflow).
+const POLL_INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(24 * 3600));
+
+fn check_interval(
+    what: &str,
+    d: Duration,
+    (min, max): (Duration, Duration),
+) -> Result<Duration, String> {
+    use crate::manifest::policy::format_duration;
+    if d < min || d > max {
+        return Err(format!(
+            "{what} {} is outside {} to {}",
+            format_duration(d),
+            format_duration(min),
+            format_duration(max)
+        ));
+    }
+    Ok(d)
 }
 
 /// Everything `run` needs, resolved.
@@ -249,6 +311,8 @@ pub struct Resolved {
     pub state_dir: PathBuf,
     pub credentials: Credentials,
     pub prune: bool,
+    /// The prune guard's limit (`--max-prune-percent`).
+    pub prune_limit: PruneLimit,
     pub self_heal: bool,
     pub create_namespaces: bool,
     /// Watches (and so the permissions needed) limited to the allowed namespaces.
@@ -326,6 +390,8 @@ impl RunArgs {
             }
         }
         rules.require_digest |= file.require_digest.unwrap_or(false);
+        rules.limits.merge_file(&file.limits())?;
+        render.limits = rules.limits();
         let create_namespaces = self.create_namespaces || file.create_namespaces.unwrap_or(false);
         let namespaced = self.namespaced || file.namespaced.unwrap_or(false);
         if namespaced && rules.allow_namespaces.is_empty() {
@@ -368,10 +434,13 @@ impl RunArgs {
             repo,
             reference,
             path,
-            poll_interval: self
-                .poll_interval
-                .or(duration_opt(file.poll_interval.as_ref(), "poll-interval")?)
-                .unwrap_or(Duration::from_mins(1)),
+            poll_interval: check_interval(
+                "poll-interval",
+                self.poll_interval
+                    .or(duration_opt(file.poll_interval.as_ref(), "poll-interval")?)
+                    .unwrap_or(Duration::from_mins(1)),
+                POLL_INTERVAL_RANGE,
+            )?,
             http: self.http_config(&file)?,
             webhook_secret_file: self
                 .webhook_secret_file
@@ -403,6 +472,12 @@ impl RunArgs {
                     || file.insecure_allow_http_credentials.unwrap_or(false),
             },
             prune: !self.no_prune && file.prune.unwrap_or(true),
+            prune_limit: self
+                .max_prune_percent
+                .or(file.max_prune_percent)
+                .map(PruneLimit::new)
+                .transpose()?
+                .unwrap_or_default(),
             self_heal: !self.no_self_heal && file.self_heal.unwrap_or(true),
             create_namespaces,
             namespaced,
@@ -767,6 +842,74 @@ mod tests {
         std::fs::write(&cfg, "repo = \"r\"\nverify-commits = \"always\"\n").unwrap();
         let t = T::parse_from(["x", "--config", cfg.to_str().unwrap()]);
         assert!(t.run.resolve().unwrap_err().contains("off or head"));
+    }
+
+    #[test]
+    fn limits_come_from_flags_then_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("nodewave.toml");
+        std::fs::write(
+            &cfg,
+            "repo = \"file:///r\"\nmax-file-bytes = \"8MiB\"\nmax-files = 10\nmax-depth = 32\n",
+        )
+        .unwrap();
+        let t = T::parse_from(["x", "--config", cfg.to_str().unwrap(), "--max-files", "20"]);
+        let limits = t.run.resolve().unwrap().rules.load_options().limits;
+        assert_eq!(limits.max_file_bytes, 8 << 20);
+        assert_eq!(limits.max_files, 20);
+        assert_eq!(limits.max_depth, 32);
+        assert_eq!(
+            limits.max_nodes,
+            crate::manifest::Limits::default().max_nodes
+        );
+        std::fs::write(&cfg, "repo = \"file:///r\"\nmax-object-bytes = \"lots\"\n").unwrap();
+        let t = T::parse_from(["x", "--config", cfg.to_str().unwrap()]);
+        let e = t.run.resolve().unwrap_err();
+        assert!(e.contains("max-object-bytes"), "{e}");
+    }
+
+    #[test]
+    fn absurd_intervals_are_refused() {
+        for (flag, value) in [("--poll-interval", "0"), ("--poll-interval", "25h")] {
+            let t = T::parse_from(["x", "--repo", "file:///r", flag, value]);
+            let e = t.run.resolve().unwrap_err();
+            assert!(e.contains("is outside"), "{flag} {value}: {e}");
+        }
+        // Overflowing values are clap errors, not panics.
+        assert!(T::try_parse_from(["x", "--poll-interval", "1s18446744073709551615s"]).is_err());
+    }
+
+    #[test]
+    fn the_prune_limit_comes_from_the_flag_or_the_file_and_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("nodewave.toml");
+        std::fs::write(&cfg, "repo = \"file:///r\"\nmax-prune-percent = 25\n").unwrap();
+        let r = T::parse_from(["x", "--config", cfg.to_str().unwrap()])
+            .run
+            .resolve()
+            .unwrap();
+        assert_eq!(r.prune_limit.max_percent(), 25);
+        let r = T::parse_from([
+            "x",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--max-prune-percent",
+            "0",
+        ])
+        .run
+        .resolve()
+        .unwrap();
+        assert_eq!(r.prune_limit.max_percent(), 0, "the flag wins");
+        let r = T::parse_from(["x", "--repo", "file:///r"])
+            .run
+            .resolve()
+            .unwrap();
+        assert_eq!(r.prune_limit, PruneLimit::DEFAULT);
+        let e = T::parse_from(["x", "--repo", "file:///r", "--max-prune-percent", "150"])
+            .run
+            .resolve()
+            .unwrap_err();
+        assert!(e.contains("between 0 and 100"), "{e}");
     }
 
     #[test]

@@ -69,7 +69,8 @@ pub async fn run(args: DiffArgs) -> ExitCode {
 
 async fn load_files(args: &DiffArgs) -> Result<(Vec<ManifestFile>, String, String), String> {
     // Kustomize and Helm directories are rendered as `nodewave run` renders them.
-    let render = args.render.options(&FileRender::default())?;
+    let mut render = args.render.options(&FileRender::default())?;
+    render.limits = args.rules.limits();
     if let Some(dir) = &args.dir {
         let base = dir.join(&args.path);
         let mut files = crate::render::render_dir(&base, &render).map_err(|e| e.to_string())?;
@@ -95,6 +96,7 @@ async fn load_files(args: &DiffArgs) -> Result<(Vec<ManifestFile>, String, Strin
         path: args.path.clone(),
         checkout_dir: tmp.clone(),
         credentials: crate::source::Credentials::default(),
+        limits: args.rules.limits(),
     })
     .map_err(|e| e.to_string())?;
     let outcome = src.fetch().map_err(|e| e.to_string())?;

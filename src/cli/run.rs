@@ -107,6 +107,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         path: cfg.path.clone(),
         checkout_dir: cfg.state_dir.clone(),
         credentials: cfg.credentials.clone(),
+        limits: cfg.rules.limits(),
     };
     let source = match SourceWorker::open(source_cfg.clone()) {
         Ok(s) => s,
@@ -242,6 +243,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         stores: watches.stores.clone(),
         report_namespaces: cfg.rules.allow_namespaces.clone(),
         trust,
+        prune: cfg.prune.then_some(cfg.prune_limit),
     };
     let pipeline_task = tokio::spawn(pipeline.run(desired_tx, shutdown_rx.clone()));
     let ctx = controller::Context::new(

@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use super::limit_args::LimitArgs;
 use super::render::{FileRender, RenderArgs};
-use crate::manifest::{self, CHECKS, LoadOptions, Severity};
+use crate::manifest::{self, CHECKS, Limits, LoadOptions, Severity};
 use crate::render::{self, RenderError};
 
 #[derive(Debug, clap::Args)]
@@ -47,6 +48,8 @@ pub struct RuleArgs {
     /// Require every image to be pinned by digest (@sha256:...).
     #[arg(long)]
     pub require_digest: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 fn parse_severity(s: &str) -> Result<(String, Severity), String> {
@@ -74,8 +77,14 @@ impl RuleArgs {
             allowed_namespaces: self.allow_namespaces.clone(),
             severity_overrides: self.severities.iter().cloned().collect(),
             require_digest: self.require_digest,
+            limits: self.limits(),
             ..LoadOptions::default()
         }
+    }
+
+    /// The size limits in force (also for the Git source: `GitSourceConfig::limits`).
+    pub fn limits(&self) -> Limits {
+        self.limits.limits()
     }
 }
 
@@ -105,7 +114,10 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
         return ExitCode::from(code);
     }
     let options = match args.render.options(&FileRender::default()) {
-        Ok(o) => o,
+        Ok(mut o) => {
+            o.limits = args.rules.limits();
+            o
+        }
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
@@ -119,7 +131,7 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
                 println!("{f}");
             }
             println!(
-                "invalid: {} error(s) rendering Kustomize or Helm sources; a commit like this is rejected whole and nothing from it is applied",
+                "invalid: {} error(s) reading or rendering the sources; a commit like this is rejected whole and nothing from it is applied",
                 findings.len()
             );
             return ExitCode::from(1);
@@ -147,16 +159,18 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(rejected) => {
-            for f in rejected.errors.iter().chain(&rejected.warnings) {
-                println!("{f}");
-            }
-            println!(
-                "invalid: {} error(s), {} warning(s); a commit like this is rejected whole and nothing from it is applied",
-                rejected.errors.len(),
-                rejected.warnings.len()
-            );
-            ExitCode::from(1)
-        }
+        Err(rejected) => print_rejected(&rejected),
     }
+}
+
+fn print_rejected(rejected: &manifest::Rejected) -> ExitCode {
+    for f in rejected.errors.iter().chain(&rejected.warnings) {
+        println!("{f}");
+    }
+    println!(
+        "invalid: {} error(s), {} warning(s); a commit like this is rejected whole and nothing from it is applied",
+        rejected.errors.len(),
+        rejected.warnings.len()
+    );
+    ExitCode::from(1)
 }

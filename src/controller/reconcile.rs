@@ -205,7 +205,8 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Option<i64>, Re
         .unwrap_or_default();
     let spec = rec_obj.as_ref().map(|r| r.spec.clone()).unwrap_or_default();
     let control = plan::control_for(&spec, state.as_ref().and_then(|s| s.rollout()));
-    let prune_allowed = snapshot.fresh && prune_allowed(ctx, &snapshot);
+    // The prune guard ran once for this desired state (src/desired/prune_guard.rs).
+    let prune_allowed = snapshot.fresh && snapshot.prune.allows_prune();
 
     // Lines about a rollout carry its commit and stage (a log pipeline filters one
     // rollout on them), in a span of their own.
@@ -215,10 +216,11 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Option<i64>, Re
             commit = record::short(&target.commit),
             stage = rollout.current_stage().map_or("", |s| s.name.as_str())
         ),
+        // Before the stages are resolved the line is about the apply.
         Some(Work::Applying { target, .. }) => tracing::info_span!(
             "rollout",
             commit = record::short(&target.commit),
-            stage = tracing::field::Empty
+            stage = "applying"
         ),
         _ => tracing::Span::current(),
     };
@@ -314,21 +316,6 @@ fn inputs_for_invalid<'a>(ctx: &'a Context, key: &'a ObjectKey, e: &'a str) -> I
         prometheus: None,
         ancestry: None,
     }
-}
-
-/// The prune guard: a desired state that would delete every DaemonSet this
-/// source manages (an emptied or renamed path) is not acted on.
-fn prune_allowed(ctx: &Context, snapshot: &crate::desired::Desired) -> bool {
-    if !snapshot.loaded.daemonsets.is_empty() {
-        return true;
-    }
-    let owned = ctx
-        .stores
-        .daemonsets()
-        .iter()
-        .filter(|(_, ds)| ctx.owns_meta(&ds.metadata))
-        .count();
-    owned == 0
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -104,6 +104,7 @@ pub struct CheckInfo {
 }
 
 pub const YAML_SYNTAX: &str = "yaml-syntax";
+pub const LIMIT_EXCEEDED: &str = "limit-exceeded";
 pub const UNSUPPORTED_KIND: &str = "unsupported-kind";
 pub const UNKNOWN_FIELD: &str = "unknown-field";
 pub const INVALID_OBJECT: &str = "invalid-object";
@@ -156,6 +157,10 @@ pub const CHECKS: &[CheckInfo] = &[
     structural(
         REMOTE_SOURCE_REFUSED,
         "a kustomization or chart needs the network (remote base, non-vendored dependency) or a file outside the repository; rendering is hermetic by default",
+    ),
+    structural(
+        LIMIT_EXCEEDED,
+        "a file, the commit or a document is over a size limit (bytes, files, documents, nesting depth, nodes, aliases)",
     ),
     structural(
         UNSUPPORTED_KIND,

@@ -692,7 +692,7 @@ fn read_dir_finds_yaml_recursively_and_skips_hidden() {
     std::fs::write(root.join("a.yaml"), "a").unwrap();
     std::fs::write(root.join("README.md"), "no").unwrap();
     std::fs::write(root.join(".git/config.yaml"), "no").unwrap();
-    let files = read_dir(root).unwrap();
+    let files = read_dir(root, &Limits::default()).unwrap();
     let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(paths, vec!["a.yaml", "b/c/x.yml"]);
     assert_eq!(files[1].contents, "x");

@@ -6,6 +6,7 @@
 //! metric those artifacts query is produced here.
 //!
 //! Groups register themselves: [`source`] (Git, webhooks, rejected commits),
+//! [`prune`] (the prune guard),
 //! [`daemonsets`] (per-DaemonSet series read from the rollout records at scrape
 //! time, so nothing stale remains when a DaemonSet stops being managed), and here
 //! the rollout duration histograms and the controller's own health (reconcile
@@ -13,6 +14,7 @@
 //! the first scrape, so `increase()` in alert rules sees the first event.
 
 mod daemonsets;
+mod prune;
 mod source;
 
 use std::fmt;
@@ -140,6 +142,7 @@ impl ControllerMetrics {
 struct Inner {
     registry: Registry,
     source: source::SourceMetrics,
+    prune: prune::PruneMetrics,
     daemonsets: daemonsets::DaemonSets,
     controller: ControllerMetrics,
 }
@@ -179,6 +182,7 @@ impl Metrics {
             build_info,
         );
         let source = source::SourceMetrics::register(&mut registry);
+        let prune = prune::PruneMetrics::register(&mut registry);
         let controller = ControllerMetrics::register(&mut registry);
         let daemonsets = daemonsets::DaemonSets::default();
         registry.register_collector(Box::new(daemonsets.clone()));
@@ -186,6 +190,7 @@ impl Metrics {
             inner: Arc::new(Inner {
                 registry,
                 source,
+                prune,
                 daemonsets,
                 controller,
             }),
@@ -250,6 +255,19 @@ impl Metrics {
     /// Creates the rejection counters of these reasons at 0.
     pub fn init_commit_reject_reasons<'a>(&self, reasons: impl IntoIterator<Item = &'a str>) {
         self.inner.source.init_reject_reasons(reasons);
+    }
+
+    // --------------------------------------------------------- prune guard
+
+    /// Counts a commit whose deletions the prune guard refused (once per commit).
+    pub fn prune_refused(&self) {
+        self.inner.prune.refused();
+    }
+
+    /// How many DaemonSets the current desired state holds back from deletion
+    /// (0 when its prune is allowed or there is nothing to prune).
+    pub fn set_prune_held_back(&self, daemonsets: usize) {
+        self.inner.prune.held_back(daemonsets);
     }
 
     // ---------------------------------------------------------- DaemonSets

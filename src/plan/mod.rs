@@ -51,6 +51,9 @@ pub const NEW_DAEMONSET_GRACE_MS: i64 = 3_000;
 /// How long a rollout start waits for pods on every scheduled node before it
 /// starts with the pods that exist (the rest are adopted as they appear).
 pub const SETTLE_TIMEOUT_MS: i64 = 30_000;
+/// How long the DaemonSet controller may take to observe an applied template
+/// before the record says nodewave is waiting for it.
+pub const CONTROLLER_LAG_WARN_MS: i64 = 10_000;
 /// Upper bound between two looks at an open rollout with no event.
 pub const OPEN_WORK_RESYNC_MS: i64 = 30_000;
 
@@ -606,6 +609,10 @@ impl Decider<'_, '_> {
             )));
         }
         if !live.observed() {
+            // Normal for a moment after an apply; worth saying after a while.
+            if now - since_ms < CONTROLLER_LAG_WARN_MS {
+                return Ok(Plan::default().wake(since_ms + CONTROLLER_LAG_WARN_MS));
+            }
             let msg = format!(
                 "waiting for the DaemonSet controller to observe generation {} (observed {}); is kube-controller-manager running?",
                 live.generation, live.observed_generation

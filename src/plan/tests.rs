@@ -314,6 +314,10 @@ fn a_template_change_is_staged_pool_by_pool_after_the_controller_observed_it() {
     s.live = Some(live(2, 1));
     s.diff = Some((v2.hash.clone(), empty_diff()));
     let p = s.plan();
+    assert_eq!(p.write, None, "a moment of lag is normal");
+    assert_eq!(p.wake_at_ms, Some(s.now + CONTROLLER_LAG_WARN_MS));
+    s.now += CONTROLLER_LAG_WARN_MS;
+    let p = s.plan();
     assert!(deletes(&p).is_empty());
     assert_eq!(applies(&p), 0);
     let w = p.write.expect("explains the wait");

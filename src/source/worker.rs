@@ -32,6 +32,7 @@ enum Request {
     CommitInfo(String, Reply<CommitInfo>),
     IsAncestor(String, String, Reply<bool>),
     HasFileNamed(String, &'static [&'static str], Reply<bool>),
+    HasTrackedFile(String, &'static str, Reply<bool>),
     WriteTree(String, std::path::PathBuf, TreeLimits, Reply<TreeStats>),
     CommitSignature(String, Reply<CommitSignature>),
 }
@@ -101,6 +102,17 @@ impl SourceWorker {
         names: &'static [&'static str],
     ) -> Result<bool, SourceError> {
         self.call(|r| Request::HasFileNamed(commit, names, r)).await
+    }
+
+    /// Whether the file `name` (hidden names included) lies in the tracked
+    /// directory at `commit` (see [`GitSource::has_tracked_file`]).
+    pub async fn has_tracked_file(
+        &self,
+        commit: String,
+        name: &'static str,
+    ) -> Result<bool, SourceError> {
+        self.call(|r| Request::HasTrackedFile(commit, name, r))
+            .await
     }
 
     /// Writes the whole tree of `commit` below `dest` (see [`GitSource::write_tree`]).
@@ -184,6 +196,9 @@ fn run(
             }
             Request::HasFileNamed(commit, names, reply) => {
                 let _ = reply.send(source.has_file_named(&commit, names));
+            }
+            Request::HasTrackedFile(commit, name, reply) => {
+                let _ = reply.send(source.has_tracked_file(&commit, name));
             }
             Request::WriteTree(commit, dest, limits, reply) => {
                 let _ = reply.send(source.write_tree(&commit, &dest, &limits));
