@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # shellcheck source=lib/containers.sh
 source hack/lib/containers.sh
-ensure_container_tools
+ensure_container_tools jq curl
 
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
 image="${1:-localhost/nodewave:$version}"
@@ -36,11 +36,14 @@ cleanup() {
 trap cleanup EXIT
 
 # ---------------------------------------------------------------- 1. layout
-files_of() {  # IMAGE -> sorted "path type mode uid:gid size" lines
+files_of() {  # IMAGE OUT -> OUT.files: sorted "path type mode uid:gid size" lines,
+              #               OUT.sums: sha256 of every regular file
   local c mnt
   c=$(nw_buildah from --pull-never "$1")
   mnt=$(nw_buildah mount "$c")
-  (cd "$mnt" && find . -mindepth 1 -printf '%P %y %m %U:%G %s\n' | sort)
+  # Sizes of regular files only: a directory's size depends on the filesystem.
+  (cd "$mnt" && find . -mindepth 1 -printf '%P %y %m %U:%G ' \( -type f -printf '%s\n' -o -printf '-\n' \) | sort) > "$2.files"
+  (cd "$mnt" && find . -type f -exec sha256sum {} + | sort -k2) > "$2.sums"
   nw_buildah umount "$c" >/dev/null
   nw_buildah rm "$c" >/dev/null
 }
@@ -51,20 +54,21 @@ config_of() {
 log "building the Containerfile (hack/image.sh --containerfile)"
 cf_image="localhost/nodewave:containerfile-test"
 hack/image.sh --containerfile --tag "$cf_image" >/dev/null
-files_of "$image" > "$work/buildah.files"
-files_of "$cf_image" > "$work/containerfile.files"
+files_of "$image" "$work/buildah"
+files_of "$cf_image" "$work/containerfile"
 if ! diff -u "$work/buildah.files" "$work/containerfile.files"; then
   fail "hack/image.sh and the Containerfile produce different files (- buildah, + Containerfile)"
 fi
+diff -u "$work/buildah.sums" "$work/containerfile.sums" || fail "the two images' files have different contents"
 config_of "$image" > "$work/buildah.config"
 config_of "$cf_image" > "$work/containerfile.config"
 diff -u "$work/buildah.config" "$work/containerfile.config" || fail "the two images' configs differ"
 nw_podman rmi "$cf_image" >/dev/null
-log "same layout: $(wc -l < "$work/buildah.files") files and directories, same config"
+log "same layout: $(wc -l < "$work/buildah.files") files and directories, same contents, same config"
 for f in usr/local/bin/nodewave usr/local/bin/helm usr/local/bin/kustomize etc/ssl/certs/ca-certificates.crt; do
   grep -q "^$f f " "$work/buildah.files" || fail "$f missing from the image"
 done
-if grep -E '^(bin|usr/bin|usr/local/bin)/(sh|bash|dash|busybox|git) ' "$work/buildah.files"; then
+if grep -E '(^|/)(sh|bash|dash|ash|busybox|git) ' "$work/buildah.files"; then
   fail "the image holds a shell or git"
 fi
 [ "$(jq -r .User "$work/buildah.config")" = 65532:65532 ] || fail "the image's user is not 65532:65532"
@@ -135,11 +139,15 @@ chown -R 65532:65532 "$repo"
 kubectl config view --raw --minify --flatten > "$work/kubeconfig"
 chown 65532:65532 "$work/kubeconfig"
 chmod 0400 "$work/kubeconfig"
+# The state directory, as the chart's emptyDir: writable by 65532 only (podman
+# 4.3 ignores a tmpfs mount's mode=, and the root filesystem is read-only).
+mkdir -m 0700 "$work/state"
+chown 65532:65532 "$work/state"
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 
 log "podman run $image (host network, read-only root, user 65532)"
 container=$(nw_podman run -d --network host --read-only --user 65532:65532 \
-  --tmpfs /var/lib/nodewave:rw,size=256m,mode=1777 \
+  -v "$work/state:/var/lib/nodewave" \
   -v "$work/kubeconfig:/etc/nodewave/kubeconfig:ro" -v "$repo:/repo:ro" \
   "$image" run --repo file:///repo --path clusters/smoke \
   --kubeconfig /etc/nodewave/kubeconfig --listen "127.0.0.1:$port" \
@@ -147,15 +155,19 @@ container=$(nw_podman run -d --network host --read-only --user 65532:65532 \
   --state-dir /var/lib/nodewave/repo --log-format json)
 logs() { nw_podman logs "$container" 2>&1 | tail -n 40 >&2; }
 
-user=$(nw_podman top "$container" user huser | awk 'NR==2 {print $1}')
-[ "$user" = 65532 ] || { logs; fail "nodewave runs as '$user', not 65532"; }
+running() { [ "$(nw_podman inspect --format '{{.State.Running}}' "$container")" = true ]; }
+sleep 1
+running || { logs; fail "nodewave exited right after starting"; }
+# Real, effective, saved and filesystem uid and gid of the process, as the kernel sees it.
+pid=$(nw_podman inspect --format '{{.State.Pid}}' "$container")
+ids=$(awk '/^Uid:|^Gid:/ {printf "%s %s %s %s %s ", $1, $2, $3, $4, $5}' "/proc/$pid/status")
+[ "$ids" = "Uid: 65532 65532 65532 65532 Gid: 65532 65532 65532 65532 " ] || { logs; fail "nodewave does not run as 65532:65532: $ids"; }
 
 wait_for() {  # DESCRIPTION SECONDS COMMAND...
   local what="$1" deadline=$((SECONDS + $2)); shift 2
   until "$@" >/dev/null 2>&1; do
     [ "$SECONDS" -lt "$deadline" ] || { logs; fail "timed out waiting for $what"; }
-    nw_podman container exists "$container" && [ "$(nw_podman inspect --format '{{.State.Running}}' "$container")" = true ] \
-      || { logs; fail "nodewave exited while waiting for $what"; }
+    running || { logs; fail "nodewave exited while waiting for $what"; }
     sleep 1
   done
 }

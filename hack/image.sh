@@ -41,6 +41,9 @@ case "$output" in
   *) echo "error: --output must be oci-archive:FILE or docker-archive:FILE, not '$output'" >&2; exit 2 ;;
 esac
 
+# Every timestamp in the image (created, file times) is the commit's time, so
+# the same commit and artifacts give the same digest (a rebuild can be checked).
+epoch=$(git log -1 --format=%ct 2>/dev/null || echo 0)
 started=$SECONDS
 log() { printf '[image %4ss] %s\n' "$((SECONDS - started))" "$*" >&2; }
 
@@ -76,13 +79,16 @@ labels=(
   "org.opencontainers.image.licenses=Apache-2.0"
 )
 
+# The image this tag named before, removed below once nothing else names it.
+previous=$(nw_podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
+
 if $containerfile; then
   log "buildah bud -f Containerfile (build stages from $stage)"
   mkdir -p "$stage/context"   # the final stage reads nothing from the context
   nw_buildah bud --quiet --isolation chroot --layers=false \
     --build-context "nodewave-build=$stage/nodewave" \
     --build-context "renderers-build=$stage/renderers" \
-    --build-arg "VERSION=$version" \
+    --build-arg "VERSION=$version" --timestamp "$epoch" \
     -f Containerfile -t "$tag" "$stage/context" >/dev/null
 else
   log "buildah from scratch"
@@ -94,14 +100,19 @@ else
   config=(--user 65532:65532 --workingdir /
     --env PATH=/usr/local/bin --env HOME=/var/lib/nodewave
     --env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
-    --port 8080 --port 9090
+    --port 8080/tcp --port 9090/tcp
     --entrypoint '["/usr/local/bin/nodewave"]' --cmd '["--help"]')
   for l in "${labels[@]}"; do config+=(--label "$l"); done
   nw_buildah config "${config[@]}" "$c"
-  nw_buildah commit --quiet --rm "$c" "$tag" >/dev/null
+  nw_buildah commit --quiet --rm --timestamp "$epoch" "$c" "$tag" >/dev/null
   trap - EXIT
 fi
 
+id=$(nw_podman image inspect --format '{{.Id}}' "$tag")
+if [ -n "$previous" ] && [ "$previous" != "$id" ]; then
+  # By id, without --force: refused (and kept) when another tag names it.
+  nw_podman rmi "$previous" >/dev/null 2>&1 || true
+fi
 size=$(nw_podman image inspect --format '{{.Size}}' "$tag")
 digest=$(nw_podman image inspect --format '{{.Digest}}' "$tag")
 log "built $tag"
@@ -110,7 +121,9 @@ printf '  digest: %s\n' "$digest" >&2
 if [ -n "$output" ]; then
   file=${output#*:}
   rm -f "$file"
-  nw_buildah push --quiet "$tag" "$output:$tag" >/dev/null
-  log "wrote $output ($(du -h "$file" | cut -f1))"
+  # The archive's layers are compressed, so its manifest digest is not the local
+  # one: it is the digest a registry gets when the archive is copied as it is.
+  nw_buildah push --quiet --digestfile "$stage/archive.digest" "$tag" "$output:$tag" >/dev/null
+  log "wrote $output ($(du -h "$file" | cut -f1)), manifest digest $(cat "$stage/archive.digest")"
 fi
 echo "$tag"

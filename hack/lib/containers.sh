@@ -6,12 +6,13 @@
 #     (CONTAINERS_CONF, under the nodewave cache: nothing system-wide changes);
 #   - every buildah/podman call with --storage-driver vfs (and for podman
 #     --runtime runc --cgroup-manager cgroupfs).
-# Defines: ensure_container_tools, nw_buildah, nw_podman.
+# Defines: ensure_container_tools [COMMAND...], nw_buildah, nw_podman.
 
 nw_cache_root="${NODEWAVE_CACHE:-$HOME/.cache/nodewave}"
 
-ensure_container_tools() {
-  local need=()
+ensure_container_tools() {  # [MORE_COMMANDS...]: also installed when missing (package = command)
+  local need=() extra
+  for extra in "$@"; do command -v "$extra" >/dev/null || need+=("$extra"); done
   command -v podman >/dev/null || need+=(podman)
   command -v buildah >/dev/null || need+=(buildah)
   command -v runc >/dev/null || need+=(runc)
