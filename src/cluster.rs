@@ -52,6 +52,11 @@ impl ClusterError {
         matches!(self, Self::Api { source, .. } if is_status(source, 404))
     }
 
+    /// True when the API server answered 403.
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, Self::Api { source, .. } if is_status(source, 403))
+    }
+
     /// True when an apply failed because the object's namespace does not exist.
     pub fn is_namespace_missing(&self) -> bool {
         matches!(self, Self::Api { source, .. }

@@ -144,8 +144,8 @@ fn values_that_cannot_work_are_refused_with_a_message() {
             "rbac.mode must be cluster or namespaced",
         ),
         (
-            &["--set", REPO, "--set", "allowedKinds={DaemonSet,ConfigMap}"],
-            "manages DaemonSets only, not \"ConfigMap\"",
+            &["--set", REPO, "--set", "allowedKinds={ConfigMap,Pod}"],
+            "the chart cannot grant \"Pod\"",
         ),
         (
             &[

@@ -44,6 +44,9 @@ fn rendered(mode: Mode, release: &str, system_ns: &str, fleet_ns: &str) -> Vec<V
     let allowed = format!("allowedNamespaces={{{fleet_ns}}}");
     let mut args = vec!["--set", "repo.url=https://git.example.com/fleet.git"];
     args.extend(["--set", &allowed]);
+    // Companion objects of two namespaced kinds (a ServiceAccount and a
+    // ConfigMap next to the DaemonSets): the chart grants exactly these.
+    args.extend(["--set", "allowedKinds={ServiceAccount,ConfigMap}"]);
     if mode == Mode::Namespaced {
         args.extend(["--set", "rbac.mode=namespaced"]);
     }
@@ -293,7 +296,7 @@ async fn nodewave_works_with_exactly_the_chart_rbac(mode: Mode) {
     let kubeconfig = token_kubeconfig(dir.path(), &token);
 
     let repo = GitRepo::new();
-    let good = repo.commit(
+    let first = repo.commit(
         "agent",
         &[
             (
@@ -306,6 +309,21 @@ async fn nodewave_works_with_exactly_the_chart_rbac(mode: Mode) {
             ),
         ],
     );
+    // Cluster mode: companions too (namespaced mode cannot watch them
+    // cluster-wide, the README's known gap).
+    let good = if mode == Mode::Cluster {
+        repo.commit(
+            "companions",
+            &[(
+                "companions.yaml",
+                Some(&format!(
+                    "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: agent, namespace: {ns}}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: agent, namespace: {ns}}}\ndata: {{level: info}}\n"
+                )),
+            )],
+        )
+    } else {
+        first
+    };
     let allow = format!("--allow-namespace={ns}");
     let mut nw_args = vec![
         "--kubeconfig",
@@ -317,6 +335,8 @@ async fn nodewave_works_with_exactly_the_chart_rbac(mode: Mode) {
         "--leader-election-namespace",
         &system_ns,
         "--no-install-crds",
+        // As the chart passes it (allowedKinds).
+        "--allow-kind=ServiceAccount,ConfigMap",
     ];
     if mode == Mode::Namespaced {
         nw_args.push("--namespaced");
@@ -373,7 +393,27 @@ async fn nodewave_works_with_exactly_the_chart_rbac(mode: Mode) {
     );
     wait_rolled_out(&env, "agent", "registry.example/agent:1.0.0", nodes.len()).await;
 
-    // Pruning: delete.
+    // Pruning: delete (the ConfigMap too, in cluster mode).
+    if mode == Mode::Cluster {
+        let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = env.api();
+        assert!(cms.get_opt("agent").await.unwrap().is_some());
+        repo.commit(
+            "drop the config",
+            &[(
+                "companions.yaml",
+                Some(&format!(
+                    "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: agent, namespace: {ns}}}\n"
+                )),
+            )],
+        );
+        wait_for("the ConfigMap pruned", Duration::from_mins(1), || async {
+            match cms.get_opt("agent").await.unwrap() {
+                None => Ok(Some(())),
+                Some(_) => Err("still there".to_string()),
+            }
+        })
+        .await;
+    }
     repo.commit("remove other", &[("other.yaml", None)]);
     wait_for("other pruned", Duration::from_mins(1), || async {
         if get_ds(&env, "other").await.is_none() {

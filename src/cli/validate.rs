@@ -45,7 +45,7 @@ pub struct RuleArgs {
     /// (core group), `Kind.group`, or `*.group` (repeatable; replaces the default
     /// list: Namespace, ServiceAccount, ConfigMap, Secret, Service, RBAC,
     /// PodDisruptionBudget, PriorityClass, CRDs and their custom resources,
-    /// Deployment, webhook configurations).
+    /// Deployment, webhook configurations; `none`: DaemonSets only).
     #[arg(
         long = "allow-kind",
         value_name = "KIND",

@@ -400,13 +400,17 @@ async fn prune(
         let Some(kind) = served(ctx, kinds, &api_version, &kind_name).await? else {
             continue;
         };
-        let live: Vec<LiveObject> = ctx
-            .cluster
-            .managed_objects(&kind)
-            .await?
-            .iter()
-            .map(|o| live_object(o, &kind))
-            .collect();
+        let listed = match ctx.cluster.managed_objects(&kind).await {
+            Ok(listed) => listed,
+            // Not granted cluster-wide (namespaced mode, or a narrowed role):
+            // nothing of this kind can be pruned; applying is unaffected.
+            Err(e) if e.is_forbidden() => {
+                tracing::debug!(kind = %kind_name, error = %e, "may not list this kind cluster-wide; not pruning it");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let live: Vec<LiveObject> = listed.iter().map(|o| live_object(o, &kind)).collect();
         for gone in to_prune(&ctx.cfg.identity, &wanted, &referenced, &live) {
             ctx.fence.check().map_err(|_| SyncError::NotLeader)?;
             info!(object = %gone.reference, "pruning companion object removed from Git");
@@ -512,6 +516,7 @@ fn ensure_watches(
             ));
             let mut stream = std::pin::pin!(watcher::watcher(api, cfg));
             let mut initial = true;
+            let mut warned = false;
             while let Some(event) = stream.next().await {
                 match event {
                     Ok(watcher::Event::InitDone) => initial = false,
@@ -530,8 +535,13 @@ fn ensure_watches(
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        warn!(kind = %kind.resource.kind, error = %e, "watch of companion objects failed; retrying");
-                        tokio::time::sleep(Duration::from_secs(5)).await;
+                        if warned {
+                            tracing::debug!(kind = %kind.resource.kind, error = %e, "watch of companion objects failed; retrying");
+                        } else {
+                            warn!(kind = %kind.resource.kind, error = %e, "watch of companion objects failed (drift on them is seen at the next commit only); retrying every 30s");
+                            warned = true;
+                        }
+                        tokio::time::sleep(Duration::from_secs(30)).await;
                     }
                 }
             }

@@ -306,7 +306,8 @@ pub fn defined_kind(value: &Value) -> Option<((String, String), DefinedKind)> {
 }
 
 /// Whether the allowlist admits `group`/`kind`. Entries are `Kind` (core
-/// group), `Kind.group`, or `*.group` (every kind of a group).
+/// group), `Kind.group`, or `*.group` (every kind of a group); the single entry
+/// `none` admits nothing (DaemonSets and RolloutPolicies only).
 pub fn kind_allowed(allowed: &[String], group: &str, kind: &str) -> bool {
     let full = kind_name(group, kind);
     let list: Vec<&str> = if allowed.is_empty() {
@@ -533,6 +534,13 @@ mod tests {
             "ServiceMonitor"
         ));
         assert!(!kind_allowed(&list, "", "monitoring.coreos.com"));
+        let none = vec!["none".to_string()];
+        assert!(!kind_allowed(&none, "", "ConfigMap"));
+        assert!(!kind_allowed(
+            &none,
+            "apiextensions.k8s.io",
+            "CustomResourceDefinition"
+        ));
     }
 
     #[test]

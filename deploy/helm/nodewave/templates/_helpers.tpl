@@ -45,13 +45,11 @@ does not fit: called from the Deployment.
 {{- if and (eq .Values.rbac.mode "namespaced") .Values.createNamespaces -}}
 {{- fail "createNamespaces needs rbac.mode=cluster: in namespaced mode the allowed namespaces must exist (their Roles live there)" -}}
 {{- end -}}
+{{- $known := include "nodewave.kindResources" . | fromYaml -}}
 {{- range .Values.allowedKinds -}}
-{{- if not (has . (list "DaemonSet")) -}}
-{{- fail (printf "allowedKinds: this nodewave version manages DaemonSets only, not %q" .) -}}
+{{- if and (not (hasKey $known .)) (not (hasPrefix "*." .)) -}}
+{{- fail (printf "allowedKinds: the chart cannot grant %q: name a kind it knows (see values.yaml) or a whole API group as *.group" .) -}}
 {{- end -}}
-{{- end -}}
-{{- if not (has "DaemonSet" .Values.allowedKinds) -}}
-{{- fail "allowedKinds must contain DaemonSet" -}}
 {{- end -}}
 {{- if not (has .Values.podAntiAffinity (list "soft" "hard" "none")) -}}
 {{- fail (printf "podAntiAffinity must be soft, hard or none, not %q" .Values.podAntiAffinity) -}}
@@ -97,6 +95,8 @@ nodewave uses (tests/rbac.rs runs nodewave with exactly these rules).
 - apiGroups: [nodewave.io]
   resources: [daemonsetrollouts/status]
   verbs: [update]
+# Companion objects of namespaced kinds (allowedKinds).
+{{- include "nodewave.companionRules" (dict "root" . "scope" "namespaced") }}
 {{- end -}}
 
 {{/* Cluster-scoped rules, in both modes: read-only. */}}
@@ -111,10 +111,85 @@ nodewave uses (tests/rbac.rs runs nodewave with exactly these rules).
   resources: [customresourcedefinitions]
   resourceNames: [daemonsetrollouts.nodewave.io]
   verbs: [get]
+{{- if eq .Values.rbac.mode "cluster" }}
+# Companion objects of cluster-scoped kinds (allowedKinds), and Events about
+# them (in "default").
+{{- include "nodewave.companionRules" (dict "root" . "scope" "cluster") }}
+{{- end }}
 {{- if .Values.createNamespaces }}
 # Create a DaemonSet's namespace (createNamespaces: --create-namespaces).
 - apiGroups: [""]
   resources: [namespaces]
   verbs: [create, patch]
 {{- end }}
+{{- end -}}
+
+
+{{/*
+Companion kinds (allowedKinds, nodewave's --allow-kind notation) and what RBAC
+grants each: "apiGroup/resource/scope". *.group entries grant every resource of
+the group (custom resources), cluster-wide.
+*/}}
+{{- define "nodewave.kindResources" -}}
+Namespace: "/namespaces/cluster"
+ServiceAccount: "/serviceaccounts/namespaced"
+ConfigMap: "/configmaps/namespaced"
+Secret: "/secrets/namespaced"
+Service: "/services/namespaced"
+Role.rbac.authorization.k8s.io: "rbac.authorization.k8s.io/roles/namespaced"
+RoleBinding.rbac.authorization.k8s.io: "rbac.authorization.k8s.io/rolebindings/namespaced"
+ClusterRole.rbac.authorization.k8s.io: "rbac.authorization.k8s.io/clusterroles/cluster"
+ClusterRoleBinding.rbac.authorization.k8s.io: "rbac.authorization.k8s.io/clusterrolebindings/cluster"
+PodDisruptionBudget.policy: "policy/poddisruptionbudgets/namespaced"
+NetworkPolicy.networking.k8s.io: "networking.k8s.io/networkpolicies/namespaced"
+PriorityClass.scheduling.k8s.io: "scheduling.k8s.io/priorityclasses/cluster"
+RuntimeClass.node.k8s.io: "node.k8s.io/runtimeclasses/cluster"
+StorageClass.storage.k8s.io: "storage.k8s.io/storageclasses/cluster"
+CSIDriver.storage.k8s.io: "storage.k8s.io/csidrivers/cluster"
+CustomResourceDefinition.apiextensions.k8s.io: "apiextensions.k8s.io/customresourcedefinitions/cluster"
+Deployment.apps: "apps/deployments/namespaced"
+ValidatingWebhookConfiguration.admissionregistration.k8s.io: "admissionregistration.k8s.io/validatingwebhookconfigurations/cluster"
+MutatingWebhookConfiguration.admissionregistration.k8s.io: "admissionregistration.k8s.io/mutatingwebhookconfigurations/cluster"
+{{- end -}}
+
+{{/*
+The companion kinds this release lets nodewave manage: allowedKinds, without
+the cluster-scoped ones in namespaced mode (a Role cannot grant them).
+*/}}
+{{- define "nodewave.companionKinds" -}}
+{{- $known := include "nodewave.kindResources" . | fromYaml -}}
+{{- $out := list -}}
+{{- range .Values.allowedKinds -}}
+{{- $scope := "cluster" -}}
+{{- if hasKey $known . }}{{ $scope = (splitList "/" (get $known .)) | last }}{{ end -}}
+{{- if or (eq $.Values.rbac.mode "cluster") (eq $scope "namespaced") -}}
+{{- $out = append $out . -}}
+{{- end -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
+{{/*
+RBAC rules for companion objects of scope "namespaced" or "cluster": apply
+(server-side, and its dry run), read for drift, watch (metadata), prune.
+Granting RBAC objects needs escalate and bind: nodewave applies the Roles a
+vendor file ships without holding every permission they grant.
+*/}}
+{{- define "nodewave.companionRules" -}}
+{{- $scope := .scope -}}
+{{- $known := include "nodewave.kindResources" .root | fromYaml -}}
+{{- range (include "nodewave.companionKinds" .root | fromJsonArray) -}}
+{{- if hasKey $known . -}}
+{{- $parts := splitList "/" (get $known .) -}}
+{{- if eq (index $parts 2) $scope }}
+- apiGroups: [{{ index $parts 0 | quote }}]
+  resources: [{{ index $parts 1 }}]
+  verbs: [get, list, watch, create, patch, delete{{ if has (index $parts 1) (list "roles" "clusterroles") }}, escalate, bind{{ end }}]
+{{- end -}}
+{{- else if eq $scope "cluster" }}
+- apiGroups: [{{ trimPrefix "*." . | quote }}]
+  resources: ["*"]
+  verbs: [get, list, watch, create, patch, delete]
+{{- end -}}
+{{- end -}}
 {{- end -}}
