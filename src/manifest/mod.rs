@@ -15,6 +15,7 @@ pub mod lines;
 pub mod policy;
 mod policy_rules;
 mod ports;
+pub mod prometheus_url;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -74,6 +75,9 @@ pub struct LoadOptions {
     pub require_digest: bool,
     /// Size limits on the commit, its files and its documents.
     pub limits: Limits,
+    /// `--allow-prometheus-url`: base URLs a RolloutPolicy's Prometheus checks
+    /// may query (see [`prometheus_url`]); empty allows none.
+    pub allowed_prometheus_urls: Vec<String>,
 }
 
 impl Default for LoadOptions {
@@ -84,6 +88,7 @@ impl Default for LoadOptions {
             severity_overrides: BTreeMap::new(),
             require_digest: false,
             limits: Limits::default(),
+            allowed_prometheus_urls: Vec::new(),
         }
     }
 }
