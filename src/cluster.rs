@@ -4,6 +4,8 @@
 //! purpose: decisions are made in `plan` and `rollout`, reads come from the
 //! watch-fed `store`.
 
+pub mod dynamic;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};

@@ -33,6 +33,10 @@ pub struct ServiceStatus {
     pub panicked: Option<String>,
     /// `namespace/name` → sync status (or the error of its last reconcile).
     pub daemonsets: BTreeMap<String, String>,
+    /// Companion objects (`Kind.group namespace/name`) → `Synced` or the error.
+    pub objects: BTreeMap<String, String>,
+    /// The commit `objects` was synced for.
+    pub objects_commit: Option<String>,
 }
 
 pub type SharedStatus = Arc<RwLock<ServiceStatus>>;

@@ -327,3 +327,46 @@ fn a_huge_file_is_refused_before_it_is_read_and_the_flag_raises_the_limit() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("at most 250"), "{err}");
 }
+
+/// Manifests in the style node-agent projects ship them (CNI, overlay network,
+/// host metrics, log shipper, GPU device plugin, CSI node driver; written for
+/// these tests, `tests/fixtures/vendor/`), each with its companion objects:
+/// accepted with warnings only (privileged, host namespaces, missing CPU limits
+/// and probes are advice, not reasons to refuse a commit).
+#[test]
+fn vendor_style_manifests_are_accepted_with_warnings_only() {
+    let vendor = root().join("tests/fixtures/vendor");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&vendor).unwrap() {
+        let dir = entry.unwrap().path();
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let mut args = vec!["validate", dir.to_str().unwrap()];
+        // CSIDriver is not in the default kind allowlist: the repository allows it.
+        let kinds = "Namespace,ServiceAccount,ClusterRole.rbac.authorization.k8s.io,ClusterRoleBinding.rbac.authorization.k8s.io,CSIDriver.storage.k8s.io";
+        if name.starts_with("csi") {
+            args.extend(["--allow-kind", kinds]);
+        }
+        let (code, out, err) = nodewave(&args);
+        assert_eq!(code, 0, "{name}: {out}{err}");
+        let last = out.lines().last().unwrap_or_default();
+        assert!(
+            last.starts_with("ok: ") && last.contains("other object(s)"),
+            "{name}: {last}"
+        );
+        assert!(
+            out.contains(": warning["),
+            "{name}: expected warnings: {out}"
+        );
+        assert!(!out.contains(": error["), "{name}: {out}");
+        if name.starts_with("csi") {
+            let (code, out, _) = nodewave(&["validate", dir.to_str().unwrap()]);
+            assert_eq!(code, 1, "CSIDriver needs --allow-kind: {out}");
+            assert!(
+                out.contains("CSIDriver.storage.k8s.io is not a kind"),
+                "{out}"
+            );
+        }
+        seen += 1;
+    }
+    assert_eq!(seen, 6);
+}

@@ -376,7 +376,7 @@ async fn canary_approval_pause_resume_abort_and_status() {
             }
             let v: serde_json::Value =
                 serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
-            let row = &v[0];
+            let row = &v["daemonsets"][0];
             if row["rollout"]["phase"] == "AwaitingApproval" && row["rollout"]["stage"] == 1 {
                 Ok(Some(row.clone()))
             } else {

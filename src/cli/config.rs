@@ -222,6 +222,7 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     pub allow_namespaces: Option<Vec<String>>,
     pub allow_prometheus_urls: Option<Vec<String>>,
+    pub allow_kinds: Option<Vec<String>>,
     pub severity: Option<std::collections::BTreeMap<String, Severity>>,
     pub require_digest: Option<bool>,
     pub kubeconfig: Option<PathBuf>,
@@ -385,6 +386,9 @@ impl RunArgs {
                         .map_err(|e| format!("config file: allow-prometheus-urls: {e}"))
                 })
                 .collect::<Result<_, _>>()?;
+        }
+        if rules.allow_kinds.is_empty() {
+            rules.allow_kinds = file.allow_kinds.clone().unwrap_or_default();
         }
         if let Some(sev) = &file.severity {
             for (k, v) in sev {
@@ -622,7 +626,7 @@ mod tests {
     fn flags_override_the_config_file_and_defaults_apply() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("nodewave.toml");
-        std::fs::write(&cfg, "repo = \"file:///from-file\"\npoll-interval = \"30s\"\nprune = false\nallow-namespaces = [\"logging\"]\n[severity]\nprobes-missing = \"error\"\n").unwrap();
+        std::fs::write(&cfg, "repo = \"file:///from-file\"\npoll-interval = \"30s\"\nprune = false\nallow-namespaces = [\"logging\"]\nallow-kinds = [\"ConfigMap\"]\n[severity]\nprobes-missing = \"error\"\n").unwrap();
         let t = T::parse_from([
             "x",
             "--config",
@@ -637,6 +641,7 @@ mod tests {
         assert!(r.self_heal);
         assert_eq!(r.reference, GitRef::Branch("main".into()));
         assert_eq!(r.rules.allow_namespaces, vec!["logging"]);
+        assert_eq!(r.rules.allow_kinds, vec!["ConfigMap"]);
         assert_eq!(
             r.rules.severities,
             vec![("probes-missing".to_string(), Severity::Error)]

@@ -1,7 +1,9 @@
 //! `nodewave diff`: what applying a checkout (or a Git ref) would change.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use kube::ResourceExt;
 use serde_json::Value;
@@ -10,10 +12,10 @@ use super::KubeArgs;
 use super::render::{FileRender, RenderArgs};
 use super::validate::RuleArgs;
 use crate::cluster::{self, Cluster};
-use crate::desired::decorate;
+use crate::desired::{DesiredObject, decorate};
 use crate::diff;
 use crate::keys;
-use crate::manifest::{self, ManifestFile, ObjectKey};
+use crate::manifest::{self, ManifestFile, ObjectKey, ObjectRef};
 use crate::metrics::Metrics;
 use crate::source::{GitRef, GitSource, GitSourceConfig, redact_url};
 
@@ -57,7 +59,7 @@ pub async fn run(args: DiffArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(n) => {
-            println!("{n} DaemonSet(s) differ from Git");
+            println!("{n} object(s) differ from Git");
             ExitCode::from(1)
         }
         Err(e) => {
@@ -124,6 +126,24 @@ async fn diff_all(args: &DiffArgs) -> Result<usize, String> {
         .map_err(|e| e.to_string())?;
     let cluster = Cluster::new(client, Metrics::new());
     let mut differing = 0;
+    // Companion objects as nodewave applies them, config copies included.
+    let mut objects: BTreeMap<ObjectRef, Arc<DesiredObject>> = desired
+        .objects
+        .iter()
+        .map(|(r, o)| {
+            let object = crate::desired::mark(&o.manifest, &o.location.file, &repo, &args.path);
+            let d = DesiredObject {
+                reference: r.clone(),
+                api_version: o.api_version.clone(),
+                hash: crate::desired::content_hash(&object),
+                object,
+                order: o.order,
+                file: o.location.file.clone(),
+            };
+            (r.clone(), Arc::new(d))
+        })
+        .collect();
+    let mut copies = Vec::new();
     // Which repositories this checkout feeds: pruning is only reported for
     // DaemonSets nodewave applied from one of them.
     let mut sources: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
@@ -156,7 +176,13 @@ async fn diff_all(args: &DiffArgs) -> Result<usize, String> {
                         .unwrap_or_else(|| args.path.clone()),
                 )
             });
-        let obj = decorate(&dds.manifest, &dds.location.file, &repo_ann, &path_ann);
+        let mut obj = decorate(&dds.manifest, &dds.location.file, &repo_ann, &path_ann);
+        // A config change shows as the template's new config copy name.
+        copies.extend(crate::desired::version_configs(
+            &key.namespace,
+            &mut obj,
+            &objects,
+        ));
         let live_value = match &live {
             Some(ds) => serde_json::to_value(ds).map_err(|e| e.to_string())?,
             None => Value::Null,
@@ -191,6 +217,12 @@ async fn diff_all(args: &DiffArgs) -> Result<usize, String> {
             println!("{}", d.unified);
         }
     }
+    for c in copies {
+        objects
+            .entry(c.reference.clone())
+            .or_insert_with(|| Arc::new(c));
+    }
+    differing += diff_objects(args, &cluster, &objects, &repo).await?;
     for ds in cluster
         .managed_daemonsets()
         .await
@@ -204,6 +236,78 @@ async fn diff_all(args: &DiffArgs) -> Result<usize, String> {
         if same_source && !desired.daemonsets.contains_key(&key) {
             differing += 1;
             println!("DaemonSet {key}: managed by nodewave but not in Git: would be pruned");
+        }
+    }
+    Ok(differing)
+}
+
+/// Companion objects: what applying them would change (they are applied at
+/// once, not staged).
+async fn diff_objects(
+    args: &DiffArgs,
+    cluster: &Cluster,
+    objects: &BTreeMap<ObjectRef, Arc<DesiredObject>>,
+    repo: &str,
+) -> Result<usize, String> {
+    let mut differing = 0;
+    for (reference, o) in objects {
+        let Some(kind) = cluster
+            .served_kind(&o.api_version, &reference.kind)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            differing += 1;
+            println!(
+                "{reference}: the API server does not serve {} {} (its CRD is not installed yet)",
+                o.api_version, reference.kind
+            );
+            continue;
+        };
+        let live = cluster
+            .get_object(&kind, reference)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (repo_ann, path_ann) = live.as_ref().map_or_else(
+            || (repo.to_string(), args.path.clone()),
+            |l| {
+                let source = |k: &str| {
+                    l.pointer(&format!("/metadata/annotations/{}", k.replace('/', "~1")))
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                };
+                (
+                    source(keys::SOURCE_REPO).unwrap_or_else(|| repo.to_string()),
+                    source(keys::SOURCE_PATH).unwrap_or_else(|| args.path.clone()),
+                )
+            },
+        );
+        let obj = crate::desired::mark(&o.object, &o.file, &repo_ann, &path_ann);
+        let Some(live) = live else {
+            differing += 1;
+            println!("{reference}: would be created");
+            if !args.paths_only {
+                println!(
+                    "{}",
+                    diff::unified_yaml(&reference.to_string(), &Value::Null, &obj)
+                );
+            }
+            continue;
+        };
+        let dry = cluster
+            .apply_object(&kind, reference, &obj, true)
+            .await
+            .map_err(|e| e.to_string())?;
+        let d = diff::compare(&reference.to_string(), &live, &dry);
+        if d.is_empty() {
+            continue;
+        }
+        differing += 1;
+        println!("{reference}: differs");
+        for p in &d.paths {
+            println!("  ~ {p}");
+        }
+        if !args.paths_only {
+            println!("{}", d.unified);
         }
     }
     Ok(differing)

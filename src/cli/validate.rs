@@ -41,6 +41,18 @@ pub struct RuleArgs {
         value_delimiter = ','
     )]
     pub allow_namespaces: Vec<String>,
+    /// Kind of companion object nodewave may apply next to DaemonSets: `Kind`
+    /// (core group), `Kind.group`, or `*.group` (repeatable; replaces the default
+    /// list: Namespace, ServiceAccount, ConfigMap, Secret, Service, RBAC,
+    /// PodDisruptionBudget, PriorityClass, CRDs and their custom resources,
+    /// Deployment, webhook configurations).
+    #[arg(
+        long = "allow-kind",
+        value_name = "KIND",
+        env = "NODEWAVE_ALLOW_KINDS",
+        value_delimiter = ','
+    )]
+    pub allow_kinds: Vec<String>,
     /// Change a best-practice check's severity, e.g. `probes-missing=error` or
     /// `resources-missing=off` (repeatable). Levels: error, warning, off.
     #[arg(long = "severity", value_name = "CHECK=LEVEL", value_parser = parse_severity)]
@@ -87,6 +99,7 @@ impl RuleArgs {
     pub fn load_options(&self) -> LoadOptions {
         LoadOptions {
             allowed_namespaces: self.allow_namespaces.clone(),
+            allowed_kinds: self.allow_kinds.clone(),
             severity_overrides: self.severities.iter().cloned().collect(),
             require_digest: self.require_digest,
             limits: self.limits(),
@@ -163,8 +176,13 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
             for w in &state.warnings {
                 println!("{w}");
             }
+            let objects = if state.objects.is_empty() {
+                String::new()
+            } else {
+                format!(", {} other object(s)", state.objects.len())
+            };
             println!(
-                "ok: {} file(s), {} DaemonSet(s), {} RolloutPolicy(ies), {} warning(s)",
+                "ok: {} file(s), {} DaemonSet(s), {} RolloutPolicy(ies){objects}, {} warning(s)",
                 files.len(),
                 state.daemonsets.len(),
                 state.policies.len(),

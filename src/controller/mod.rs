@@ -10,9 +10,12 @@
 //! - [`queue`]: the work queue.
 //! - [`reconcile`]: one reconcile: gather inputs, ask `plan::decide`, fetch what
 //!   it needs, execute the plan (record write first, then actions).
+//! - [`companions`]: the commit's other objects (Namespaces, RBAC, ConfigMaps,
+//!   CRDs, ...), applied at once before its DaemonSets, drift healed, pruned.
 //! - [`fence`]: leadership fencing checked before every write and action.
 //! - [`prometheus`]: the Prometheus checks of the health gates.
 
+pub mod companions;
 pub mod fence;
 pub mod prometheus;
 pub mod queue;
@@ -87,6 +90,7 @@ pub struct Context {
     pub status: SharedStatus,
     pub fence: Fence,
     pub prom: prometheus::Gatekeeper,
+    pub companions: companions::CompanionState,
     caches: Mutex<Caches>,
     /// Keys of the first desired state not reconciled yet (for `/readyz`).
     first_round: Mutex<Option<HashSet<ObjectKey>>>,
@@ -117,6 +121,7 @@ impl Context {
             status,
             fence,
             prom: prometheus::Gatekeeper::default(),
+            companions: companions::CompanionState::default(),
             caches: Mutex::new(Caches::default()),
             first_round: Mutex::new(None),
         })
@@ -247,6 +252,7 @@ pub async fn run(
             }
         })
     };
+    let companion_task = tokio::spawn(companions::run(ctx.clone()));
     let mut workers = Vec::new();
     for _ in 0..ctx.cfg.workers.max(1) {
         let ctx = ctx.clone();
@@ -256,6 +262,7 @@ pub async fn run(
     ctx.queue.close();
     dispatcher.abort();
     desired_watch.abort();
+    companion_task.abort();
     for w in workers {
         let _ = w.await;
     }

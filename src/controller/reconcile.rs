@@ -70,6 +70,7 @@ pub const ERROR_KINDS: &[&str] = &[
     "record_invalid",
     "git_fetch",
     "panic",
+    "companions",
 ];
 
 pub fn now_ms() -> i64 {
@@ -197,6 +198,17 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Option<i64>, Re
         return Ok(None);
     }
     let state = state.and_then(Result::ok);
+    // A new commit's DaemonSet waits until the commit's companion objects (its
+    // namespace, ServiceAccount, ConfigMaps) are synced; open work never waits.
+    if let Some(d) = &desired
+        && !snapshot.loaded.objects.is_empty()
+        && !ctx.companions.synced(snapshot.commit())
+        && state
+            .as_deref()
+            .is_none_or(|s| !s.is_open() && s.applied.as_ref().is_none_or(|t| t.hash != d.hash))
+    {
+        return Ok(None);
+    }
     let live_view = live.as_ref().map(|d| live_view(ctx, d));
     let pods: Vec<PodObservation> = live
         .as_ref()

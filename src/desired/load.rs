@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::keys;
-use crate::manifest::{self, Finding, LoadOptions, ObjectKey, Rejected};
-use crate::plan::DesiredDs;
+use crate::manifest::{self, ApplyOrder, Finding, LoadOptions, ObjectKey, ObjectRef, Rejected};
+use crate::plan::{DesiredDs, config};
 use crate::render::{self, RenderError, RenderOptions};
 use crate::source::{SourceError, SourceWorker};
 
@@ -32,7 +32,22 @@ const CACHED_COMMITS: usize = 4;
 pub struct Loaded {
     pub commit: String,
     pub daemonsets: BTreeMap<ObjectKey, Arc<DesiredDs>>,
+    /// Companion objects, applied before the DaemonSets (see `controller::companions`).
+    pub objects: BTreeMap<ObjectRef, Arc<DesiredObject>>,
     pub warnings: Vec<Finding>,
+}
+
+/// A companion object ready to apply: the manifest with nodewave's label and
+/// source annotations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredObject {
+    pub reference: ObjectRef,
+    pub api_version: String,
+    pub object: Value,
+    pub hash: String,
+    pub order: ApplyOrder,
+    /// The file it came from, relative to the repository root.
+    pub file: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -219,16 +234,39 @@ impl Loader {
                 RenderError::Rejected(findings) => LoadError::Render(findings),
             })?;
         let state = self.validate(commit, files).await?;
+        let mut objects: BTreeMap<ObjectRef, Arc<DesiredObject>> = state
+            .objects
+            .into_iter()
+            .map(|(reference, o)| {
+                let object = mark(
+                    &o.manifest,
+                    &o.location.file,
+                    &self.identity.repo,
+                    &self.identity.path,
+                );
+                let d = DesiredObject {
+                    reference: reference.clone(),
+                    api_version: o.api_version,
+                    hash: content_hash(&object),
+                    object,
+                    order: o.order,
+                    file: o.location.file,
+                };
+                (reference, Arc::new(d))
+            })
+            .collect();
+        let mut copies: Vec<DesiredObject> = Vec::new();
         let daemonsets = state
             .daemonsets
             .into_iter()
             .map(|(key, dds)| {
-                let object = decorate(
+                let mut object = decorate(
                     &dds.manifest,
                     &dds.location.file,
                     &self.identity.repo,
                     &self.identity.path,
                 );
+                copies.extend(version_configs(&key.namespace, &mut object, &objects));
                 let policy = state
                     .policies
                     .get(&key)
@@ -244,9 +282,15 @@ impl Loader {
                 (key, Arc::new(ds))
             })
             .collect();
+        for c in copies {
+            objects
+                .entry(c.reference.clone())
+                .or_insert_with(|| Arc::new(c));
+        }
         let loaded = Arc::new(Loaded {
             commit: commit.to_string(),
             daemonsets,
+            objects,
             warnings: state.warnings,
         });
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
@@ -316,6 +360,14 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// (nodewave drives every update itself: the controller only replaces pods it
 /// deletes).
 pub fn decorate(manifest: &Value, file: &str, repo: &str, path: &str) -> Value {
+    let mut obj = mark(manifest, file, repo, path);
+    obj["spec"]["updateStrategy"] = json!({"type": "OnDelete"});
+    obj
+}
+
+/// The manifest with the managed-by label and where it came from (what pruning
+/// and the ownership checks read).
+pub fn mark(manifest: &Value, file: &str, repo: &str, path: &str) -> Value {
     let mut obj = manifest.clone();
     let meta = &mut obj["metadata"];
     if !meta["labels"].is_object() {
@@ -329,8 +381,51 @@ pub fn decorate(manifest: &Value, file: &str, repo: &str, path: &str) -> Value {
     ann[keys::SOURCE_REPO] = json!(repo);
     ann[keys::SOURCE_PATH] = json!(path);
     ann[keys::SOURCE_FILE] = json!(file);
-    obj["spec"]["updateStrategy"] = json!({"type": "OnDelete"});
     obj
+}
+
+/// Config rollouts (`plan::config`): each ConfigMap or Secret of the commit that
+/// the DaemonSet's pod template references (same namespace, not opted out, not
+/// immutable already) gets an immutable copy named by its content hash, and the
+/// template is rewritten to it. A config change is then a new pod template,
+/// rolled out stage by stage like an image change. Returns the copies.
+pub fn version_configs(
+    namespace: &str,
+    daemonset: &mut Value,
+    objects: &BTreeMap<ObjectRef, Arc<DesiredObject>>,
+) -> Vec<DesiredObject> {
+    let mut renames = BTreeMap::new();
+    let mut copies = Vec::new();
+    for r in config::references(daemonset) {
+        let reference = ObjectRef {
+            group: String::new(),
+            kind: r.kind.as_str().to_string(),
+            namespace: namespace.to_string(),
+            name: r.name.clone(),
+        };
+        let Some(original) = objects.get(&reference) else {
+            continue;
+        };
+        if !config::is_versioned(&original.object) {
+            continue;
+        }
+        let name = config::hashed_name(&r.name, &config::content_hash(&original.object));
+        let object = config::hashed_copy(&original.object, &name);
+        copies.push(DesiredObject {
+            reference: ObjectRef {
+                name: name.clone(),
+                ..reference
+            },
+            api_version: original.api_version.clone(),
+            hash: content_hash(&object),
+            object,
+            order: original.order,
+            file: original.file.clone(),
+        });
+        renames.insert(r, name);
+    }
+    config::rewrite(daemonset, &renames);
+    copies
 }
 
 /// Hash of what Git declares for a DaemonSet, without nodewave's bookkeeping.

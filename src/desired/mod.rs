@@ -33,7 +33,10 @@ use crate::source::{GitSourceConfig, fetch_process};
 use crate::store::Stores;
 use crate::verify::{self, TrustStore};
 
-pub use load::{LoadError, Loaded, Loader, PANIC_REASON, SourceIdentity, content_hash, decorate};
+pub use load::{
+    DesiredObject, LoadError, Loaded, Loader, PANIC_REASON, SourceIdentity, content_hash, decorate,
+    mark, version_configs,
+};
 pub use prune_guard::{ALLOW_PRUNE_MARKER, PruneLimit, PruneVerdict};
 
 /// How many commits back the fallback looks for one nodewave applied itself.

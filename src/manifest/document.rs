@@ -2,6 +2,8 @@
 //! then serde-saphyr with the document's budget), and what the checks need from it
 //! (locations, typed re-parses, labels).
 
+use std::rc::Rc;
+
 use serde_json::Value;
 
 use super::findings::{LIMIT_EXCEEDED, YAML_SYNTAX};
@@ -12,8 +14,12 @@ use super::{Limit, LimitExceeded, Limits, Location, Report};
 pub(crate) struct Doc<'a> {
     pub file: &'a str,
     pub source: DocumentSource<'a>,
-    pub index: LineIndex,
+    /// Shared by the items of a `kind: List` document.
+    pub index: Rc<LineIndex>,
     pub value: Value,
+    /// Where `value` sits in the document: the root, or `items[n]` for an item
+    /// of a `kind: List`.
+    pub prefix: Path,
     /// serde-saphyr options carrying this document's budget, for typed re-parses.
     yaml: serde_saphyr::Options,
 }
@@ -26,19 +32,54 @@ pub(crate) struct YamlError {
     pub limit: Option<Limit>,
 }
 
-impl Doc<'_> {
+impl<'a> Doc<'a> {
     /// Location of `path`, falling back to its closest ancestor and then to the
     /// document's first line.
     pub fn location(&self, path: &Path) -> Location {
-        let line = self.index.line_of(path).unwrap_or(self.source.first_line);
+        let mut full = self.prefix.clone();
+        full.0.extend(path.0.iter().cloned());
+        let line = self.index.line_of(&full).unwrap_or(self.source.first_line);
         Location::new(self.file, Some(line))
     }
 
     /// Deserializes the document's text as `T`, within the same budget as its first
-    /// parse; error lines are file lines.
+    /// parse; error lines are file lines. An item of a `kind: List` is read from
+    /// its parsed value instead (no line; findings fall back to the item's).
     pub fn deserialize<T: serde::de::DeserializeOwned>(&self) -> Result<T, YamlError> {
+        if !self.prefix.0.is_empty() {
+            return serde_json::from_value(self.value.clone()).map_err(|e| YamlError {
+                line: None,
+                message: e.to_string(),
+                limit: None,
+            });
+        }
         serde_saphyr::from_str_with_options(self.source.text, self.yaml.clone())
             .map_err(|e| yaml_error(&e, &self.source))
+    }
+
+    /// The items of a `kind: List` document (`v1 List` or any `*List` kind with
+    /// `items`, as kubectl flattens them), each as a document of its own that
+    /// points at its lines; `None` when this is no list.
+    pub fn list_items(&self) -> Option<Vec<Doc<'a>>> {
+        let kind = self.str_at("kind")?;
+        if kind != "List" && !(kind.ends_with("List") && self.str_at("apiVersion") == Some("v1")) {
+            return None;
+        }
+        let items = self.value.get("items")?.as_array()?;
+        Some(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| Doc {
+                    file: self.file,
+                    source: self.source,
+                    index: self.index.clone(),
+                    value: item.clone(),
+                    prefix: self.prefix.join("items").index(i),
+                    yaml: self.yaml.clone(),
+                })
+                .collect(),
+        )
     }
 
     pub fn str_at(&self, dotted: &str) -> Option<&str> {
@@ -244,8 +285,9 @@ pub(crate) fn parse_document<'a>(
     Some(Doc {
         file,
         source,
-        index,
+        index: Rc::new(index),
         value,
+        prefix: Path::root(),
         yaml,
     })
 }

@@ -123,6 +123,9 @@ pub const PRIVILEGED: &str = "privileged";
 pub const HOST_NETWORK: &str = "host-network";
 pub const HOST_PID: &str = "host-pid";
 pub const UPDATE_STRATEGY: &str = "update-strategy";
+// Companion objects (src/manifest/objects.rs).
+pub const LEGACY_API_VERSION: &str = "legacy-api-version";
+pub const KIND_NOT_ALLOWED: &str = "kind-not-allowed";
 // Rendering (src/render): the renderer failed, or a source was refused.
 pub const RENDER_ERROR: &str = "render-error";
 pub const REMOTE_SOURCE_REFUSED: &str = "remote-source-refused";
@@ -166,7 +169,15 @@ pub const CHECKS: &[CheckInfo] = &[
     ),
     structural(
         UNSUPPORTED_KIND,
-        "a document is not an apps/v1 DaemonSet or a nodewave.io/v1alpha1 RolloutPolicy",
+        "a document has no apiVersion or kind, is not a mapping, or is a DaemonSet or RolloutPolicy of an unknown apiVersion",
+    ),
+    structural(
+        LEGACY_API_VERSION,
+        "an object uses an apiVersion current Kubernetes no longer serves (e.g. extensions/v1beta1 DaemonSet); the message names the replacement",
+    ),
+    structural(
+        KIND_NOT_ALLOWED,
+        "an object's kind is not in the kinds nodewave may manage (--allow-kind; custom resources need their CRD in the commit or an entry)",
     ),
     structural(
         UNKNOWN_FIELD,
@@ -202,7 +213,7 @@ pub const CHECKS: &[CheckInfo] = &[
     ),
     practice(
         RESOURCES_MISSING,
-        Severity::Error,
+        Severity::Warning,
         "a container lacks cpu and memory requests and limits",
     ),
     practice(
@@ -212,7 +223,7 @@ pub const CHECKS: &[CheckInfo] = &[
     ),
     practice(
         IMAGE_UNPINNED,
-        Severity::Error,
+        Severity::Warning,
         "an image has no tag or uses the latest tag",
     ),
     practice(
@@ -222,17 +233,17 @@ pub const CHECKS: &[CheckInfo] = &[
     ),
     practice(
         PRIVILEGED,
-        Severity::Error,
+        Severity::Warning,
         "a container is privileged without the nodewave.io/allow-privileged opt-in",
     ),
     practice(
         HOST_NETWORK,
-        Severity::Error,
+        Severity::Warning,
         "the pod uses the host network without the nodewave.io/allow-host-network opt-in",
     ),
     practice(
         HOST_PID,
-        Severity::Error,
+        Severity::Warning,
         "the pod shares the host PID namespace without the nodewave.io/allow-host-pid opt-in",
     ),
     practice(

@@ -12,6 +12,7 @@ pub mod limits;
 /// Document splitting and the line index; public for the fuzz targets only.
 #[doc(hidden)]
 pub mod lines;
+pub mod objects;
 pub mod policy;
 mod policy_rules;
 mod ports;
@@ -30,6 +31,7 @@ use findings::{DUPLICATE_NAME, LIMIT_EXCEEDED, POLICY_TARGET_MISSING, UNSUPPORTE
 pub use findings::{REMOTE_SOURCE_REFUSED, RENDER_ERROR};
 pub use limits::{FileBudget, Limit, LimitExceeded, Limits};
 use lines::Path;
+pub use objects::{ApplyOrder, DEFAULT_ALLOWED_KINDS, DesiredObject, ObjectRef};
 
 /// One file of a commit, path relative to the repository root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +80,9 @@ pub struct LoadOptions {
     /// `--allow-prometheus-url`: base URLs a RolloutPolicy's Prometheus checks
     /// may query (see [`prometheus_url`]); empty allows none.
     pub allowed_prometheus_urls: Vec<String>,
+    /// Kinds of companion objects nodewave may manage (`Kind`, `Kind.group`,
+    /// `*.group`); empty means [`DEFAULT_ALLOWED_KINDS`].
+    pub allowed_kinds: Vec<String>,
 }
 
 impl Default for LoadOptions {
@@ -89,6 +94,7 @@ impl Default for LoadOptions {
             require_digest: false,
             limits: Limits::default(),
             allowed_prometheus_urls: Vec::new(),
+            allowed_kinds: Vec::new(),
         }
     }
 }
@@ -111,7 +117,7 @@ impl LoadOptions {
         info.default_severity
     }
 
-    fn namespace_allowed(&self, namespace: &str) -> bool {
+    pub(crate) fn namespace_allowed(&self, namespace: &str) -> bool {
         self.allowed_namespaces.is_empty() || self.allowed_namespaces.iter().any(|n| n == namespace)
     }
 }
@@ -132,6 +138,8 @@ pub struct DesiredState {
     pub daemonsets: BTreeMap<ObjectKey, DesiredDaemonSet>,
     /// Keyed by the DaemonSet the policy targets.
     pub policies: BTreeMap<ObjectKey, policy::RolloutPolicy>,
+    /// Companion objects (everything else), applied before the DaemonSets.
+    pub objects: BTreeMap<ObjectRef, DesiredObject>,
     pub warnings: Vec<Finding>,
 }
 
@@ -219,8 +227,13 @@ pub fn load(files: &[ManifestFile], opts: &LoadOptions) -> Result<DesiredState, 
     sorted.sort_by(|a, b| a.path.cmp(&b.path));
 
     let mut report = Report::new(opts);
-    let mut daemonsets: Vec<DesiredDaemonSet> = Vec::new();
-    let mut policies: Vec<policy_rules::LoadedPolicy> = Vec::new();
+    let mut sort = Sorted {
+        opts,
+        daemonsets: Vec::new(),
+        policies: Vec::new(),
+        others: Vec::new(),
+        defined: objects::DefinedKinds::new(),
+    };
 
     let limits = &opts.limits;
     let mut file_budget = FileBudget::new(limits);
@@ -260,24 +273,40 @@ pub fn load(files: &[ManifestFile], opts: &LoadOptions) -> Result<DesiredState, 
                 let Some(doc) = doc else {
                     continue;
                 };
-                let api_version = doc.str_at("apiVersion").unwrap_or_default();
-                let kind = doc.str_at("kind").unwrap_or_default();
-                match (api_version, kind) {
-                    ("apps/v1", "DaemonSet") => {
-                        if let Some(ds) = daemonset::check(&doc, &mut report, opts) {
-                            daemonsets.push(ds);
+                match doc.list_items() {
+                    Some(items) => {
+                        for item in items {
+                            if item.list_items().is_some() {
+                                report.add(
+                                    UNSUPPORTED_KIND,
+                                    item.location(&Path::parse("kind")),
+                                    None,
+                                    "a List inside a List is not flattened: move its items up",
+                                );
+                            } else {
+                                sort.add(item, &mut report);
+                            }
                         }
                     }
-                    (policy::API_VERSION, policy::KIND) => {
-                        if let Some(p) = policy_rules::check(&doc, &mut report, opts) {
-                            policies.push(p);
-                        }
-                    }
-                    _ => unsupported_kind(&doc, api_version, kind, &mut report),
+                    None => sort.add(doc, &mut report),
                 }
             }
         }
     }
+    let Sorted {
+        daemonsets,
+        policies,
+        others,
+        defined,
+        ..
+    } = sort;
+    let mut objects = Vec::new();
+    for (doc, api_version, kind) in &others {
+        if let Some(o) = objects::check(doc, api_version, kind, &defined, &mut report, opts) {
+            objects.push(o);
+        }
+    }
+    let objects = index_objects(objects, &mut report);
 
     let daemonsets = index_daemonsets(daemonsets, &mut report);
     let policies = attach_policies(policies, &daemonsets, &mut report);
@@ -291,6 +320,7 @@ pub fn load(files: &[ManifestFile], opts: &LoadOptions) -> Result<DesiredState, 
         Ok(DesiredState {
             daemonsets,
             policies,
+            objects,
             warnings,
         })
     } else {
@@ -298,8 +328,77 @@ pub fn load(files: &[ManifestFile], opts: &LoadOptions) -> Result<DesiredState, 
     }
 }
 
+/// Documents sorted by what they are, as the commit is read.
+struct Sorted<'a, 'o> {
+    opts: &'o LoadOptions,
+    daemonsets: Vec<DesiredDaemonSet>,
+    policies: Vec<policy_rules::LoadedPolicy>,
+    /// Companion documents, checked once every CRD of the commit is known.
+    others: Vec<(Doc<'a>, String, String)>,
+    defined: objects::DefinedKinds,
+}
+
+impl<'a> Sorted<'a, '_> {
+    fn add(&mut self, doc: Doc<'a>, report: &mut Report<'_>) {
+        let api_version = doc.str_at("apiVersion").unwrap_or_default().to_string();
+        let kind = doc.str_at("kind").unwrap_or_default().to_string();
+        match (api_version.as_str(), kind.as_str()) {
+            ("apps/v1", "DaemonSet") => {
+                if let Some(ds) = daemonset::check(&doc, report, self.opts) {
+                    self.daemonsets.push(ds);
+                }
+            }
+            (policy::API_VERSION, policy::KIND) => {
+                if let Some(p) = policy_rules::check(&doc, report, self.opts) {
+                    self.policies.push(p);
+                }
+            }
+            (a, k)
+                if !doc.value.is_object()
+                    || a.is_empty()
+                    || k.is_empty()
+                    || ((k == "DaemonSet" || k == policy::KIND)
+                        && objects::legacy_replacement(a, k).is_none()) =>
+            {
+                unsupported_kind(&doc, a, k, report);
+            }
+            ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
+                if let Some((defines, d)) = objects::defined_kind(&doc.value) {
+                    self.defined.insert(defines, d);
+                }
+                self.others.push((doc, api_version, kind));
+            }
+            _ => self.others.push((doc, api_version, kind)),
+        }
+    }
+}
+
+fn index_objects(
+    all: Vec<DesiredObject>,
+    report: &mut Report<'_>,
+) -> BTreeMap<ObjectRef, DesiredObject> {
+    let mut by_ref: BTreeMap<ObjectRef, Vec<DesiredObject>> = BTreeMap::new();
+    for o in all {
+        by_ref.entry(o.reference.clone()).or_default().push(o);
+    }
+    let mut out = BTreeMap::new();
+    for (reference, mut group) in by_ref {
+        if group.len() > 1 {
+            let places: Vec<Location> = group.iter().map(|o| o.location.clone()).collect();
+            report_duplicates(
+                &reference.to_string(),
+                &places,
+                "keep one definition and delete the others",
+                report,
+            );
+        }
+        out.insert(reference, group.swap_remove(0));
+    }
+    out
+}
+
 fn unsupported_kind(doc: &Doc<'_>, api_version: &str, kind: &str, report: &mut Report<'_>) {
-    let supported = "a commit may contain only apps/v1 DaemonSet and nodewave.io/v1alpha1 RolloutPolicy documents";
+    let supported = "every document needs an apiVersion and a kind";
     let (path, message) = if !doc.value.is_object() {
         (
             Path::root(),
@@ -473,5 +572,7 @@ fn attach_policies(
 
 #[cfg(test)]
 mod limit_tests;
+#[cfg(test)]
+mod object_tests;
 #[cfg(test)]
 mod tests;

@@ -165,10 +165,17 @@ fn yaml_syntax_error_in_one_document_keeps_checking_the_others() {
 
 #[test]
 fn unsupported_kinds() {
-    let r = run("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n");
-    let f = one(&r, "unsupported-kind", 2);
-    assert!(f.message.contains("v1 ConfigMap is not supported"), "{f}");
+    let r = run("apiVersion: v1\nkind: Pod\nmetadata:\n  name: x\n");
+    let f = one(&r, "kind-not-allowed", 2);
+    assert!(
+        f.message.contains("Pod is not a kind nodewave may manage"),
+        "{f}"
+    );
+    assert!(f.message.contains("--allow-kind"), "{f}");
     let r = run(&DS.replace("apps/v1", "extensions/v1beta1"));
+    let f = one(&r, "legacy-api-version", 1);
+    assert!(f.message.contains("use apiVersion: apps/v1"), "{f}");
+    let r = run(&DS.replace("apps/v1", "apps/v7"));
     let f = one(&r, "unsupported-kind", 1);
     assert!(f.message.contains("use apiVersion: apps/v1"), "{f}");
     let r = run("\n\nmetadata:\n  name: x\n");
@@ -659,7 +666,11 @@ fn rejection_lists_errors_then_warnings() {
         "spec:\n  selector",
         "spec:\n  updateStrategy: {type: RollingUpdate}\n  selector",
     );
-    let rejected = run(&yaml).unwrap_err();
+    // Best-practice checks warn by default; made an error, one rejects.
+    let mut opts = LoadOptions::default();
+    opts.severity_overrides
+        .insert("image-unpinned".into(), Severity::Error);
+    let rejected = run_with(&yaml, &opts).unwrap_err();
     assert_eq!(rejected.reason(), "image-unpinned");
     let text = rejected.to_string();
     let lines: Vec<&str> = text.lines().collect();
@@ -680,7 +691,8 @@ fn load_is_independent_of_file_order() {
     let b = file(
         "b.yaml",
         &DS.replace("name: fluent-bit\n  namespace", "name: other\n  namespace")
-            .replace("fluent-bit:3.1.4", "x"),
+            .replace("fluent-bit:3.1.4", "x")
+            .replace("apps/v1", "apps/v9"),
     );
     let one_way = load(&[a.clone(), b.clone()], &LoadOptions::default()).unwrap_err();
     let other_way = load(&[b, a], &LoadOptions::default()).unwrap_err();

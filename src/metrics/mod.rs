@@ -14,8 +14,11 @@
 //! the first scrape, so `increase()` in alert rules sees the first event.
 
 mod daemonsets;
+mod objects;
 mod prune;
 mod source;
+
+pub use objects::OBJECT_ERROR_REASONS;
 
 use std::fmt;
 use std::sync::Arc;
@@ -143,6 +146,7 @@ struct Inner {
     registry: Registry,
     source: source::SourceMetrics,
     prune: prune::PruneMetrics,
+    objects: objects::ObjectMetrics,
     daemonsets: daemonsets::DaemonSets,
     controller: ControllerMetrics,
 }
@@ -183,6 +187,7 @@ impl Metrics {
         );
         let source = source::SourceMetrics::register(&mut registry);
         let prune = prune::PruneMetrics::register(&mut registry);
+        let objects = objects::ObjectMetrics::register(&mut registry);
         let controller = ControllerMetrics::register(&mut registry);
         let daemonsets = daemonsets::DaemonSets::default();
         registry.register_collector(Box::new(daemonsets.clone()));
@@ -191,6 +196,7 @@ impl Metrics {
                 registry,
                 source,
                 prune,
+                objects,
                 daemonsets,
                 controller,
             }),
@@ -268,6 +274,23 @@ impl Metrics {
     /// (0 when its prune is allowed or there is nothing to prune).
     pub fn set_prune_held_back(&self, daemonsets: usize) {
         self.inner.prune.held_back(daemonsets);
+    }
+
+    // ---------------------------------------------------- companion objects
+
+    /// Companion objects of the desired commit: synced and in error.
+    pub fn set_object_counts(&self, synced: usize, error: usize) {
+        self.inner.objects.set_counts(synced, error);
+    }
+
+    /// Counts a companion object that could not be applied (`OBJECT_ERROR_REASONS`).
+    pub fn object_error(&self, reason: &'static str) {
+        self.inner.objects.error(reason);
+    }
+
+    /// Counts a companion object put back after it drifted.
+    pub fn object_drift(&self) {
+        self.inner.objects.drift();
     }
 
     // ---------------------------------------------------------- DaemonSets

@@ -265,8 +265,8 @@ mod tests {
 
     #[test]
     fn every_kind_of_reference_is_found() {
+        use ConfigKind::{ConfigMap, Secret};
         let refs = references(&ds());
-        use ConfigKind::*;
         let want: BTreeSet<ConfigRef> = [
             r(ConfigMap, "agent-config"),
             r(Secret, "agent-tls"),
@@ -283,7 +283,10 @@ mod tests {
     fn rewriting_changes_exactly_the_renamed_references() {
         let mut d = ds();
         let renames = BTreeMap::from([
-            (r(ConfigKind::ConfigMap, "agent-config"), "agent-config-abc".to_string()),
+            (
+                r(ConfigKind::ConfigMap, "agent-config"),
+                "agent-config-abc".to_string(),
+            ),
             (r(ConfigKind::Secret, "creds"), "creds-def".to_string()),
         ]);
         rewrite(&mut d, &renames);
@@ -318,7 +321,10 @@ mod tests {
         let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "agent-config"}, "data": {"k": "v"}});
         let copy = hashed_copy(&cm, "agent-config-0123456789");
         assert_eq!(copy["immutable"], json!(true));
-        assert_eq!(copy["metadata"]["labels"][COPY_OF_LABEL], json!("agent-config"));
+        assert_eq!(
+            copy["metadata"]["labels"][COPY_OF_LABEL],
+            json!("agent-config")
+        );
         assert!(is_versioned(&cm));
         let mut opted = cm.clone();
         opted["metadata"]["annotations"] = json!({ROLLOUT_ANNOTATION: IN_PLACE});
@@ -348,6 +354,10 @@ mod tests {
             .iter()
             .map(|c| c.name.as_str())
             .collect();
-        assert_eq!(gone, vec!["cfg-2"], "newest three and the referenced one stay");
+        assert_eq!(
+            gone,
+            vec!["cfg-2"],
+            "newest three and the referenced one stay"
+        );
     }
 }

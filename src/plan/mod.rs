@@ -22,6 +22,8 @@
 //!   last good template; a finished rollout (write `Idle`)
 //! * not in Git → (write `Pruning`) → delete the DaemonSet, then the record
 
+pub mod config;
+pub mod objects;
 mod progress;
 #[cfg(test)]
 mod tests;
