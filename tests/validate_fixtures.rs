@@ -64,17 +64,19 @@ fn every_check_has_an_invalid_fixture_with_its_documented_output() {
         let files = manifest::read_dir(&dir, &Limits::default())
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         assert!(!files.is_empty(), "no fixture for {}", check.id);
-        let findings = match manifest::load(&files, &options_for(check.id)) {
-            Ok(state) => state.warnings,
-            Err(rejected) => {
-                assert_eq!(rejected.reason(), check.id);
-                rejected
-                    .errors
-                    .into_iter()
-                    .chain(rejected.warnings)
-                    .collect()
-            }
-        };
+        let config = manifest::read_repo_config(&dir).unwrap();
+        let findings =
+            match manifest::load_with_config(&files, config.as_ref(), &options_for(check.id)) {
+                Ok(state) => state.warnings,
+                Err(rejected) => {
+                    assert_eq!(rejected.reason(), check.id);
+                    rejected
+                        .errors
+                        .into_iter()
+                        .chain(rejected.warnings)
+                        .collect()
+                }
+            };
         compare(check.id, &dir, &findings, bless);
     }
 }

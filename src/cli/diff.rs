@@ -69,7 +69,11 @@ pub async fn run(args: DiffArgs) -> ExitCode {
     }
 }
 
-async fn load_files(args: &DiffArgs) -> Result<(Vec<ManifestFile>, String, String), String> {
+/// The files of the checkout or fetched commit, its id, the redacted remote
+/// URL, and the repository's `.nodewave.yaml` if there is one.
+type Loaded = (Vec<ManifestFile>, String, String, Option<ManifestFile>);
+
+async fn load_files(args: &DiffArgs) -> Result<Loaded, String> {
     // Kustomize and Helm directories are rendered as `nodewave run` renders them.
     let mut render = args.render.options(&FileRender::default())?;
     render.limits = args.rules.limits();
@@ -82,7 +86,8 @@ async fn load_files(args: &DiffArgs) -> Result<(Vec<ManifestFile>, String, Strin
                 f.path = format!("{prefix}/{}", f.path);
             }
         }
-        return Ok((files, "(working tree)".into(), String::new()));
+        let config = manifest::read_repo_config(&base).map_err(|e| e.to_string())?;
+        return Ok((files, "(working tree)".into(), String::new(), config));
     }
     let Some(url) = &args.repo else {
         return Err("give --dir or --repo".into());
@@ -106,10 +111,14 @@ async fn load_files(args: &DiffArgs) -> Result<(Vec<ManifestFile>, String, Strin
     let files = crate::render::desired_files(&worker, &outcome.head, &args.path, &render)
         .await
         .map_err(|e| e.to_string());
+    let config = worker
+        .read_tracked_file(outcome.head.clone(), manifest::REPO_CONFIG_FILE)
+        .await
+        .map_err(|e| e.to_string());
     drop(worker);
     let _ = std::fs::remove_dir_all(&tmp);
     let files = files?;
-    Ok((files, outcome.head, redact_url(url)))
+    Ok((files, outcome.head, redact_url(url), config?))
 }
 
 fn tempfile_dir() -> Result<PathBuf, String> {
@@ -119,8 +128,9 @@ fn tempfile_dir() -> Result<PathBuf, String> {
 }
 
 async fn diff_all(args: &DiffArgs) -> Result<usize, String> {
-    let (files, _commit, repo) = load_files(args).await?;
-    let desired = manifest::load(&files, &args.rules.load_options()).map_err(|r| r.to_string())?;
+    let (files, _commit, repo, config) = load_files(args).await?;
+    let desired = manifest::load_with_config(&files, config.as_ref(), &args.rules.load_options())
+        .map_err(|r| r.to_string())?;
     let client = cluster::client(args.kube.kubeconfig.as_deref())
         .await
         .map_err(|e| e.to_string())?;

@@ -171,7 +171,17 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
         eprintln!("error: no *.yaml or *.yml files under {}", dir.display());
         return ExitCode::from(1);
     }
-    match manifest::load(&files, &args.rules.load_options()) {
+    let repo_config = match manifest::read_repo_config(dir) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "error: cannot read {}: {e}",
+                dir.join(manifest::REPO_CONFIG_FILE).display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match manifest::load_with_config(&files, repo_config.as_ref(), &args.rules.load_options()) {
         Ok(state) => {
             for w in &state.warnings {
                 println!("{w}");

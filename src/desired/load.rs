@@ -233,7 +233,16 @@ impl Loader {
                 },
                 RenderError::Rejected(findings) => LoadError::Render(findings),
             })?;
-        let state = self.validate(commit, files).await?;
+        // The repository's own settings (`.nodewave.yaml` at the tracked path).
+        let repo_config = self
+            .source
+            .read_tracked_file(commit.to_string(), manifest::REPO_CONFIG_FILE)
+            .await
+            .map_err(|source| LoadError::Read {
+                commit: commit.to_string(),
+                source,
+            })?;
+        let state = self.validate(commit, files, repo_config).await?;
         let mut objects: BTreeMap<ObjectRef, Arc<DesiredObject>> = state
             .objects
             .into_iter()
@@ -300,18 +309,19 @@ impl Loader {
         Ok(loaded)
     }
 
-    /// `manifest::load` on a blocking thread (it is CPU work on hostile input),
+    /// `manifest::load_with_config` on a blocking thread (it is CPU work on hostile input),
     /// with a panic caught, reported and remembered instead of unwinding into
     /// the pipeline.
     async fn validate(
         &self,
         commit: &str,
         files: Vec<manifest::ManifestFile>,
+        repo_config: Option<manifest::ManifestFile>,
     ) -> Result<manifest::DesiredState, LoadError> {
         let options = self.options.clone();
         let job = tokio::task::spawn_blocking(move || {
             crate::failpoint::panic_at("validate-panic");
-            manifest::load(&files, &options)
+            manifest::load_with_config(&files, repo_config.as_ref(), &options)
         });
         let panic = match job.await {
             Ok(result) => return result.map_err(LoadError::Rejected),

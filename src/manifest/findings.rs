@@ -126,6 +126,8 @@ pub const UPDATE_STRATEGY: &str = "update-strategy";
 // Companion objects (src/manifest/objects.rs).
 pub const LEGACY_API_VERSION: &str = "legacy-api-version";
 pub const KIND_NOT_ALLOWED: &str = "kind-not-allowed";
+// The repository's .nodewave.yaml (src/manifest/repo_config.rs).
+pub const REPO_CONFIG: &str = "repo-config";
 // Rendering (src/render): the renderer failed, or a source was refused.
 pub const RENDER_ERROR: &str = "render-error";
 pub const REMOTE_SOURCE_REFUSED: &str = "remote-source-refused";
@@ -178,6 +180,10 @@ pub const CHECKS: &[CheckInfo] = &[
     structural(
         KIND_NOT_ALLOWED,
         "an object's kind is not in the kinds nodewave may manage (--allow-kind; custom resources need their CRD in the commit or an entry)",
+    ),
+    structural(
+        REPO_CONFIG,
+        "the repository's .nodewave.yaml is invalid (unknown field or check, or a structural check named)",
     ),
     structural(
         UNKNOWN_FIELD,

@@ -17,6 +17,7 @@ pub mod policy;
 mod policy_rules;
 mod ports;
 pub mod prometheus_url;
+pub mod repo_config;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -32,6 +33,7 @@ pub use findings::{REMOTE_SOURCE_REFUSED, RENDER_ERROR};
 pub use limits::{FileBudget, Limit, LimitExceeded, Limits};
 use lines::Path;
 pub use objects::{ApplyOrder, DEFAULT_ALLOWED_KINDS, DesiredObject, ObjectRef};
+pub use repo_config::{REPO_CONFIG_FILE, RepoConfig};
 
 /// One file of a commit, path relative to the repository root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +85,9 @@ pub struct LoadOptions {
     /// Kinds of companion objects nodewave may manage (`Kind`, `Kind.group`,
     /// `*.group`); empty means [`DEFAULT_ALLOWED_KINDS`].
     pub allowed_kinds: Vec<String>,
+    /// (object as findings name it, check id): findings of best-practice checks
+    /// that do not apply to that object (`.nodewave.yaml` `exemptions`).
+    pub exemptions: Vec<(String, String)>,
 }
 
 impl Default for LoadOptions {
@@ -95,6 +100,7 @@ impl Default for LoadOptions {
             limits: Limits::default(),
             allowed_prometheus_urls: Vec::new(),
             allowed_kinds: Vec::new(),
+            exemptions: Vec::new(),
         }
     }
 }
@@ -201,6 +207,16 @@ impl<'o> Report<'o> {
     ) {
         let severity = self.opts.severity(check);
         if severity == Severity::Off {
+            return;
+        }
+        let exempt = check_info(check).is_some_and(|i| i.overridable)
+            && object.is_some_and(|o| {
+                self.opts
+                    .exemptions
+                    .iter()
+                    .any(|(eo, ec)| eo == o && ec == check)
+            });
+        if exempt {
             return;
         }
         self.findings.push(Finding {
@@ -395,6 +411,40 @@ fn index_objects(
         out.insert(reference, group.swap_remove(0));
     }
     out
+}
+
+/// [`load`] with the repository's `.nodewave.yaml` (when there is one) applied
+/// to `opts` first; an invalid config rejects the commit like any other error.
+pub fn load_with_config(
+    files: &[ManifestFile],
+    config: Option<&ManifestFile>,
+    opts: &LoadOptions,
+) -> Result<DesiredState, Rejected> {
+    let opts = match config.map(repo_config::parse) {
+        None => opts.clone(),
+        Some(Ok(c)) => c.apply(opts),
+        Some(Err(finding)) => {
+            return Err(Rejected {
+                errors: vec![finding],
+                warnings: Vec::new(),
+            });
+        }
+    };
+    load(files, &opts)
+}
+
+/// `dir/.nodewave.yaml`, when it exists (for `nodewave validate` and `diff` on a
+/// checkout; the server reads it from the commit).
+pub fn read_repo_config(dir: &std::path::Path) -> std::io::Result<Option<ManifestFile>> {
+    let path = dir.join(REPO_CONFIG_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(contents) => Ok(Some(ManifestFile {
+            path: REPO_CONFIG_FILE.to_string(),
+            contents,
+        })),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 fn unsupported_kind(doc: &Doc<'_>, api_version: &str, kind: &str, report: &mut Report<'_>) {

@@ -33,6 +33,7 @@ enum Request {
     IsAncestor(String, String, Reply<bool>),
     HasFileNamed(String, &'static [&'static str], Reply<bool>),
     HasTrackedFile(String, &'static str, Reply<bool>),
+    ReadTrackedFile(String, &'static str, Reply<Option<ManifestFile>>),
     WriteTree(String, std::path::PathBuf, TreeLimits, Reply<TreeStats>),
     CommitSignature(String, Reply<CommitSignature>),
 }
@@ -112,6 +113,17 @@ impl SourceWorker {
         name: &'static str,
     ) -> Result<bool, SourceError> {
         self.call(|r| Request::HasTrackedFile(commit, name, r))
+            .await
+    }
+
+    /// The file `name` of the tracked directory at `commit`, if there is one
+    /// (see [`GitSource::read_tracked_file`]).
+    pub async fn read_tracked_file(
+        &self,
+        commit: String,
+        name: &'static str,
+    ) -> Result<Option<ManifestFile>, SourceError> {
+        self.call(|r| Request::ReadTrackedFile(commit, name, r))
             .await
     }
 
@@ -199,6 +211,9 @@ fn run(
             }
             Request::HasTrackedFile(commit, name, reply) => {
                 let _ = reply.send(source.has_tracked_file(&commit, name));
+            }
+            Request::ReadTrackedFile(commit, name, reply) => {
+                let _ = reply.send(source.read_tracked_file(&commit, name));
             }
             Request::WriteTree(commit, dest, limits, reply) => {
                 let _ = reply.send(source.write_tree(&commit, &dest, &limits));
