@@ -20,6 +20,8 @@ pub struct ServiceStatus {
     pub last_fetch_error: Option<String>,
     pub rejected_commit: Option<String>,
     pub rejected_errors: Vec<String>,
+    /// Best-practice warnings of the commit the controller works from.
+    pub warnings: Vec<String>,
     /// Why the current desired state's deletions are refused by the prune guard
     /// (`None`: nothing refused).
     pub prune_refused: Option<String>,

@@ -205,8 +205,23 @@ async fn vendor_files_with_companions_sync_heal_and_prune_exactly_their_objects(
     let status = nw.status().await;
     let objects = status["objects"].as_object().unwrap().clone();
     eprintln!("/status objects: {objects:#?}");
-    assert_eq!(objects.len(), 7, "{objects:#?}");
+    // Seven from Git, and the content-hashed copy of the mounted ConfigMap.
+    assert_eq!(objects.len(), 8, "{objects:#?}");
+    assert!(
+        objects.keys().any(|k| k.contains("/agent-config-")),
+        "{objects:#?}"
+    );
     assert!(objects.values().all(|v| v == "Synced"), "{objects:#?}");
+    // The DaemonSet has no probes nor resources: warnings, shown, never blocking.
+    let warnings = status["warnings"].to_string();
+    assert!(warnings.contains("warning[probes-missing]"), "{warnings}");
+    assert_eq!(
+        nw.metric("nodewave_commit_warnings{check=\"resources-missing\"}")
+            .await,
+        Some(1.0),
+        "{}",
+        nw.metrics().await
+    );
     let (code, out) = cli(&["status", "-n", &env.ns]);
     assert_eq!(code, 0, "{out}");
     assert!(
@@ -321,7 +336,7 @@ async fn vendor_files_with_companions_sync_heal_and_prune_exactly_their_objects(
     tokio::time::sleep(Duration::from_secs(10)).await;
     let after = requests(nw.metrics().await);
     eprintln!(
-        "API requests in 10 s idle with 6 companion objects: {}",
+        "API requests in 10 s idle with 8 companion objects: {}",
         after - before
     );
     let m = nw.metrics().await;

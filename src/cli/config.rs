@@ -125,6 +125,11 @@ pub struct RunArgs {
     /// Create a DaemonSet's namespace when it does not exist.
     #[arg(long, env = "NODEWAVE_CREATE_NAMESPACES")]
     pub create_namespaces: bool,
+    /// Watch and write only in the --allow-namespace namespaces, so a Role in each
+    /// of them is enough (nodes are still watched cluster-wide, read-only). Needs
+    /// at least one --allow-namespace; excludes --create-namespaces.
+    #[arg(long, env = "NODEWAVE_NAMESPACED")]
+    pub namespaced: bool,
     /// Node label naming a node's pool when a policy names none
     /// [default: auto-detect GKE, EKS, AKS, Karpenter and nodewave.io/pool labels].
     #[arg(long, env = "NODEWAVE_POOL_LABEL")]
@@ -212,6 +217,7 @@ pub struct FileConfig {
     pub max_prune_percent: Option<u32>,
     pub self_heal: Option<bool>,
     pub create_namespaces: Option<bool>,
+    pub namespaced: Option<bool>,
     pub pool_label: Option<String>,
     pub rollout_interval: Option<String>,
     pub fetch_timeout: Option<String>,
@@ -311,6 +317,8 @@ pub struct Resolved {
     pub prune_limit: PruneLimit,
     pub self_heal: bool,
     pub create_namespaces: bool,
+    /// Watches (and so the permissions needed) limited to the allowed namespaces.
+    pub namespaced: bool,
     pub pool_label: Option<String>,
     /// Set when the obsolete `rollout-interval` was given (warned about).
     pub rollout_interval: Option<Duration>,
@@ -400,6 +408,14 @@ impl RunArgs {
         rules.require_digest |= file.require_digest.unwrap_or(false);
         rules.limits.merge_file(&file.limits())?;
         render.limits = rules.limits();
+        let create_namespaces = self.create_namespaces || file.create_namespaces.unwrap_or(false);
+        let namespaced = self.namespaced || file.namespaced.unwrap_or(false);
+        if namespaced && rules.allow_namespaces.is_empty() {
+            return Err("--namespaced needs at least one --allow-namespace (config file: allow-namespaces): the namespaces nodewave watches and may write to".into());
+        }
+        if namespaced && create_namespaces {
+            return Err("--namespaced and --create-namespaces exclude each other: in namespaced mode the allowed namespaces must exist (their Roles live there)".into());
+        }
         let log_format = self
             .log_format
             .clone()
@@ -479,7 +495,8 @@ impl RunArgs {
                 .transpose()?
                 .unwrap_or_default(),
             self_heal: !self.no_self_heal && file.self_heal.unwrap_or(true),
-            create_namespaces: self.create_namespaces || file.create_namespaces.unwrap_or(false),
+            create_namespaces,
+            namespaced,
             pool_label: self.pool_label.clone().or(file.pool_label.clone()),
             rollout_interval: self.rollout_interval.or(duration_opt(
                 file.rollout_interval.as_ref(),
@@ -648,6 +665,45 @@ mod tests {
         );
         assert_eq!(r.http.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(r.http, ServerConfig::new(r.http.listen));
+    }
+
+    #[test]
+    fn namespaced_mode_needs_allowed_namespaces_and_no_namespace_creation() {
+        let t = T::parse_from(["x", "--repo", "file:///r", "--namespaced"]);
+        let e = t.run.resolve().unwrap_err();
+        assert!(
+            e.contains("--namespaced needs at least one --allow-namespace"),
+            "{e}"
+        );
+        let t = T::parse_from([
+            "x",
+            "--repo",
+            "file:///r",
+            "--namespaced",
+            "--allow-namespace",
+            "logging",
+            "--create-namespaces",
+        ]);
+        let e = t.run.resolve().unwrap_err();
+        assert!(e.contains("exclude each other"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("nodewave.toml");
+        std::fs::write(
+            &cfg,
+            "repo = \"file:///r\"\nnamespaced = true\nallow-namespaces = [\"logging\", \"monitoring\"]\n",
+        )
+        .unwrap();
+        let r = T::parse_from(["x", "--config", cfg.to_str().unwrap()])
+            .run
+            .resolve()
+            .unwrap();
+        assert!(r.namespaced);
+        assert_eq!(r.rules.allow_namespaces, vec!["logging", "monitoring"]);
+        let r = T::parse_from(["x", "--repo", "file:///r"])
+            .run
+            .resolve()
+            .unwrap();
+        assert!(!r.namespaced);
     }
 
     #[test]

@@ -190,7 +190,13 @@ pub async fn run(args: RunArgs) -> ExitCode {
         st.leader = true;
     }
 
-    let scope = Scope::AllNamespaces;
+    // Namespaced mode: one set of watches per allowed namespace, so Roles in
+    // those namespaces suffice (nodes are always watched cluster-wide).
+    let scope = if cfg.namespaced {
+        Scope::Namespaces(cfg.rules.allow_namespaces.clone())
+    } else {
+        Scope::AllNamespaces
+    };
     let (touch_tx, touch_rx) = mpsc::unbounded_channel::<Touched>();
     let mut watches = Watches::start(
         &client,
@@ -199,7 +205,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
             let _ = touch_tx.send(t);
         }),
     );
-    info!("waiting for the watches to list DaemonSets, pods, nodes and records");
+    info!(scope = ?scope, "waiting for the watches to list DaemonSets, pods, nodes and records");
     tokio::select! {
         () = watches.wait_ready() => {}
         () = shutdown_signal() => return stop(ExitCode::SUCCESS).await,

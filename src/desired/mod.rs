@@ -231,7 +231,10 @@ impl Pipeline {
                     st.rejected_errors.clear();
                     st.applied_commit = Some(commit.to_string());
                     st.applied_signer = signer;
+                    st.warnings = loaded.warnings.iter().map(ToString::to_string).collect();
                 }
+                self.metrics
+                    .set_commit_warnings(loaded.warnings.iter().map(|w| w.check));
                 self.publish(p, tx, loaded, fresh).await;
             }
             Err(e) => {

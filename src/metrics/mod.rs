@@ -17,6 +17,7 @@ mod daemonsets;
 mod objects;
 mod prune;
 mod source;
+mod warnings;
 
 pub use objects::OBJECT_ERROR_REASONS;
 
@@ -147,6 +148,7 @@ struct Inner {
     source: source::SourceMetrics,
     prune: prune::PruneMetrics,
     objects: objects::ObjectMetrics,
+    warnings: warnings::WarningMetrics,
     daemonsets: daemonsets::DaemonSets,
     controller: ControllerMetrics,
 }
@@ -188,6 +190,7 @@ impl Metrics {
         let source = source::SourceMetrics::register(&mut registry);
         let prune = prune::PruneMetrics::register(&mut registry);
         let objects = objects::ObjectMetrics::register(&mut registry);
+        let warnings = warnings::WarningMetrics::register(&mut registry);
         let controller = ControllerMetrics::register(&mut registry);
         let daemonsets = daemonsets::DaemonSets::default();
         registry.register_collector(Box::new(daemonsets.clone()));
@@ -197,6 +200,7 @@ impl Metrics {
                 source,
                 prune,
                 objects,
+                warnings,
                 daemonsets,
                 controller,
             }),
@@ -274,6 +278,11 @@ impl Metrics {
     /// (0 when its prune is allowed or there is nothing to prune).
     pub fn set_prune_held_back(&self, daemonsets: usize) {
         self.inner.prune.held_back(daemonsets);
+    }
+
+    /// The current desired commit's best-practice warnings (their check ids).
+    pub fn set_commit_warnings<'a>(&self, checks: impl IntoIterator<Item = &'a str>) {
+        self.inner.warnings.set(checks);
     }
 
     // ---------------------------------------------------- companion objects
