@@ -26,6 +26,7 @@ fn nodewave(args: &[&str]) -> (i32, String, String) {
         .args(args)
         .env_remove("KUBECONFIG")
         .env_remove("NODEWAVE_ALLOW_NAMESPACES")
+        .env_remove("NODEWAVE_ALLOW_PROMETHEUS_URLS")
         .current_dir(root())
         .output()
         .unwrap();
@@ -41,6 +42,12 @@ fn flags_for(check: &str) -> Vec<&'static str> {
     match check {
         "namespace-not-allowed" => vec!["--allow-namespace", "monitoring"],
         "image-digest" => vec!["--require-digest"],
+        "prometheus-url-not-allowed" => {
+            vec![
+                "--allow-prometheus-url",
+                "http://prometheus.monitoring:9090",
+            ]
+        }
         _ => vec![],
     }
 }
@@ -50,6 +57,9 @@ fn options_for(check: &str) -> LoadOptions {
     match check {
         "namespace-not-allowed" => opts.allowed_namespaces = vec!["monitoring".into()],
         "image-digest" => opts.require_digest = true,
+        "prometheus-url-not-allowed" => {
+            opts.allowed_prometheus_urls = vec!["http://prometheus.monitoring:9090".into()];
+        }
         _ => {}
     }
     opts
@@ -58,12 +68,36 @@ fn options_for(check: &str) -> LoadOptions {
 #[test]
 fn valid_fixture_passes() {
     let dir = fixtures().join("valid");
-    let (code, out, err) = nodewave(&["validate", dir.to_str().unwrap()]);
+    let dir = dir.to_str().unwrap();
+    let allow = [
+        "--allow-prometheus-url",
+        "http://prometheus.monitoring:9090",
+    ];
+    let (code, out, err) = nodewave(&["validate", dir, allow[0], allow[1]]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(
         out,
         "ok: 1 file(s), 1 DaemonSet(s), 1 RolloutPolicy(ies), 0 warning(s)\n"
     );
+    // Its Prometheus gate is refused unless the operator allows the URL.
+    let (code, out, err) = nodewave(&["validate", dir]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.starts_with("fluent-bit.yaml:103: error[prometheus-url-not-allowed] ")
+            && out.contains("--allow-prometheus-url http://prometheus.monitoring:9090"),
+        "{out}"
+    );
+    // The same allowlist through the environment (comma-separated).
+    let out = Command::new(env!("CARGO_BIN_EXE_nodewave"))
+        .args(["validate", dir])
+        .env_remove("KUBECONFIG")
+        .env(
+            "NODEWAVE_ALLOW_PROMETHEUS_URLS",
+            "http://other:9090,http://prometheus.monitoring:9090",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
 
 /// Every `invalid/<check>/` directory prints exactly its `expected.txt`, then a

@@ -22,6 +22,9 @@ fn options_for(check: &str) -> LoadOptions {
     match check {
         "namespace-not-allowed" => opts.allowed_namespaces = vec!["monitoring".to_string()],
         "image-digest" => opts.require_digest = true,
+        "prometheus-url-not-allowed" => {
+            opts.allowed_prometheus_urls = vec!["http://prometheus.monitoring:9090".to_string()];
+        }
         _ => {}
     }
     opts
@@ -30,7 +33,18 @@ fn options_for(check: &str) -> LoadOptions {
 #[test]
 fn valid_fixture_loads_without_findings() {
     let files = manifest::read_dir(&fixtures().join("valid"), &Limits::default()).unwrap();
-    let state = manifest::load(&files, &LoadOptions::default()).unwrap();
+    // Its Prometheus gate needs its URL allowed, as `--allow-prometheus-url` does.
+    let opts = LoadOptions {
+        allowed_prometheus_urls: vec!["http://prometheus.monitoring:9090".to_string()],
+        ..LoadOptions::default()
+    };
+    let state = manifest::load(&files, &opts).unwrap();
+    assert_eq!(
+        manifest::load(&files, &LoadOptions::default())
+            .unwrap_err()
+            .reason(),
+        "prometheus-url-not-allowed"
+    );
     assert!(state.warnings.is_empty(), "{:#?}", state.warnings);
     let key = ObjectKey::new("logging", "fluent-bit");
     assert!(state.daemonsets.contains_key(&key));

@@ -3,7 +3,9 @@
 //! JSON-quoted, numbers of any size and sign), validated next to their DaemonSet.
 //! Properties: no panic; an accepted policy has every value within its documented
 //! range, and its stages resolve against any set of nodes with every node in
-//! exactly one stage.
+//! exactly one stage. The policy's own Prometheus URL is allowed when it is a
+//! valid `--allow-prometheus-url` entry (so accepted policies with Prometheus
+//! checks are reached), and an accepted policy's URL passes the allowlist.
 #![no_main]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,7 +16,7 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use nodewave::manifest::adversarial::daemonset;
 use nodewave::manifest::policy::IntOrPercent;
-use nodewave::manifest::{LoadOptions, ManifestFile, ObjectKey, load};
+use nodewave::manifest::{LoadOptions, ManifestFile, ObjectKey, load, prometheus_url};
 use nodewave::rollout::{HealthRules, NodeInfo, resolve_stages};
 
 #[derive(Arbitrary, Debug)]
@@ -156,11 +158,7 @@ fn render(input: &Input) -> String {
         let _ = writeln!(y, "    fatalReasons: [{}]", reasons.join(", "));
     }
     if let Some(p) = &input.prometheus {
-        let url = match &p.port {
-            Some(port) => format!("http://{}:{}", p.url, num(port).trim_matches('"')),
-            None => p.url.clone(),
-        };
-        let _ = writeln!(y, "    prometheus:\n      url: {}", q(&url));
+        let _ = writeln!(y, "    prometheus:\n      url: {}", q(&prom_url(p)));
         if let Some(d) = &p.interval {
             let _ = writeln!(y, "      interval: {}", dur(d));
         }
@@ -195,6 +193,14 @@ fn render(input: &Input) -> String {
     y
 }
 
+/// The policy's Prometheus URL as rendered.
+fn prom_url(p: &PromIn) -> String {
+    match &p.port {
+        Some(port) => format!("http://{}:{}", p.url, num(port).trim_matches('"')),
+        None => p.url.clone(),
+    }
+}
+
 fn count_ok(v: IntOrPercent) -> bool {
     match v {
         IntOrPercent::Count(n) => n <= 100_000,
@@ -213,7 +219,16 @@ fuzz_target!(|input: Input| {
             contents: render(&input),
         },
     ];
-    let state = match load(&files, &LoadOptions::default()) {
+    let opts = LoadOptions {
+        allowed_prometheus_urls: input
+            .prometheus
+            .as_ref()
+            .and_then(|p| prometheus_url::parse_allowed(&prom_url(p)).ok())
+            .into_iter()
+            .collect(),
+        ..LoadOptions::default()
+    };
+    let state = match load(&files, &opts) {
         Ok(state) => state,
         Err(rejected) => {
             for f in &rejected.errors {
@@ -233,6 +248,10 @@ fuzz_target!(|input: Input| {
     }
     assert!(count_ok(spec.rollback.max_unavailable));
     if let Some(p) = &spec.health.prometheus {
+        assert_eq!(
+            prometheus_url::check(&p.url, &opts.allowed_prometheus_urls),
+            Ok(())
+        );
         assert!((Duration::from_secs(1)..=hour).contains(&p.interval));
         assert!(p.unreachable_grace <= 24 * hour);
         for c in &p.checks {

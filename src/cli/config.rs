@@ -227,6 +227,7 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     pub log_level: Option<String>,
     pub allow_namespaces: Option<Vec<String>>,
+    pub allow_prometheus_urls: Option<Vec<String>>,
     pub allow_kinds: Option<Vec<String>>,
     pub severity: Option<std::collections::BTreeMap<String, Severity>>,
     pub require_digest: Option<bool>,
@@ -382,6 +383,17 @@ impl RunArgs {
         let mut rules = self.rules.clone();
         if rules.allow_namespaces.is_empty() {
             rules.allow_namespaces = file.allow_namespaces.clone().unwrap_or_default();
+        }
+        if rules.allow_prometheus_urls.is_empty() {
+            rules.allow_prometheus_urls = file
+                .allow_prometheus_urls
+                .iter()
+                .flatten()
+                .map(|u| {
+                    crate::manifest::prometheus_url::parse_allowed(u)
+                        .map_err(|e| format!("config file: allow-prometheus-urls: {e}"))
+                })
+                .collect::<Result<_, _>>()?;
         }
         if rules.allow_kinds.is_empty() {
             rules.allow_kinds = file.allow_kinds.clone().unwrap_or_default();
@@ -882,6 +894,54 @@ mod tests {
         }
         // Overflowing values are clap errors, not panics.
         assert!(T::try_parse_from(["x", "--poll-interval", "1s18446744073709551615s"]).is_err());
+    }
+
+    #[test]
+    fn prometheus_urls_come_from_the_flag_or_the_file_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("nodewave.toml");
+        std::fs::write(
+            &cfg,
+            "repo = \"file:///r\"\nallow-prometheus-urls = [\"http://prom:9090\", \"https://thanos.example/\"]\n",
+        )
+        .unwrap();
+        let r = T::parse_from(["x", "--config", cfg.to_str().unwrap()])
+            .run
+            .resolve()
+            .unwrap();
+        assert_eq!(
+            r.rules.load_options().allowed_prometheus_urls,
+            vec!["http://prom:9090", "https://thanos.example/"]
+        );
+        let r = T::parse_from([
+            "x",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--allow-prometheus-url",
+            "http://other:9090",
+        ])
+        .run
+        .resolve()
+        .unwrap();
+        assert_eq!(r.rules.allow_prometheus_urls, vec!["http://other:9090"]);
+        let r = T::parse_from(["x", "--repo", "r"]).run.resolve().unwrap();
+        assert!(r.rules.load_options().allowed_prometheus_urls.is_empty());
+        assert!(
+            T::try_parse_from(["x", "--repo", "r", "--allow-prometheus-url", "prom:9090"]).is_err()
+        );
+        std::fs::write(
+            &cfg,
+            "repo = \"r\"\nallow-prometheus-urls = [\"ftp://x\"]\n",
+        )
+        .unwrap();
+        let e = T::parse_from(["x", "--config", cfg.to_str().unwrap()])
+            .run
+            .resolve()
+            .unwrap_err();
+        assert!(
+            e.contains("allow-prometheus-urls") && e.contains("http://"),
+            "{e}"
+        );
     }
 
     #[test]

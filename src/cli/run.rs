@@ -80,12 +80,11 @@ pub async fn run(args: RunArgs) -> ExitCode {
     }
 
     let metrics = Metrics::new();
-    metrics.init_commit_reject_reasons(
-        CHECKS
-            .iter()
-            .map(|c| c.id)
-            .chain(["read-error", crate::verify::REJECT_REASON]),
-    );
+    metrics.init_commit_reject_reasons(CHECKS.iter().map(|c| c.id).chain([
+        "read-error",
+        crate::verify::REJECT_REASON,
+        crate::desired::PANIC_REASON,
+    ]));
     metrics.init_reconcile_error_kinds(controller::ERROR_KINDS.iter().copied());
     let trust = match super::trust::trust_store(cfg.verify_commits, &cfg.trust_files) {
         Ok(t) => t,
@@ -224,12 +223,15 @@ pub async fn run(args: RunArgs) -> ExitCode {
     };
     metrics.watch_daemonsets(watches.stores.clone(), identity_src.clone());
     let cluster = Cluster::new(client.clone(), metrics.clone());
-    let loader = Arc::new(Loader::new(
-        source,
-        cfg.rules.load_options(),
-        cfg.render.clone(),
-        identity_src.clone(),
-    ));
+    let loader = Arc::new(
+        Loader::new(
+            source,
+            cfg.rules.load_options(),
+            cfg.render.clone(),
+            identity_src.clone(),
+        )
+        .with_poisoned_commits(&cfg.state_dir),
+    );
     let (desired_tx, desired_rx) = watch::channel(None);
     let pipeline = Pipeline {
         loader: loader.clone(),

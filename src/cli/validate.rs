@@ -62,6 +62,18 @@ pub struct RuleArgs {
     pub require_digest: bool,
     #[command(flatten)]
     pub limits: LimitArgs,
+    /// Base URL of a Prometheus that RolloutPolicy checks may query, e.g.
+    /// http://prometheus.monitoring:9090 (repeatable). Scheme, host and port
+    /// must be equal, the policy's path at or below this one. Without any, a
+    /// policy with Prometheus checks is rejected [default: none allowed].
+    #[arg(
+        long = "allow-prometheus-url",
+        value_name = "URL",
+        env = "NODEWAVE_ALLOW_PROMETHEUS_URLS",
+        value_delimiter = ',',
+        value_parser = manifest::prometheus_url::parse_allowed
+    )]
+    pub allow_prometheus_urls: Vec<String>,
 }
 
 fn parse_severity(s: &str) -> Result<(String, Severity), String> {
@@ -91,6 +103,7 @@ impl RuleArgs {
             severity_overrides: self.severities.iter().cloned().collect(),
             require_digest: self.require_digest,
             limits: self.limits(),
+            allowed_prometheus_urls: self.allow_prometheus_urls.clone(),
             ..LoadOptions::default()
         }
     }

@@ -2,6 +2,10 @@
 //! clone, validate the whole commit, decorate each DaemonSet for applying. The
 //! last few loaded commits are cached, so a rollback target (the last good
 //! commit) is at hand without reading Git again.
+//!
+//! Validation runs on a blocking thread with its panic caught: a commit that
+//! makes the parser panic is rejected (reason `panic`) and remembered in the
+//! state directory ([`PoisonedCommits`]), so no restart parses it again.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -14,6 +18,11 @@ use crate::manifest::{self, ApplyOrder, Finding, LoadOptions, ObjectKey, ObjectR
 use crate::plan::{DesiredDs, config};
 use crate::render::{self, RenderError, RenderOptions};
 use crate::source::{SourceError, SourceWorker};
+
+use super::poisoned::PoisonedCommits;
+
+/// The rejection reason (metric label) of a commit whose validation panicked.
+pub const PANIC_REASON: &str = "panic";
 
 /// Commits kept loaded: the head, the last good one, a few in between.
 const CACHED_COMMITS: usize = 4;
@@ -60,6 +69,14 @@ pub enum LoadError {
     /// Not signed by a trusted key (`--verify-commits head`).
     #[error("{}", .0.report())]
     Unverified(crate::verify::Unverified),
+    /// Validating the commit panicked, now (`before: false`) or in an earlier
+    /// run (`before: true`, listed in the poisoned-commits file).
+    #[error("{message}")]
+    Panicked {
+        commit: String,
+        message: String,
+        before: bool,
+    },
 }
 
 impl LoadError {
@@ -70,13 +87,16 @@ impl LoadError {
             Self::Render(f) => f.first().map_or(crate::manifest::RENDER_ERROR, |f| f.check),
             Self::Rejected(r) => r.reason(),
             Self::Unverified(_) => crate::verify::REJECT_REASON,
+            Self::Panicked { .. } => PANIC_REASON,
         }
     }
 
     /// One line per problem, for `/status` and logs.
     pub fn messages(&self) -> Vec<String> {
         match self {
-            Self::Read { .. } | Self::Io { .. } | Self::Unverified(_) => vec![self.to_string()],
+            Self::Read { .. } | Self::Io { .. } | Self::Unverified(_) | Self::Panicked { .. } => {
+                vec![self.to_string()]
+            }
             Self::Render(f) => f.iter().map(ToString::to_string).collect(),
             Self::Rejected(r) => r.errors.iter().map(ToString::to_string).collect(),
         }
@@ -85,7 +105,9 @@ impl LoadError {
     /// The findings, for the namespaces they name.
     pub fn findings(&self) -> Vec<&Finding> {
         match self {
-            Self::Read { .. } | Self::Io { .. } | Self::Unverified(_) => Vec::new(),
+            Self::Read { .. } | Self::Io { .. } | Self::Unverified(_) | Self::Panicked { .. } => {
+                Vec::new()
+            }
             Self::Render(f) => f.iter().collect(),
             Self::Rejected(r) => r.errors.iter().chain(&r.warnings).collect(),
         }
@@ -135,6 +157,7 @@ pub struct Loader {
     render: RenderOptions,
     identity: SourceIdentity,
     cache: Mutex<VecDeque<Arc<Loaded>>>,
+    poisoned: PoisonedCommits,
 }
 
 impl Loader {
@@ -150,7 +173,16 @@ impl Loader {
             render,
             identity,
             cache: Mutex::new(VecDeque::new()),
+            poisoned: PoisonedCommits::default(),
         }
+    }
+
+    /// Remembers panicking commits in `<state_dir>/nodewave-poisoned-commits`
+    /// (without this, only for the life of the process).
+    #[must_use]
+    pub fn with_poisoned_commits(mut self, state_dir: &std::path::Path) -> Self {
+        self.poisoned = PoisonedCommits::open(state_dir);
+        self
     }
 
     pub fn source(&self) -> &SourceWorker {
@@ -174,6 +206,17 @@ impl Loader {
     pub async fn load(&self, commit: &str) -> Result<Arc<Loaded>, LoadError> {
         if let Some(l) = self.cached(commit) {
             return Ok(l);
+        }
+        if self.poisoned.contains(commit) {
+            return Err(LoadError::Panicked {
+                commit: commit.to_string(),
+                message: format!(
+                    "validating commit {} panicked in an earlier run ({}), so it is not read again: push a fix or a revert (delete the file to retry it, e.g. after upgrading nodewave)",
+                    crate::record::short(commit),
+                    self.poisoned_file()
+                ),
+                before: true,
+            });
         }
         // Plain YAML as it is, Kustomize and Helm directories rendered (from the
         // local clone: a rollback target is rendered again without the remote).
@@ -199,8 +242,7 @@ impl Loader {
                 commit: commit.to_string(),
                 source,
             })?;
-        let state = manifest::load_with_config(&files, repo_config.as_ref(), &self.options)
-            .map_err(LoadError::Rejected)?;
+        let state = self.validate(commit, files, repo_config).await?;
         let mut objects: BTreeMap<ObjectRef, Arc<DesiredObject>> = state
             .objects
             .into_iter()
@@ -266,6 +308,61 @@ impl Loader {
         cache.truncate(CACHED_COMMITS);
         Ok(loaded)
     }
+
+    /// `manifest::load_with_config` on a blocking thread (it is CPU work on hostile input),
+    /// with a panic caught, reported and remembered instead of unwinding into
+    /// the pipeline.
+    async fn validate(
+        &self,
+        commit: &str,
+        files: Vec<manifest::ManifestFile>,
+        repo_config: Option<manifest::ManifestFile>,
+    ) -> Result<manifest::DesiredState, LoadError> {
+        let options = self.options.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            crate::failpoint::panic_at("validate-panic");
+            manifest::load_with_config(&files, repo_config.as_ref(), &options)
+        });
+        let panic = match job.await {
+            Ok(result) => return result.map_err(LoadError::Rejected),
+            Err(e) => match e.try_into_panic() {
+                Ok(payload) => panic_message(payload.as_ref()),
+                // Cancelled: only when the runtime shuts down.
+                Err(e) => e.to_string(),
+            },
+        };
+        tracing::error!(commit = %crate::record::short(commit), panic = %panic, "validating the commit panicked; it is rejected and remembered so no restart parses it again");
+        let recorded = match self.poisoned.record(commit) {
+            Ok(()) => format!("recorded in {}", self.poisoned_file()),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot remember the panicking commit on disk");
+                format!("not recorded on disk: {e}")
+            }
+        };
+        Err(LoadError::Panicked {
+            commit: commit.to_string(),
+            message: format!(
+                "validating commit {} panicked ({panic}); it is rejected and {recorded}: this is a nodewave bug, please report it with the commit; push a fix or a revert",
+                crate::record::short(commit)
+            ),
+            before: false,
+        })
+    }
+
+    fn poisoned_file(&self) -> String {
+        self.poisoned
+            .path()
+            .map_or_else(|| "in memory".to_string(), |p| p.display().to_string())
+    }
+}
+
+/// The text of a panic payload (`panic!` with a literal or a format string).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// The object nodewave applies for a DaemonSet from Git: the manifest as written,

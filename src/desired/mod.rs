@@ -15,6 +15,7 @@
 //! this: a slow or hanging remote never delays a rollout step or a rollback.
 
 mod load;
+pub mod poisoned;
 pub mod prune_guard;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -33,8 +34,8 @@ use crate::store::Stores;
 use crate::verify::{self, TrustStore};
 
 pub use load::{
-    DesiredObject, LoadError, Loaded, Loader, SourceIdentity, content_hash, decorate, mark,
-    version_configs,
+    DesiredObject, LoadError, Loaded, Loader, PANIC_REASON, SourceIdentity, content_hash, decorate,
+    mark, version_configs,
 };
 pub use prune_guard::{ALLOW_PRUNE_MARKER, PruneLimit, PruneVerdict};
 
@@ -337,6 +338,16 @@ impl Pipeline {
     }
 
     async fn reject(&self, p: &mut Progress, commit: &str, e: &LoadError) {
+        if let LoadError::Panicked {
+            message,
+            before: false,
+            ..
+        } = e
+        {
+            // A bug was hit: fail /healthz so the pod restarts (and a standby
+            // takes over); the restarted process will not parse this commit.
+            self.status.write().await.panicked = Some(message.clone());
+        }
         let errors = e.messages();
         for m in &errors {
             error!(commit = %short(commit), finding = %m, "commit rejected");

@@ -113,6 +113,8 @@ pub const DUPLICATE_NAME: &str = "duplicate-name";
 pub const NAMESPACE_NOT_ALLOWED: &str = "namespace-not-allowed";
 pub const POLICY_TARGET_MISSING: &str = "policy-target-missing";
 pub const INVALID_POLICY: &str = "invalid-policy";
+/// A RolloutPolicy's Prometheus URL is outside `--allow-prometheus-url`.
+pub const PROMETHEUS_URL_NOT_ALLOWED: &str = "prometheus-url-not-allowed";
 pub const RESOURCES_MISSING: &str = "resources-missing";
 pub const PROBES_MISSING: &str = "probes-missing";
 pub const IMAGE_UNPINNED: &str = "image-unpinned";
@@ -210,6 +212,10 @@ pub const CHECKS: &[CheckInfo] = &[
     structural(
         INVALID_POLICY,
         "a RolloutPolicy's stages or health checks are inconsistent",
+    ),
+    structural(
+        PROMETHEUS_URL_NOT_ALLOWED,
+        "a RolloutPolicy's Prometheus URL is not allowed by --allow-prometheus-url (none is by default), or carries credentials, a query or a fragment",
     ),
     practice(
         RESOURCES_MISSING,

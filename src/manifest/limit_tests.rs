@@ -12,11 +12,19 @@ fn file(path: &str, contents: impl Into<String>) -> ManifestFile {
     }
 }
 
-fn with_limits(limits: Limits) -> LoadOptions {
+/// The Prometheus URLs of these policies are allowed (`--allow-prometheus-url`),
+/// so each test sees only the finding it is about.
+fn opts() -> LoadOptions {
     LoadOptions {
-        limits,
+        allowed_prometheus_urls: ["http://p:9090", "http://[::1]:9090", "https://prometheus"]
+            .map(String::from)
+            .to_vec(),
         ..LoadOptions::default()
     }
+}
+
+fn with_limits(limits: Limits) -> LoadOptions {
+    LoadOptions { limits, ..opts() }
 }
 
 /// The single error of a rejected commit.
@@ -52,7 +60,7 @@ fn the_overflowing_duration_is_a_finding_with_its_line() {
     // `nodewave validate`, a panic in the reconciler task).
     let f = only_error(load(
         &policy_commit("  health:\n    readyTimeout: \"1s18446744073709551615s\"\n"),
-        &LoadOptions::default(),
+        &opts(),
     ));
     assert_eq!(f.check, "invalid-object");
     assert_eq!(f.location.to_string(), "policy.yaml:7");
@@ -69,7 +77,7 @@ fn every_bad_number_is_a_finding_never_a_panic() {
             file("ds.yaml", daemonset("ns", "good")),
             file("policy.yaml", policy.clone()),
         ];
-        let rejected = load(&files, &LoadOptions::default()).expect_err(&policy);
+        let rejected = load(&files, &opts()).expect_err(&policy);
         for f in &rejected.errors {
             assert!(f.location.line.is_some(), "{f}");
             // `.nan` and `.inf` are refused by the YAML parser itself.
@@ -132,21 +140,18 @@ fn durations_and_counts_outside_their_range_are_invalid_policies() {
         ),
     ];
     for (spec, line, needle) in cases {
-        let f = only_error(load(&policy_commit(spec), &LoadOptions::default()));
+        let f = only_error(load(&policy_commit(spec), &opts()));
         assert_eq!(f.check, "invalid-policy", "{spec}: {f}");
         assert_eq!(f.location.line, Some(line), "{spec}: {f}");
         assert!(f.message.contains(needle), "{spec}: {needle}: {f}");
     }
     for ok in [
         "  health:\n    prometheus:\n      url: http://[::1]:9090\n      checks: [{name: c, query: q, max: 1}]\n",
-        "  health:\n    prometheus:\n      url: https://u@prometheus:443/api\n      checks: [{name: c, query: q, max: 1}]\n",
+        "  health:\n    prometheus:\n      url: https://prometheus:443/api\n      checks: [{name: c, query: q, max: 1}]\n",
         "  stages: [{name: a, pools: [\"*\"], bake: 720h, nodes: 100000}]\n",
         "  health: {readyTimeout: 24h}\n",
     ] {
-        assert!(
-            load(&policy_commit(ok), &LoadOptions::default()).is_ok(),
-            "{ok}"
-        );
+        assert!(load(&policy_commit(ok), &opts()).is_ok(), "{ok}");
     }
 }
 
@@ -159,7 +164,7 @@ fn non_finite_thresholds_are_refused_with_their_line() {
         let spec = format!(
             "  health:\n    prometheus:\n      url: http://p:9090\n      checks:\n        - {{name: c, query: q, max: {value}}}\n"
         );
-        let f = only_error(load(&policy_commit(&spec), &LoadOptions::default()));
+        let f = only_error(load(&policy_commit(&spec), &opts()));
         assert_eq!(f.location.line, Some(10), "{f}");
         assert!(f.message.contains(needle), "{f}");
     }
@@ -188,10 +193,7 @@ fn ports_outside_1_to_65535_are_invalid_objects_with_their_line() {
             "readinessProbe port 65536",
         ),
     ] {
-        let f = only_error(load(
-            &[file("ds.yaml", ds.replace(from, to))],
-            &LoadOptions::default(),
-        ));
+        let f = only_error(load(&[file("ds.yaml", ds.replace(from, to))], &opts()));
         assert_eq!(f.check, "invalid-object", "{f}");
         assert_eq!(f.location.line, Some(line), "{f}");
         assert!(f.message.contains(needle), "{needle}: {f}");
@@ -308,10 +310,7 @@ fn per_document_limits_name_the_line() {
 fn alias_bombs_are_bounded_by_the_node_limit_after_expansion() {
     // 10^9 scalars once expanded, from 400 bytes: the line index sees 100 nodes and
     // 90 aliases; serde-saphyr's budget stops the expansion.
-    let f = only_error(load(
-        &[file("lol.yaml", alias_bomb(9, 10))],
-        &LoadOptions::default(),
-    ));
+    let f = only_error(load(&[file("lol.yaml", alias_bomb(9, 10))], &opts()));
     assert_limit(&f, Limit::Nodes, f.location.to_string().as_str());
     assert!(f.location.line.is_some(), "{f}");
     assert!(f.message.contains("after alias expansion"), "{f}");
@@ -377,7 +376,7 @@ fn a_separator_storm_is_cheap_and_loses_nothing() {
         daemonset("ns", "a"),
         adversarial::separator_storm(100_000)
     );
-    let state = load(&[file("storm.yaml", storm)], &LoadOptions::default()).unwrap();
+    let state = load(&[file("storm.yaml", storm)], &opts()).unwrap();
     let ds = &state.daemonsets[&ObjectKey::new("ns", "a")];
     assert_eq!(ds.location, Location::new("storm.yaml", Some(100_001)));
 }
@@ -387,7 +386,7 @@ fn thousands_of_duplicates_keep_each_message_short() {
     let files: Vec<ManifestFile> = (0..500)
         .map(|i| file(&format!("d{i:04}.yaml"), daemonset("ns", "same")))
         .collect();
-    let rejected = load(&files, &LoadOptions::default()).unwrap_err();
+    let rejected = load(&files, &opts()).unwrap_err();
     assert_eq!(rejected.errors.len(), 500);
     let longest = rejected.errors.iter().map(|f| f.message.len()).max();
     assert!(longest < Some(400), "{:?}", rejected.errors[0]);
@@ -401,7 +400,7 @@ fn thousands_of_duplicates_keep_each_message_short() {
 #[test]
 fn the_catalogue_of_hostile_commits_is_rejected_as_documented() {
     for commit in adversarial::catalogue("ns") {
-        match (load(&commit.files, &LoadOptions::default()), commit.check) {
+        match (load(&commit.files, &opts()), commit.check) {
             (Ok(state), None) => {
                 assert!(state.daemonsets.contains_key(&ObjectKey::new("ns", "good")));
             }

@@ -16,6 +16,7 @@ pub mod objects;
 pub mod policy;
 mod policy_rules;
 mod ports;
+pub mod prometheus_url;
 pub mod repo_config;
 
 use std::collections::BTreeMap;
@@ -78,6 +79,9 @@ pub struct LoadOptions {
     pub require_digest: bool,
     /// Size limits on the commit, its files and its documents.
     pub limits: Limits,
+    /// `--allow-prometheus-url`: base URLs a RolloutPolicy's Prometheus checks
+    /// may query (see [`prometheus_url`]); empty allows none.
+    pub allowed_prometheus_urls: Vec<String>,
     /// Kinds of companion objects nodewave may manage (`Kind`, `Kind.group`,
     /// `*.group`); empty means [`DEFAULT_ALLOWED_KINDS`].
     pub allowed_kinds: Vec<String>,
@@ -94,6 +98,7 @@ impl Default for LoadOptions {
             severity_overrides: BTreeMap::new(),
             require_digest: false,
             limits: Limits::default(),
+            allowed_prometheus_urls: Vec::new(),
             allowed_kinds: Vec::new(),
             exemptions: Vec::new(),
         }

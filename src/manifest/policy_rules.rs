@@ -6,7 +6,10 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::daemonset::{dns_label, dns_subdomain};
-use super::findings::{INVALID_OBJECT, INVALID_POLICY, NAMESPACE_NOT_ALLOWED, UNKNOWN_FIELD};
+use super::findings::{
+    INVALID_OBJECT, INVALID_POLICY, NAMESPACE_NOT_ALLOWED, PROMETHEUS_URL_NOT_ALLOWED,
+    UNKNOWN_FIELD,
+};
 use super::lines::Path;
 use super::policy::RolloutPolicy;
 use super::{Doc, LoadOptions, Location, ObjectKey, Report};
@@ -113,6 +116,18 @@ pub(crate) fn check(
 
     for (path, message) in semantic_errors(&policy) {
         report.add(INVALID_POLICY, doc.location(&path), object, message);
+    }
+    // A URL that is not even well-formed is reported by invalid-policy above.
+    if let Some(prom) = &policy.spec.health.prometheus
+        && check_url(&prom.url).is_ok()
+        && let Err(message) = super::prometheus_url::check(&prom.url, &opts.allowed_prometheus_urls)
+    {
+        report.add(
+            PROMETHEUS_URL_NOT_ALLOWED,
+            doc.location(&Path::parse("spec.health.prometheus.url")),
+            object,
+            message,
+        );
     }
 
     Some(LoadedPolicy {

@@ -68,8 +68,13 @@ fn run(contents: &str) -> Result<DesiredState, Rejected> {
     run_with(contents, &LoadOptions::default())
 }
 
+/// `POLICY`'s Prometheus is allowed unless a test sets its own allowlist.
 fn run_with(contents: &str, opts: &LoadOptions) -> Result<DesiredState, Rejected> {
-    load(&[file("ds.yaml", contents)], opts)
+    let mut opts = opts.clone();
+    if opts.allowed_prometheus_urls.is_empty() {
+        opts.allowed_prometheus_urls = vec!["http://prometheus.monitoring:9090".into()];
+    }
+    load(&[file("ds.yaml", contents)], &opts)
 }
 
 /// All findings (errors and warnings) of one check.
