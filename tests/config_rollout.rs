@@ -106,7 +106,14 @@ async fn a_config_change_rolls_out_stage_by_stage_and_a_bad_one_is_rolled_back()
     );
     let _nw = Nodewave::start(
         &repo.url(),
-        &["--poll-interval", "1s", "--allow-namespace", &env.ns],
+        &[
+            "--poll-interval",
+            "1s",
+            "--allow-namespace",
+            &env.ns,
+            "--allow-prometheus-url",
+            &prom.url,
+        ],
     )
     .await;
     wait_phase(&env, "AwaitingApproval").await;
@@ -161,6 +168,8 @@ async fn a_config_change_rolls_out_stage_by_stage_and_a_bad_one_is_rolled_back()
         "--paths-only",
         "--allow-namespace",
         &env.ns,
+        "--allow-prometheus-url",
+        &prom.url,
     ]);
     eprintln!("nodewave diff:\n{out}");
     assert_eq!(code, 1, "{out}");
