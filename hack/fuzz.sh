@@ -24,7 +24,7 @@ root=$PWD
 seconds=${1:-60}
 runs=${FUZZ_RUNS:--1}
 shift || true
-all_targets=(numbers manifest_load policy known_hosts url_redaction webhook)
+all_targets=(numbers manifest_load policy known_hosts url_redaction webhook record_decode)
 if [[ $# -gt 0 ]]; then targets=("$@"); else targets=("${all_targets[@]}"); fi
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
