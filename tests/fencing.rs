@@ -84,14 +84,17 @@ async fn two_processes_on_one_record_never_both_act() {
     let api: Api<DaemonSetRollout> = Api::namespaced(env.client.clone(), &env.ns);
     let stale = wait_for(
         "the rollout of v2 started",
-        Duration::from_mins(1),
+        Duration::from_mins(2),
         || async {
             let r = api.get("agent").await.unwrap();
             let st = r.status.clone().unwrap_or_default();
             if st.applied_commit.as_deref() == Some(c2.as_str()) && st.rollout_phase == "Updating" {
                 Ok(Some(r))
             } else {
-                Err(format!("{} {}", st.phase, st.rollout_phase))
+                Err(format!(
+                    "{} {} (applied {:?})",
+                    st.phase, st.rollout_phase, st.applied_commit
+                ))
             }
         },
     )
