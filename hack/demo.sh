@@ -187,7 +187,7 @@ watch_until() {
 all_synced() {
   local n
   n=$(nw status --kubeconfig "$kubeconfig" 2>/dev/null | awk '$2 == "Synced"' | wc -l)
-  [ "$n" -eq 3 ]
+  [ "$n" -eq 5 ]
 }
 
 # is DS STATUS [COMMIT]: the DaemonSet has that status (and that applied commit).
@@ -260,6 +260,12 @@ start_cluster() {
   cluster_sh up 2>&1 | sed 's/^/    /' || die "hack/cluster.sh up failed"
   [ -f "$kubeconfig" ] || die "no kubeconfig at $kubeconfig after hack/cluster.sh up"
   bin="$("$here/build-binaries.sh" 2>/dev/null | tail -n 1)"
+  # nodewave renders the Kustomize overlay and the Helm chart with the upstream
+  # tools (built once from the Go module proxy, cached like the control plane).
+  local renderers
+  renderers="$("$here/build-renderers.sh" 2>/dev/null | tail -n 1)" || die "hack/build-renderers.sh failed"
+  [ -x "$renderers/helm" ] && [ -x "$renderers/kustomize" ] || die "helm and kustomize not found in $renderers"
+  export PATH="$renderers:$PATH"
   [ -x "$bin/kubectl" ] || die "kubectl not found in $bin"
   kubectl get nodes -L nodewave.io/pool | sed 's/^/    /'
 }
@@ -308,7 +314,7 @@ start_nodewave() {
 }
 
 first_sync() {
-  step "First sync: nodewave applies the three DaemonSets, following each policy"
+  step "First sync: nodewave applies the five DaemonSets (three plain files, a Kustomize overlay, a Helm chart), following each policy"
   say "New DaemonSets start on every node at once, but nodewave still walks the stages" \
     "(and bakes) before calling them Synced."
   watch_until 180 "" "every DaemonSet Synced" all_synced
