@@ -35,7 +35,7 @@ use crate::cluster::ClusterError;
 use crate::cluster::dynamic::ServedKind;
 use crate::desired::{Desired, DesiredObject};
 use crate::keys;
-use crate::manifest::objects::PRUNABLE_KINDS;
+use crate::manifest::objects::{PRUNABLE_KINDS, defined_kind};
 use crate::manifest::{ApplyOrder, ObjectRef};
 use crate::plan::objects::{LiveObject, ObjectStep, meta_maps, step, template_configs, to_prune};
 
@@ -220,13 +220,7 @@ async fn sync(
         .objects
         .values()
         .filter(|o| o.reference.kind == "CustomResourceDefinition")
-        .filter_map(|o| {
-            let spec = o.object.get("spec")?;
-            Some((
-                spec.get("group")?.as_str()?.to_string(),
-                spec.pointer("/names/kind")?.as_str()?.to_string(),
-            ))
-        })
+        .filter_map(|o| defined_kind(&o.object).map(|(defines, _)| defines))
         .collect();
     for o in ordered {
         ctx.fence.check().map_err(|_| SyncError::NotLeader)?;
