@@ -74,8 +74,11 @@ struct Caches {
     failures: HashMap<ObjectKey, u32>,
     /// Invalid records already reported (key → resourceVersion).
     invalid_reported: HashMap<ObjectKey, String>,
-    /// (ancestor, descendant) → is ancestor-or-equal.
+    /// (ancestor, descendant) → is ancestor-or-equal (commit graphs never change).
     ancestry: HashMap<(String, String), bool>,
+    /// (key, recorded commit) → when this replica first found the record naming
+    /// a commit its clone does not have.
+    unknown_since: HashMap<(ObjectKey, String), std::time::Instant>,
 }
 
 pub struct Context {

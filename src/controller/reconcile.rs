@@ -16,7 +16,7 @@ use crate::desired::LoadError;
 use crate::diff::{self, Difference};
 use crate::manifest::ObjectKey;
 use crate::plan::{
-    self, Act, Count, Decision, DesiredDs, Inputs, Line, LiveDs, Need, Plan, RecordView,
+    self, Act, Count, Decision, DesiredDs, Inputs, Line, Lineage, LiveDs, Need, Plan, RecordView,
 };
 use crate::record::client::WriteError;
 use crate::record::{self, DaemonSetRollout, RecordState, Work, legacy};
@@ -145,7 +145,7 @@ struct Fetched {
     revision: Option<String>,
     rollback_target: Option<Arc<DesiredDs>>,
     prometheus: Option<(PromOutcome, usize)>,
-    ancestry: Option<bool>,
+    lineage: Option<Lineage>,
 }
 
 /// Reconciles `key`; returns when to look again (unix ms), if at all.
@@ -260,7 +260,8 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Option<i64>, Re
                     revision: fetched.revision.as_deref(),
                     rollback_target: fetched.rollback_target.as_deref(),
                     prometheus: fetched.prometheus.clone(),
-                    ancestry: fetched.ancestry,
+                    lineage: fetched.lineage,
+                    snapshot_commit: snapshot.commit(),
                 };
                 plan::decide(&inputs)
             };
@@ -326,7 +327,8 @@ fn inputs_for_invalid<'a>(ctx: &'a Context, key: &'a ObjectKey, e: &'a str) -> I
         revision: None,
         rollback_target: None,
         prometheus: None,
-        ancestry: None,
+        lineage: None,
+        snapshot_commit: "",
     }
 }
 
@@ -410,25 +412,65 @@ async fn supply(
             let outcome = ctx.prom.evaluate(key, r, spec, &nodes, now_ms()).await;
             f.prometheus = Some((outcome, r.stage));
         }
-        Need::Ancestry { applied, desired } => {
-            let k = (applied.clone(), desired.clone());
-            let cached = ctx.caches().ancestry.get(&k).copied();
-            let v = if let Some(v) = cached {
-                v
-            } else {
-                let v = ctx
-                    .loader
-                    .source()
-                    .is_ancestor(applied.clone(), desired.clone())
-                    .await
-                    .unwrap_or(false);
-                ctx.caches().ancestry.insert(k, v);
-                v
-            };
-            f.ancestry = Some(v);
+        Need::Lineage { recorded, snapshot } => {
+            f.lineage = Some(lineage(ctx, key, recorded, snapshot).await);
         }
     }
     Ok(())
+}
+
+/// How `recorded` (the record's commit) relates to `snapshot` (this replica's
+/// desired commit); see [`Lineage`]. Git lookups in the local clone only.
+async fn lineage(ctx: &Context, key: &ObjectKey, recorded: &str, snapshot: &str) -> Lineage {
+    let source = ctx.loader.source();
+    let k = (recorded.to_string(), snapshot.to_string());
+    let cached = ctx.caches().ancestry.get(&k).copied();
+    let ancestor = match cached {
+        Some(v) => v,
+        None => {
+            // An error means `recorded` is not in the clone: not an ancestor of
+            // `snapshot`, whose history the clone has in full.
+            let v = source
+                .is_ancestor(k.0.clone(), k.1.clone())
+                .await
+                .unwrap_or(false);
+            ctx.caches().ancestry.insert(k, v);
+            v
+        }
+    };
+    if ancestor {
+        return Lineage::Ancestor;
+    }
+    let head = source.head();
+    let in_head = match head {
+        Some(h) => source.is_ancestor(recorded.to_string(), h).await.ok(),
+        None => None,
+    };
+    match in_head {
+        // Fetched already, the desired state not loaded from it yet.
+        Some(true) => Lineage::Ahead,
+        Some(false) => Lineage::Rewritten,
+        None => {
+            // Not in the clone. It was on the remote before the record named it,
+            // so a fetch that started after this replica saw the record would
+            // have brought it, unless the branch was rewritten since.
+            let first_seen = *ctx
+                .caches()
+                .unknown_since
+                .entry((key.clone(), recorded.to_string()))
+                .or_insert_with(std::time::Instant::now);
+            if source.last_fetch_started().is_some_and(|t| t > first_seen) {
+                Lineage::Rewritten
+            } else {
+                tracing::debug!(
+                    recorded = %record::short(recorded),
+                    snapshot = %record::short(snapshot),
+                    "the record names a commit this replica has not fetched yet; waiting"
+                );
+                Lineage::Ahead
+            }
+        }
+    }
 }
 
 /// Carries out a plan: the record write first, then the actions in order.

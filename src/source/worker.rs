@@ -10,7 +10,7 @@
 //! The thread ends when the last handle is dropped.
 
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -43,6 +43,8 @@ enum Request {
 pub struct SourceWorker {
     tx: mpsc::Sender<Request>,
     head: watch::Receiver<Option<String>>,
+    /// When the last successful fetch started.
+    fetched: watch::Receiver<Option<Instant>>,
 }
 
 impl SourceWorker {
@@ -55,14 +57,19 @@ impl SourceWorker {
     pub fn spawn(source: GitSource) -> Result<Self, SourceError> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let (head_tx, head_rx) = watch::channel(source.head());
+        let (fetched_tx, fetched_rx) = watch::channel(None);
         std::thread::Builder::new()
             .name("nodewave-git".to_owned())
-            .spawn(move || run(source, rx, &head_tx))
+            .spawn(move || run(source, rx, &head_tx, &fetched_tx))
             .map_err(|e| SourceError::Git {
                 context: "cannot start the git worker thread".to_owned(),
                 cause: e.to_string(),
             })?;
-        Ok(Self { tx, head: head_rx })
+        Ok(Self {
+            tx,
+            head: head_rx,
+            fetched: fetched_rx,
+        })
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, SourceError> {
@@ -149,6 +156,12 @@ impl SourceWorker {
         self.head.borrow().clone()
     }
 
+    /// When the last successful fetch of this process started (`None` before
+    /// the first): everything pushed before that instant was seen by it.
+    pub fn last_fetch_started(&self) -> Option<Instant> {
+        *self.fetched.borrow()
+    }
+
     /// Watch the head: changes after each fetch that moved it.
     pub fn subscribe_head(&self) -> watch::Receiver<Option<String>> {
         self.head.clone()
@@ -159,6 +172,7 @@ fn run(
     mut source: GitSource,
     mut rx: mpsc::Receiver<Request>,
     head_tx: &watch::Sender<Option<String>>,
+    fetched_tx: &watch::Sender<Option<Instant>>,
 ) {
     let mut deferred: VecDeque<Request> = VecDeque::new();
     loop {
@@ -180,8 +194,10 @@ fn run(
                         other => deferred.push_back(other),
                     }
                 }
+                let started = Instant::now();
                 let result = source.fetch();
                 if let Ok(outcome) = &result {
+                    fetched_tx.send_replace(Some(started));
                     head_tx.send_if_modified(|h| {
                         let new = Some(outcome.head.clone());
                         if *h == new {
