@@ -425,18 +425,17 @@ async fn lineage(ctx: &Context, key: &ObjectKey, recorded: &str, snapshot: &str)
     let source = ctx.loader.source();
     let k = (recorded.to_string(), snapshot.to_string());
     let cached = ctx.caches().ancestry.get(&k).copied();
-    let ancestor = match cached {
-        Some(v) => v,
-        None => {
-            // An error means `recorded` is not in the clone: not an ancestor of
-            // `snapshot`, whose history the clone has in full.
-            let v = source
-                .is_ancestor(k.0.clone(), k.1.clone())
-                .await
-                .unwrap_or(false);
-            ctx.caches().ancestry.insert(k, v);
-            v
-        }
+    let ancestor = if let Some(v) = cached {
+        v
+    } else {
+        // An error means `recorded` is not in the clone: not an ancestor of
+        // `snapshot`, whose history the clone has in full.
+        let v = source
+            .is_ancestor(k.0.clone(), k.1.clone())
+            .await
+            .unwrap_or(false);
+        ctx.caches().ancestry.insert(k, v);
+        v
     };
     if ancestor {
         return Lineage::Ancestor;

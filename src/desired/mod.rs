@@ -146,6 +146,7 @@ impl Pipeline {
         match result {
             Ok(outcome) => {
                 p.fetch_failures = 0;
+                self.loader.source().note_fetch(started, &outcome.head);
                 self.metrics.set_git_head(&outcome.head);
                 if outcome.forced {
                     self.metrics.git_force_push();

@@ -10,6 +10,7 @@
 //! The thread ends when the last handle is dropped.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -42,9 +43,9 @@ enum Request {
 #[derive(Clone, Debug)]
 pub struct SourceWorker {
     tx: mpsc::Sender<Request>,
-    head: watch::Receiver<Option<String>>,
+    head: Arc<watch::Sender<Option<String>>>,
     /// When the last successful fetch started.
-    fetched: watch::Receiver<Option<Instant>>,
+    fetched: Arc<watch::Sender<Option<Instant>>>,
 }
 
 impl SourceWorker {
@@ -56,8 +57,9 @@ impl SourceWorker {
     /// Starts the worker thread around an opened source.
     pub fn spawn(source: GitSource) -> Result<Self, SourceError> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let (head_tx, head_rx) = watch::channel(source.head());
-        let (fetched_tx, fetched_rx) = watch::channel(None);
+        let head = Arc::new(watch::Sender::new(source.head()));
+        let fetched = Arc::new(watch::Sender::new(None));
+        let (head_tx, fetched_tx) = (head.clone(), fetched.clone());
         std::thread::Builder::new()
             .name("nodewave-git".to_owned())
             .spawn(move || run(source, rx, &head_tx, &fetched_tx))
@@ -65,11 +67,7 @@ impl SourceWorker {
                 context: "cannot start the git worker thread".to_owned(),
                 cause: e.to_string(),
             })?;
-        Ok(Self {
-            tx,
-            head: head_rx,
-            fetched: fetched_rx,
-        })
+        Ok(Self { tx, head, fetched })
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, SourceError> {
@@ -162,9 +160,15 @@ impl SourceWorker {
         *self.fetched.borrow()
     }
 
+    /// Records a successful fetch made elsewhere into the same clone (the fetch
+    /// child process of `crate::source::fetch_process`).
+    pub fn note_fetch(&self, started: Instant, head: &str) {
+        note_fetch(&self.head, &self.fetched, started, head);
+    }
+
     /// Watch the head: changes after each fetch that moved it.
     pub fn subscribe_head(&self) -> watch::Receiver<Option<String>> {
-        self.head.clone()
+        self.head.subscribe()
     }
 }
 
@@ -197,16 +201,7 @@ fn run(
                 let started = Instant::now();
                 let result = source.fetch();
                 if let Ok(outcome) = &result {
-                    fetched_tx.send_replace(Some(started));
-                    head_tx.send_if_modified(|h| {
-                        let new = Some(outcome.head.clone());
-                        if *h == new {
-                            false
-                        } else {
-                            *h = new;
-                            true
-                        }
-                    });
+                    note_fetch(head_tx, fetched_tx, started, &outcome.head);
                 }
                 for waiter in waiters {
                     // A caller that gave up (timeout, shutdown) is fine.
@@ -240,6 +235,23 @@ fn run(
         }
     }
     tracing::debug!("git worker stopped: all handles dropped");
+}
+
+fn note_fetch(
+    head_tx: &watch::Sender<Option<String>>,
+    fetched_tx: &watch::Sender<Option<Instant>>,
+    started: Instant,
+    head: &str,
+) {
+    fetched_tx.send_replace(Some(started));
+    head_tx.send_if_modified(|h| {
+        if h.as_deref() == Some(head) {
+            false
+        } else {
+            *h = Some(head.to_string());
+            true
+        }
+    });
 }
 
 /// Delay before retry number `attempt` (0-based) after a failed fetch:
