@@ -174,10 +174,10 @@ async fn a_replica_with_an_older_commit_never_moves_the_cluster_back() {
     let records = watcher.stop();
     let stages: Vec<Vec<String>> = POOLS.iter().map(|p| pool_nodes(&nodes, p)).collect();
     assert_staged(&replay(&records, &stages, V2), &stages, &[1, 1, 1]);
-    assert_eq!(
-        deletes(&lagging).await,
-        0.0,
-        "the lagging replica replaced pods:\n{}",
+    let lagging_deletes = deletes(&lagging).await;
+    assert!(
+        lagging_deletes < 0.5,
+        "the lagging replica replaced {lagging_deletes} pods:\n{}",
         lagging.logs()
     );
     // And it keeps its hands off afterwards: c2 stays applied and synced.
