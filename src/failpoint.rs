@@ -5,8 +5,9 @@
 //!
 //! Points: `after-record-write` (a record write succeeded, its actions not yet
 //! run), `after-apply` (a template was applied), `after-pod-delete`; and
-//! `validate-panic`, which panics (see [`panic_at`]) while a commit is
-//! validated, as a parser bug on hostile input would.
+//! `validate-panic` and `load-panic`, which panic (see [`panic_at`]) while a
+//! commit is validated or, after validation, decorated for applying, as a bug
+//! hit by hostile input would.
 
 /// Aborts the process at point `name` when `NODEWAVE_FAILPOINT` selects it.
 #[cfg(debug_assertions)]

@@ -1,7 +1,8 @@
 //! nodewave restarted while the newest commit is invalid keeps the cluster on
 //! the last valid commit it applied: drift is still healed. A commit whose
-//! validation panicked (the `validate-panic` failpoint) is rejected, fails
-//! `/healthz`, and is not parsed again by the restarted process.
+//! validation panicked (the `validate-panic` failpoint), or whose reading panicked
+//! after it (`load-panic`), is rejected, fails `/healthz`, and is not parsed again
+//! by the restarted process.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // integration test crate: panics are test failures
 
 mod support;
@@ -124,7 +125,18 @@ async fn healthz(nw: &Nodewave) -> (u16, String) {
 
 #[tokio::test]
 async fn a_commit_whose_validation_panicked_is_rejected_and_not_parsed_again_after_a_restart() {
-    let mut env = TestEnv::new("restart-panic").await;
+    panicking_commit("validate-panic", "restart-panic").await;
+}
+
+/// The same for a panic after validation (rendering, decorating, config copies),
+/// which runs on the pipeline's own task.
+#[tokio::test]
+async fn a_commit_whose_loading_panicked_after_validation_is_rejected_the_same_way() {
+    panicking_commit("load-panic", "restart-loadpanic").await;
+}
+
+async fn panicking_commit(failpoint: &str, name: &str) {
+    let mut env = TestEnv::new(name).await;
     let nodes = env.create_nodes(&["pool-a"], 2).await;
     let repo = GitRepo::new();
     let v1 = "registry.example/agent:1.0.0";
@@ -139,7 +151,8 @@ async fn a_commit_whose_validation_panicked_is_rejected_and_not_parsed_again_aft
     // The next process panics in its second validation (the first is the
     // local head, v1): the new commit, a valid one (the panic stands for a
     // parser bug on hostile input).
-    nw.set_env("NODEWAVE_FAILPOINT", Some("validate-panic:2"));
+    let nth = format!("{failpoint}:2");
+    nw.set_env("NODEWAVE_FAILPOINT", Some(&nth));
     let poisoned = repo.commit("v2", &[("agent.yaml", Some(&ds_yaml(&env, "agent", v2)))]);
     nw.restart_maybe_unhealthy().await;
     let (code, body) = wait_for(
@@ -161,7 +174,7 @@ async fn a_commit_whose_validation_panicked_is_rejected_and_not_parsed_again_aft
     assert_eq!(st["rejected_commit"], json!(poisoned), "{st}");
     let errors = st["rejected_errors"].to_string();
     assert!(
-        errors.contains("panicked (failpoint validate-panic reached"),
+        errors.contains(&format!("panicked (failpoint {failpoint} reached")),
         "{errors}"
     );
     let file = nw.state_dir().join("nodewave-poisoned-commits");

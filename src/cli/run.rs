@@ -247,7 +247,12 @@ pub async fn run(args: RunArgs) -> ExitCode {
         trust,
         prune: cfg.prune.then_some(cfg.prune_limit),
     };
-    let pipeline_task = tokio::spawn(pipeline.run(desired_tx, shutdown_rx.clone()));
+    let pipeline_task = crate::service::spawn_supervised(
+        "desired-state pipeline",
+        status.clone(),
+        metrics.clone(),
+        pipeline.run(desired_tx, shutdown_rx.clone()),
+    );
     let ctx = controller::Context::new(
         controller::Config {
             identity: identity_src.clone(),
@@ -269,11 +274,16 @@ pub async fn run(args: RunArgs) -> ExitCode {
         watches.stores.clone(),
         desired_rx,
         loader,
-        metrics,
-        status,
+        metrics.clone(),
+        status.clone(),
         fence,
     );
-    let controller_task = tokio::spawn(controller::run(ctx, touch_rx, shutdown_rx.clone()));
+    let controller_task = crate::service::spawn_supervised(
+        "controller",
+        status,
+        metrics,
+        controller::run(ctx, touch_rx, shutdown_rx.clone()),
+    );
 
     let mut exit = ExitCode::SUCCESS;
     if let Some(l) = leadership.as_mut() {

@@ -212,9 +212,12 @@ pub async fn run(
     mut touched: mpsc::UnboundedReceiver<Touched>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let (status, metrics) = (ctx.status.clone(), ctx.metrics.clone());
+    let supervised = |name| (name, status.clone(), metrics.clone());
     let dispatcher = {
         let ctx = ctx.clone();
-        tokio::spawn(async move {
+        let (name, status, metrics) = supervised("watch-event dispatcher");
+        crate::service::spawn_supervised(name, status, metrics, async move {
             while let Some(t) = touched.recv().await {
                 match t {
                     Touched::DaemonSet(k) => ctx.queue.touch(k),
@@ -230,7 +233,8 @@ pub async fn run(
     let desired_watch = {
         let ctx = ctx.clone();
         let mut rx = ctx.desired.clone();
-        tokio::spawn(async move {
+        let (name, status, metrics) = supervised("desired-state dispatcher");
+        crate::service::spawn_supervised(name, status, metrics, async move {
             loop {
                 let keys = ctx.all_keys();
                 let has_desired = rx.borrow().is_some();
@@ -255,7 +259,9 @@ pub async fn run(
             }
         })
     };
-    let companion_task = tokio::spawn(companions::run(ctx.clone()));
+    let (name, status, metrics) = supervised("companion objects");
+    let companion_task =
+        crate::service::spawn_supervised(name, status, metrics, companions::run(ctx.clone()));
     let mut workers = Vec::new();
     for _ in 0..ctx.cfg.workers.max(1) {
         let ctx = ctx.clone();

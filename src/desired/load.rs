@@ -8,8 +8,10 @@
 //! state directory ([`PoisonedCommits`]), so no restart parses it again.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use futures::FutureExt as _;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -17,6 +19,7 @@ use crate::keys;
 use crate::manifest::{self, ApplyOrder, Finding, LoadOptions, ObjectKey, ObjectRef, Rejected};
 use crate::plan::{DesiredDs, config};
 use crate::render::{self, RenderError, RenderOptions};
+use crate::service::panic_message;
 use crate::source::{SourceError, SourceWorker};
 
 use super::poisoned::PoisonedCommits;
@@ -218,6 +221,18 @@ impl Loader {
                 before: true,
             });
         }
+        // Rendering and decorating run on this task: a panic there (a bug hit
+        // by hostile input) is caught here, as one in validation is below.
+        match AssertUnwindSafe(self.load_uncached(commit))
+            .catch_unwind()
+            .await
+        {
+            Ok(result) => result,
+            Err(payload) => Err(self.panicked(commit, &panic_message(payload.as_ref()))),
+        }
+    }
+
+    async fn load_uncached(&self, commit: &str) -> Result<Arc<Loaded>, LoadError> {
         // Plain YAML as it is, Kustomize and Helm directories rendered (from the
         // local clone: a rollback target is rendered again without the remote).
         let files = render::desired_files(&self.source, commit, &self.identity.path, &self.render)
@@ -243,6 +258,7 @@ impl Loader {
                 source,
             })?;
         let state = self.validate(commit, files, repo_config).await?;
+        crate::failpoint::panic_at("load-panic");
         let mut objects: BTreeMap<ObjectRef, Arc<DesiredObject>> = state
             .objects
             .into_iter()
@@ -331,7 +347,13 @@ impl Loader {
                 Err(e) => e.to_string(),
             },
         };
-        tracing::error!(commit = %crate::record::short(commit), panic = %panic, "validating the commit panicked; it is rejected and remembered so no restart parses it again");
+        Err(self.panicked(commit, &panic))
+    }
+
+    /// Reports and remembers a commit whose reading panicked: rejected now, and
+    /// rejected unread after a restart.
+    fn panicked(&self, commit: &str, panic: &str) -> LoadError {
+        tracing::error!(commit = %crate::record::short(commit), panic = %panic, "reading the commit panicked; it is rejected and remembered so no restart parses it again");
         let recorded = match self.poisoned.record(commit) {
             Ok(()) => format!("recorded in {}", self.poisoned_file()),
             Err(e) => {
@@ -339,14 +361,14 @@ impl Loader {
                 format!("not recorded on disk: {e}")
             }
         };
-        Err(LoadError::Panicked {
+        LoadError::Panicked {
             commit: commit.to_string(),
             message: format!(
-                "validating commit {} panicked ({panic}); it is rejected and {recorded}: this is a nodewave bug, please report it with the commit; push a fix or a revert",
+                "reading commit {} panicked ({panic}); it is rejected and {recorded}: this is a nodewave bug, please report it with the commit; push a fix or a revert",
                 crate::record::short(commit)
             ),
             before: false,
-        })
+        }
     }
 
     fn poisoned_file(&self) -> String {
@@ -354,15 +376,6 @@ impl Loader {
             .path()
             .map_or_else(|| "in memory".to_string(), |p| p.display().to_string())
     }
-}
-
-/// The text of a panic payload (`panic!` with a literal or a format string).
-pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// The object nodewave applies for a DaemonSet from Git: the manifest as written,
