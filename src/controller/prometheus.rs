@@ -270,7 +270,12 @@ impl Gatekeeper {
 
     /// The message for a failed request; a timeout names the limit it hit.
     fn request_error(&self, url: &str, e: &reqwest::Error) -> String {
-        if e.is_timeout() {
+        if e.is_connect() && e.is_timeout() {
+            format!(
+                "cannot connect to {url} within the connect timeout of {:?}: is the address right and Prometheus up?",
+                self.limits.connect_timeout
+            )
+        } else if e.is_timeout() {
             format!(
                 "{url} did not answer within {:?} (connect timeout {:?}): is Prometheus overloaded or the query too expensive?",
                 self.limits.timeout, self.limits.connect_timeout
@@ -432,6 +437,46 @@ mod tests {
             }
         });
         (url, task)
+    }
+
+    #[tokio::test]
+    async fn a_connect_that_hangs_ends_at_the_connect_timeout() {
+        // A listener that never accepts, with its accept queue filled: the
+        // kernel then drops further SYNs, so a connect hangs as it would to a
+        // host that silently drops packets.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut fillers = Vec::new();
+        for _ in 0..4 {
+            if let Ok(Ok(c)) = tokio::time::timeout(
+                Duration::from_millis(200),
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+            {
+                fillers.push(c);
+            }
+        }
+        let gk = Gatekeeper {
+            limits: Limits {
+                connect_timeout: Duration::from_millis(300),
+                timeout: Duration::from_secs(30),
+                max_body: 4096,
+            },
+            ..gatekeeper(4096)
+        };
+        let e = gk
+            .query_all(&spec(&format!("http://{addr}")), &[])
+            .await
+            .unwrap_err();
+        assert!(
+            e.contains("cannot connect") && e.contains("connect timeout of 300ms"),
+            "{e}"
+        );
+        // (The 30 s request timeout would say "did not answer within 30s".)
+        drop((listener, fillers));
     }
 
     fn response(status: &str, headers: &str, body: &str) -> Vec<u8> {
