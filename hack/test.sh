@@ -36,11 +36,13 @@ fi
 if [[ " ${need_apt[*]} " == *" openssh-server "* ]] && command -v systemctl >/dev/null; then
   systemctl disable --now ssh 2>/dev/null || true
 fi
-# Debian's package may start a Prometheus server on :9090; the tests start their own.
-if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
-  systemctl stop prometheus || true
+# Debian's package may start a Prometheus server on :9090 when it is installed
+# just now; stop that service only. The tests start their own on free loopback
+# ports, so a Prometheus someone else runs is left alone.
+if [[ " ${need_apt[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null \
+  && systemctl is-active --quiet prometheus 2>/dev/null; then
+  systemctl disable --now prometheus || true
 fi
-pkill -x prometheus 2>/dev/null || true
 
 step "control-plane binaries (built once from the Go module proxy, then cached)"
 # kubectl from the same build is on PATH for the tests that run it.
