@@ -3,7 +3,7 @@
 #   1. installs what is missing (Debian's prometheus package for promtool and the
 #      end-to-end Prometheus test), builds the control plane and the renderers
 #      (helm, kustomize) once (cached under ~/.cache/nodewave),
-#   2. cargo fmt --check, cargo clippy --all-targets -D warnings,
+#   2. cargo fmt --check, cargo clippy --all-targets -D warnings, the fuzz targets compile,
 #   3. starts a local control plane (hack/cluster.sh, cluster "nodewave-test"),
 #   4. builds nodewave's container image (hack/image.sh: release build, buildah)
 #      and tests it (hack/image-test.sh: same layout as the Containerfile, smoke
@@ -59,6 +59,11 @@ cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
+
+step "fuzz targets compile (cargo check on stable; hack/fuzz.sh runs them on nightly)"
+# The targets drive the crate's API (the planner's inputs among them), so an API
+# change that breaks them fails here rather than in the next fuzzing session.
+cargo check --manifest-path fuzz/Cargo.toml --target-dir target --bins --quiet
 
 step "building tests"
 cargo test --no-run --quiet

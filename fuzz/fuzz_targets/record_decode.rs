@@ -16,7 +16,7 @@ use nodewave::diff::Difference;
 use nodewave::manifest::ObjectKey;
 use nodewave::manifest::policy::{IntOrPercent, RolloutPolicySpec, StageSpec};
 use nodewave::plan::{
-    Decision, DesiredDs, Inputs, LiveDs, Need, NodeIndex, RecordView, Settings, decide,
+    Decision, DesiredDs, Inputs, Lineage, LiveDs, Need, NodeIndex, RecordView, Settings, decide,
 };
 use nodewave::record::RecordState;
 use nodewave::record::codec::{decode, encode};
@@ -29,7 +29,9 @@ struct Input<'a> {
     new_pods: u8,
     generation: (u8, u8),
     template_changed: bool,
-    ancestor: bool,
+    /// How the record's commit relates to the snapshot's (one of three).
+    lineage: u8,
+    fresh: bool,
     paused: bool,
     abort: bool,
     now: u32,
@@ -115,7 +117,7 @@ fn plan_for(state: &RecordState, input: &Input<'_>) {
     let mut revision = None;
     let mut rollback_target = None;
     let mut prometheus = None;
-    let mut ancestry = None;
+    let mut lineage = None;
     // The controller answers at most one need of each kind; more is a loop.
     for _ in 0..6 {
         let inputs = Inputs {
@@ -123,7 +125,7 @@ fn plan_for(state: &RecordState, input: &Input<'_>) {
             now_ms: i64::from(input.now),
             settings: &settings,
             desired: Some(&target),
-            fresh: true,
+            fresh: input.fresh,
             prune_allowed: true,
             live: Some(&live),
             record: RecordView::Valid(state),
@@ -138,7 +140,8 @@ fn plan_for(state: &RecordState, input: &Input<'_>) {
             revision,
             rollback_target,
             prometheus: prometheus.clone(),
-            ancestry,
+            lineage,
+            snapshot_commit: &target.commit,
         };
         match decide(&inputs) {
             Decision::Plan(plan) => {
@@ -151,7 +154,13 @@ fn plan_for(state: &RecordState, input: &Input<'_>) {
             Decision::Need(Need::Revision) => revision = Some("new"),
             Decision::Need(Need::RollbackTarget { .. }) => rollback_target = Some(&previous),
             Decision::Need(Need::Prometheus) => prometheus = Some((PromOutcome::NotConfigured, 0)),
-            Decision::Need(Need::Ancestry { .. }) => ancestry = Some(input.ancestor),
+            Decision::Need(Need::Lineage { .. }) => {
+                lineage = Some(match input.lineage % 3 {
+                    0 => Lineage::Ancestor,
+                    1 => Lineage::Ahead,
+                    _ => Lineage::Rewritten,
+                });
+            }
         }
     }
 }
