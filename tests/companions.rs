@@ -332,21 +332,49 @@ async fn vendor_files_with_companions_sync_heal_and_prune_exactly_their_objects(
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
-    let before = requests(nw.metrics().await);
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let after = requests(nw.metrics().await);
+    let before_text = nw.metrics().await;
+    let before = requests(before_text.clone());
+    // Another nodewave's object (same managed-by label, another repository)
+    // created, changed and deleted meanwhile is none of this one's business.
+    let cms: Api<ConfigMap> = Api::namespaced(env.client.clone(), &env.ns);
+    let foreign = |n: &str| -> ConfigMap {
+        serde_json::from_value(json!({
+            "metadata": {"name": "foreign", "labels": {"app.kubernetes.io/managed-by": "nodewave"},
+                "annotations": {"nodewave.io/source-repo": "https://example.com/other.git", "nodewave.io/source-path": ""}},
+            "data": {"n": n}
+        }))
+        .unwrap()
+    };
+    cms.create(&PostParams::default(), &foreign("1"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cms.replace("foreign", &PostParams::default(), &foreign("2"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cms.delete("foreign", &kube::api::DeleteParams::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let after_text = nw.metrics().await;
+    let after = requests(after_text.clone());
     eprintln!(
         "API requests in 10 s idle with 8 companion objects: {}",
         after - before
     );
-    let m = nw.metrics().await;
-    let verbs: Vec<&str> = m
-        .lines()
-        .filter(|l| l.starts_with("nodewave_kube_requests_total{"))
-        .collect();
+    // On failure: which request counters moved, and the log lines of the window.
+    let counters = |m: &str| -> Vec<String> {
+        m.lines()
+            .filter(|l| l.starts_with("nodewave_kube_requests_total{"))
+            .map(String::from)
+            .collect()
+    };
+    let (was, now) = (counters(&before_text), counters(&after_text));
+    let moved: Vec<&String> = now.iter().filter(|l| !was.contains(l)).collect();
     assert!(
         (after - before).abs() < f64::EPSILON,
-        "{verbs:#?}\n{}",
+        "counters that moved: {moved:#?}\nbefore: {was:#?}\n{}",
         nw.logs()
     );
 }

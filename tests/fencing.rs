@@ -47,6 +47,26 @@ fn file(env: &TestEnv, image: &str) -> String {
     format!("{}{policy}", agent_yaml(env, "agent", image, Some(700)))
 }
 
+/// A companion ConfigMap (not mounted by the agent) whose content changes with
+/// the commit.
+fn settings(env: &TestEnv, value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: agent-settings\n  namespace: {}\ndata:\n  level: {value}\n",
+        env.ns
+    )
+}
+
+async fn setting(env: &TestEnv) -> String {
+    let api: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(env.client.clone(), &env.ns);
+    api.get("agent-settings")
+        .await
+        .unwrap()
+        .data
+        .unwrap_or_default()["level"]
+        .clone()
+}
+
 async fn conflicts(nw: &Nodewave) -> f64 {
     parse_metric(
         &nw.metrics().await,
@@ -150,7 +170,13 @@ async fn a_replica_with_an_older_commit_never_moves_the_cluster_back() {
     let mut env = TestEnv::new("fence-lag").await;
     let nodes = env.create_nodes(&POOLS, 2).await;
     let repo = GitRepo::new();
-    let c1 = repo.commit("v1", &[("agent.yaml", Some(&file(&env, V1)))]);
+    let c1 = repo.commit(
+        "v1",
+        &[
+            ("agent.yaml", Some(&file(&env, V1))),
+            ("settings.yaml", Some(&settings(&env, "one"))),
+        ],
+    );
     let ns = env.ns.clone();
     let current = Nodewave::start(
         &repo.url(),
@@ -168,7 +194,13 @@ async fn a_replica_with_an_older_commit_never_moves_the_cluster_back() {
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let watcher = PodWatcher::start(&env, "agent").await;
-    let c2 = repo.commit("v2", &[("agent.yaml", Some(&file(&env, V2)))]);
+    let c2 = repo.commit(
+        "v2",
+        &[
+            ("agent.yaml", Some(&file(&env, V2))),
+            ("settings.yaml", Some(&settings(&env, "two"))),
+        ],
+    );
     record::wait_commit_status(&env, "agent", &c2, "Synced", Duration::from_mins(3)).await;
     wait_rolled_out(&env, "agent", V2, nodes.len()).await;
     let records = watcher.stop();
@@ -191,6 +223,8 @@ async fn a_replica_with_an_older_commit_never_moves_the_cluster_back() {
             lagging.logs()
         );
         assert_eq!(image_of(&get_ds(&env, "agent").await.unwrap()), V2);
+        // Its older companion object is not applied over the newer one either.
+        assert_eq!(setting(&env).await, "two", "{}", lagging.logs());
     }
     drop(current);
 }

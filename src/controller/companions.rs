@@ -36,8 +36,10 @@ use crate::cluster::dynamic::ServedKind;
 use crate::desired::{Desired, DesiredObject};
 use crate::keys;
 use crate::manifest::objects::{PRUNABLE_KINDS, defined_kind};
-use crate::manifest::{ApplyOrder, ObjectRef};
+use crate::manifest::{ApplyOrder, ObjectKey, ObjectRef};
+use crate::plan::Lineage;
 use crate::plan::objects::{LiveObject, ObjectStep, meta_maps, step, template_configs, to_prune};
+use crate::record;
 
 /// A wait between a watch event and the sync it causes: a burst of events
 /// (nodewave's own applies among them) costs one sync.
@@ -117,6 +119,9 @@ enum SyncError {
     NotLeader,
     #[error("{0}")]
     NotReady(String),
+    /// A record names a commit newer than this replica's (see [`behind`]).
+    #[error("{0}")]
+    Behind(String),
 }
 
 /// What one sync found, per object (`Synced` or the error).
@@ -168,10 +173,13 @@ pub async fn run(ctx: Arc<Context>) {
                 failures = failures.saturating_add(1);
                 let delay = match e {
                     SyncError::NotReady(_) => Duration::from_secs(1),
+                    SyncError::Behind(_) => Duration::from_secs(2),
                     _ => super::backoff(failures),
                 };
                 if matches!(e, SyncError::NotLeader) {
                     info!("companion objects not synced: not the leader");
+                } else if let SyncError::Behind(why) = &e {
+                    tracing::debug!(why = %why, "companion objects not synced: this replica is behind");
                 } else {
                     warn!(error = %e, retry_in = ?delay, "companion objects not synced; retrying");
                     ctx.metrics.reconcile_error("companions");
@@ -212,6 +220,9 @@ async fn sync(
     kinds: &mut HashMap<(String, String), Option<ServedKind>>,
     seen_kinds: &BTreeSet<(String, String)>,
 ) -> Result<Report, SyncError> {
+    if let Some(why) = behind(ctx, desired).await {
+        return Err(SyncError::Behind(why));
+    }
     let mut report = Report::new();
     let mut ordered: Vec<&Arc<DesiredObject>> = desired.loaded.objects.values().collect();
     ordered.sort_by(|a, b| (a.order, &a.reference).cmp(&(b.order, &b.reference)));
@@ -274,6 +285,44 @@ impl From<ClusterError> for ObjectFailure {
             _ => Self::Fatal(SyncError::Cluster(e)),
         }
     }
+}
+
+/// Why this replica must not sync its commit's companion objects now: a
+/// DaemonSet record of this source names a commit this replica does not have
+/// yet (another replica applied it), so applying the older objects would undo
+/// the newer ones. The same rule as for DaemonSets (`plan::Lineage`); a replica
+/// that has not fetched since it started also waits on a rewritten history.
+async fn behind(ctx: &Context, desired: &Desired) -> Option<String> {
+    let snapshot = desired.commit();
+    let mut recorded: BTreeSet<(ObjectKey, String)> = BTreeSet::new();
+    for r in ctx.stores.records() {
+        if !ctx.owns_meta(&r.metadata) {
+            continue;
+        }
+        if let Some(c) = r.status.as_ref().and_then(|s| s.applied_commit.clone())
+            && c != snapshot
+        {
+            let key = ObjectKey::new(
+                r.metadata.namespace.clone().unwrap_or_default(),
+                r.metadata.name.clone().unwrap_or_default(),
+            );
+            recorded.insert((key, c));
+        }
+    }
+    for (key, commit) in recorded {
+        match super::reconcile::lineage(ctx, &key, &commit, snapshot).await {
+            Lineage::Ancestor => {}
+            Lineage::Rewritten if desired.fresh => {}
+            Lineage::Ahead | Lineage::Rewritten => {
+                return Some(format!(
+                    "the record of {key} names commit {}, which this replica's commit {} does not include yet",
+                    record::short(&commit),
+                    record::short(snapshot)
+                ));
+            }
+        }
+    }
+    None
 }
 
 async fn sync_one(
@@ -514,7 +563,9 @@ fn ensure_watches(
             while let Some(event) = stream.next().await {
                 match event {
                     Ok(watcher::Event::InitDone) => initial = false,
-                    Ok(watcher::Event::Apply(m)) if !initial => {
+                    // Objects of another nodewave (another repository or path)
+                    // carry the same label; their changes are not ours.
+                    Ok(watcher::Event::Apply(m)) if !initial && ctx.owns_meta(&m.metadata) => {
                         let meta = &m.metadata;
                         if ctx.companions.is_news(
                             meta.uid.as_deref(),
@@ -524,7 +575,7 @@ fn ensure_watches(
                             ctx.companions.wake.notify_one();
                         }
                     }
-                    Ok(watcher::Event::Delete(_)) if !initial => {
+                    Ok(watcher::Event::Delete(m)) if !initial && ctx.owns_meta(&m.metadata) => {
                         ctx.companions.wake.notify_one();
                     }
                     Ok(_) => {}

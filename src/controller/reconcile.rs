@@ -421,7 +421,12 @@ async fn supply(
 
 /// How `recorded` (the record's commit) relates to `snapshot` (this replica's
 /// desired commit); see [`Lineage`]. Git lookups in the local clone only.
-async fn lineage(ctx: &Context, key: &ObjectKey, recorded: &str, snapshot: &str) -> Lineage {
+pub(super) async fn lineage(
+    ctx: &Context,
+    key: &ObjectKey,
+    recorded: &str,
+    snapshot: &str,
+) -> Lineage {
     let source = ctx.loader.source();
     let k = (recorded.to_string(), snapshot.to_string());
     let cached = ctx.caches().ancestry.get(&k).copied();
