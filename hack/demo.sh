@@ -187,7 +187,7 @@ watch_until() {
 all_synced() {
   local n
   n=$(nw status --kubeconfig "$kubeconfig" 2>/dev/null | awk '$2 == "Synced"' | wc -l)
-  [ "$n" -eq 3 ]
+  [ "$n" -eq 5 ]
 }
 
 # is DS STATUS [COMMIT]: the DaemonSet has that status (and that applied commit).
@@ -260,39 +260,14 @@ start_cluster() {
   cluster_sh up 2>&1 | sed 's/^/    /' || die "hack/cluster.sh up failed"
   [ -f "$kubeconfig" ] || die "no kubeconfig at $kubeconfig after hack/cluster.sh up"
   bin="$("$here/build-binaries.sh" 2>/dev/null | tail -n 1)"
+  # nodewave renders the Kustomize overlay and the Helm chart with the upstream
+  # tools (built once from the Go module proxy, cached like the control plane).
+  local renderers
+  renderers="$("$here/build-renderers.sh" 2>/dev/null | tail -n 1)" || die "hack/build-renderers.sh failed"
+  [ -x "$renderers/helm" ] && [ -x "$renderers/kustomize" ] || die "helm and kustomize not found in $renderers"
+  export PATH="$renderers:$PATH"
   [ -x "$bin/kubectl" ] || die "kubectl not found in $bin"
   kubectl get nodes -L nodewave.io/pool | sed 's/^/    /'
-}
-
-create_prereqs() {
-  step "Creating the namespaces and service accounts the DaemonSets use"
-  say "nodewave applies DaemonSets only: namespaces, service accounts, RBAC and ConfigMaps come from" \
-    "the cluster's usual setup (here: kubectl)."
-  kubectl apply -f - <<'YAML' | sed 's/^/    /'
-apiVersion: v1
-kind: Namespace
-metadata: {name: logging}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: monitoring}
----
-apiVersion: v1
-kind: Namespace
-metadata: {name: security}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: fluent-bit, namespace: logging}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: node-exporter, namespace: monitoring}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: falco, namespace: security}
-YAML
 }
 
 make_repo() {
@@ -303,12 +278,14 @@ make_repo() {
   git init --quiet "$repo"
   git -C "$repo" symbolic-ref HEAD refs/heads/main
   git_demo add -A
-  git_demo commit --quiet -m "Add fluent-bit, node-exporter and falco with their rollout policies"
+  git_demo commit --quiet -m "Add fluent-bit, node-exporter and falco with their namespaces, service accounts, config and rollout policies"
   first_commit="$(git -C "$repo" rev-parse HEAD)"
   say "$repo (branch main):"
   (cd "$repo" && find . -path ./.git -prune -o -type f -print | sort | sed 's/^\.\//      /')
-  say "Each YAML file holds a DaemonSet and its RolloutPolicy: how nodewave rolls it out, stage" \
-    "by stage, and when a stage counts as failed."
+  say "Each YAML file is an agent as a vendor ships it: its Namespace, ServiceAccount and" \
+    "ConfigMap, the DaemonSet, and its RolloutPolicy (how nodewave rolls it out, stage by stage," \
+    "and when a stage counts as failed). Nothing is created with kubectl: nodewave applies the" \
+    "other objects first, then the DaemonSets."
   step "Validating the repository offline: nodewave validate"
   nw validate "$repo" | sed 's/^/    /' || die "nodewave validate found errors in examples-repo/"
 }
@@ -337,7 +314,7 @@ start_nodewave() {
 }
 
 first_sync() {
-  step "First sync: nodewave applies the three DaemonSets, following each policy"
+  step "First sync: nodewave applies the five DaemonSets (three plain files, a Kustomize overlay, a Helm chart), following each policy"
   say "New DaemonSets start on every node at once, but nodewave still walks the stages" \
     "(and bakes) before calling them Synced."
   watch_until 180 "" "every DaemonSet Synced" all_synced
@@ -406,9 +383,43 @@ bad_change() {
   [ "$applies_after" = "$applies_before" ] || die "nodewave applied the failed commit again"
   ok "still RolledBack on v1.8.2; the failed commit was applied once and never again"
   show_status
-  say "" "The DaemonSet records the failure too (annotation nodewave.io/failed-commits):"
-  kubectl -n monitoring get daemonset node-exporter \
-    -o jsonpath='{.metadata.annotations.nodewave\.io/failed-commits}{"\n"}' | sed 's/^/      /'
+  say "" "The rollout record shows it too (kubectl get dsrollouts):"
+  kubectl -n monitoring get dsrollout node-exporter | sed 's/^/      /'
+}
+
+# NODE COPY per fluent-bit pod: the ConfigMap copy it mounts.
+config_mounts() {
+  kubectl -n logging get pods -l app.kubernetes.io/name=fluent-bit \
+    -o jsonpath='{range .items[*]}{.spec.nodeName}{" "}{.spec.volumes[?(@.name=="config")].configMap.name}{"\n"}{end}' | sort
+}
+
+config_change() {
+  step "Pushing a config change: fluent-bit's log level from info to debug"
+  local f="$repo/logging/fluent-bit.yaml" before deadline mounts
+  sed -i 's/^      log_level: info$/      log_level: debug/' "$f"
+  grep -q '^      log_level: debug$' "$f" || die "could not edit $f"
+  say "Only the ConfigMap changes. nodewave applies it as a new immutable copy named by its" \
+    "content hash and points the DaemonSet at it: a new pod revision, rolled out through the" \
+    "same stages and gates, while the nodes of later stages keep the old copy."
+  before="$(config_mounts | awk '{print $2}' | sort -u)"
+  git_demo commit --quiet -am "logging: debug logging for fluent-bit"
+  config_commit="$(git -C "$repo" rev-parse HEAD)"
+  say "Committed ${config_commit:0:8}."
+  deadline=$((SECONDS + 90))
+  until [ "$(config_mounts | awk '{print $2}' | sort -u | wc -l)" -ge 2 ]; do
+    [ $SECONDS -lt $deadline ] || die "the config change did not start rolling out within 90s"
+    sleep 1
+  done
+  mounts="$(config_mounts)"
+  say "" "While the first stage runs, the ConfigMap copy each node's pod mounts:"
+  sed 's/^/      /' <<<"$mounts"
+  grep -q "$before" <<<"$mounts" || die "no node kept the old config copy $before"
+  ok "the canary runs the new config; the other nodes still mount $before"
+  watch_until 300 logging/fluent-bit "fluent-bit Synced at ${config_commit:0:8}" \
+    is logging/fluent-bit Synced "$config_commit"
+  [ "$(config_mounts | awk '{print $2}' | sort -u | wc -l)" -eq 1 ] ||
+    die "fluent-bit pods mount different config copies after the rollout"
+  ok "every fluent-bit pod mounts $(config_mounts | awk '{print $2}' | sort -u); the old copy is kept for a rollback"
 }
 
 revert() {
@@ -486,11 +497,11 @@ main() {
 
   build
   start_cluster
-  create_prereqs
   make_repo
   start_nodewave
   first_sync
   good_change
+  config_change
   bad_change
   revert
   if $keep; then

@@ -5,8 +5,11 @@
 #      (helm, kustomize) once (cached under ~/.cache/nodewave),
 #   2. cargo fmt --check, cargo clippy --all-targets -D warnings,
 #   3. starts a local control plane (hack/cluster.sh, cluster "nodewave-test"),
-#   4. cargo test (unit, property and every cluster test), promtool rule tests,
-#   5. stops the control plane, whatever happened, and exits non-zero on any failure.
+#   4. builds nodewave's container image (hack/image.sh: release build, buildah)
+#      and tests it (hack/image-test.sh: same layout as the Containerfile, smoke
+#      test with podman against the local cluster),
+#   5. cargo test (unit, property and every cluster test, the Helm chart), promtool rule tests,
+#   6. stops the control plane, whatever happened, and exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 started=$SECONDS
@@ -20,6 +23,8 @@ command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v git >/dev/null || need_apt+=(git)
 { [ -x /usr/sbin/sshd ] && command -v ssh-keygen >/dev/null; } || need_apt+=(openssh-server openssh-client)
 { command -v gpg >/dev/null && command -v gpgconf >/dev/null; } || need_apt+=(gnupg)   # tests/verify_*.rs sign commits
+# nodewave's image: built with buildah, smoke-tested with podman (hack/image*.sh).
+for tool in podman buildah runc; do command -v $tool >/dev/null || need_apt+=($tool); done
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_apt[*]}"
   sudo=(); [ "$(id -u)" -eq 0 ] || sudo=(sudo)
@@ -56,6 +61,9 @@ cargo clippy --all-targets --quiet -- -D warnings
 step "building tests"
 cargo test --no-run --quiet
 
+step "container image (hack/image.sh: cargo build --release, buildah FROM scratch)"
+image=$(hack/image.sh | tail -n1)
+
 export NODEWAVE_CLUSTER="${NODEWAVE_CLUSTER:-nodewave-test}"
 cleanup() {
   step "stopping the local control plane"
@@ -68,6 +76,9 @@ eval "$(hack/cluster.sh env)"
 export KUBECONFIG
 
 status=0
+step "image tests (hack/image-test.sh: layout equals the Containerfile's; smoke test with podman)"
+hack/image-test.sh "$image" || status=1
+
 step "cargo test (unit, property and cluster tests)"
 cargo test --no-fail-fast -- --color never || status=1
 

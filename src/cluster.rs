@@ -4,6 +4,8 @@
 //! purpose: decisions are made in `plan` and `rollout`, reads come from the
 //! watch-fed `store`.
 
+pub mod dynamic;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -48,6 +50,11 @@ impl ClusterError {
     /// True when the API server answered 404.
     pub fn is_not_found(&self) -> bool {
         matches!(self, Self::Api { source, .. } if is_status(source, 404))
+    }
+
+    /// True when the API server answered 403.
+    pub fn is_forbidden(&self) -> bool {
+        matches!(self, Self::Api { source, .. } if is_status(source, 403))
     }
 
     /// True when an apply failed because the object's namespace does not exist.

@@ -29,6 +29,7 @@ const BOOKKEEPING_ANNOTATIONS: &[&str] = &[
     keys::SOURCE_REPO,
     keys::SOURCE_PATH,
     keys::SOURCE_FILE,
+    keys::CONTENT_HASH,
     keys::ALLOW_TAKEOVER,
     legacy::APPLIED_COMMIT,
     legacy::APPLIED_AT,

@@ -15,6 +15,10 @@ pub const SOURCE_REPO: &str = "nodewave.io/source-repo";
 pub const SOURCE_PATH: &str = "nodewave.io/source-path";
 pub const SOURCE_FILE: &str = "nodewave.io/source-file";
 
+/// On companion objects: the content hash of what nodewave last applied, so a
+/// difference found later is drift (someone changed it), not a new commit.
+pub const CONTENT_HASH: &str = "nodewave.io/content-hash";
+
 /// Opt-in, on an object in Git, to take over an existing object of the same
 /// name that nodewave does not manage (it is applied with forced server-side
 /// apply, so it takes every field from its current managers).

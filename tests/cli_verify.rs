@@ -21,6 +21,11 @@ fn validate(dir: &Path, args: &[&str]) -> (i32, String) {
         .args(args)
         .env_remove("KUBECONFIG")
         .env_remove("NODEWAVE_ALLOW_NAMESPACES")
+        // The fixture's Prometheus gate is allowed: these tests are about signatures.
+        .env(
+            "NODEWAVE_ALLOW_PROMETHEUS_URLS",
+            "http://prometheus.monitoring:9090",
+        )
         .env_remove("NODEWAVE_TRUSTED_GPG_KEYS")
         .env_remove("NODEWAVE_TRUSTED_SSH_SIGNERS")
         .output()
@@ -83,6 +88,10 @@ fn validate_verify_exit_codes() {
         .args(["validate", "--verify"])
         .arg(&manifests)
         .env("NODEWAVE_TRUSTED_SSH_SIGNERS", &signers)
+        .env(
+            "NODEWAVE_ALLOW_PROMETHEUS_URLS",
+            "http://prometheus.monitoring:9090",
+        )
         .env_remove("NODEWAVE_TRUSTED_GPG_KEYS")
         .output()
         .unwrap();

@@ -3,6 +3,10 @@
 //!   no pod is deleted twice and no stage exceeds its budget, because every record
 //!   write is conditional on the version it was computed from; a write from a
 //!   stale version (a deposed leader's) fails;
+//! - a replica whose fetches lag the other's (here: it fetches once, at start)
+//!   never acts on its older commit: it does not record the newer template as
+//!   synced under its commit (which would skip the staging), re-apply its commit
+//!   or supersede the open rollout;
 //! - a replica starting with a stale clone and an unreachable remote applies
 //!   nothing older than what the cluster runs, until a fetch succeeds.
 
@@ -84,14 +88,18 @@ async fn two_processes_on_one_record_never_both_act() {
     let api: Api<DaemonSetRollout> = Api::namespaced(env.client.clone(), &env.ns);
     let stale = wait_for(
         "the rollout of v2 started",
-        Duration::from_mins(1),
+        Duration::from_mins(2),
         || async {
             let r = api.get("agent").await.unwrap();
             let st = r.status.clone().unwrap_or_default();
-            if st.applied_commit.as_deref() == Some(c2.as_str()) && st.rollout_phase == "Updating" {
+            // Any phase of the open rollout (under load a poll may miss Updating).
+            if st.applied_commit.as_deref() == Some(c2.as_str()) && !st.rollout_phase.is_empty() {
                 Ok(Some(r))
             } else {
-                Err(format!("{} {}", st.phase, st.rollout_phase))
+                Err(format!(
+                    "{} {} (applied {:?}; c1 {c1}, c2 {c2})",
+                    st.phase, st.rollout_phase, st.applied_commit
+                ))
             }
         },
     )
@@ -138,6 +146,56 @@ async fn two_processes_on_one_record_never_both_act() {
 }
 
 #[tokio::test]
+async fn a_replica_with_an_older_commit_never_moves_the_cluster_back() {
+    let mut env = TestEnv::new("fence-lag").await;
+    let nodes = env.create_nodes(&POOLS, 2).await;
+    let repo = GitRepo::new();
+    let c1 = repo.commit("v1", &[("agent.yaml", Some(&file(&env, V1)))]);
+    let ns = env.ns.clone();
+    let current = Nodewave::start(
+        &repo.url(),
+        &["--poll-interval", "1s", "--allow-namespace", &ns],
+    )
+    .await;
+    record::wait_commit_status(&env, "agent", &c1, "Synced", Duration::from_mins(2)).await;
+    wait_rolled_out(&env, "agent", V1, nodes.len()).await;
+    // The lagging replica fetches c1 at start and then not for an hour.
+    let lagging = Nodewave::start(
+        &repo.url(),
+        &["--poll-interval", "1h", "--allow-namespace", &ns],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let watcher = PodWatcher::start(&env, "agent").await;
+    let c2 = repo.commit("v2", &[("agent.yaml", Some(&file(&env, V2)))]);
+    record::wait_commit_status(&env, "agent", &c2, "Synced", Duration::from_mins(3)).await;
+    wait_rolled_out(&env, "agent", V2, nodes.len()).await;
+    let records = watcher.stop();
+    let stages: Vec<Vec<String>> = POOLS.iter().map(|p| pool_nodes(&nodes, p)).collect();
+    assert_staged(&replay(&records, &stages, V2), &stages, &[1, 1, 1]);
+    let lagging_deletes = deletes(&lagging).await;
+    assert!(
+        lagging_deletes < 0.5,
+        "the lagging replica replaced {lagging_deletes} pods:\n{}",
+        lagging.logs()
+    );
+    // And it keeps its hands off afterwards: c2 stays applied and synced.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let r = record::get(&env, "agent").await.unwrap();
+        assert_eq!(
+            (r.applied.as_deref(), r.status.as_str()),
+            (Some(c2.as_str()), "Synced"),
+            "{}",
+            lagging.logs()
+        );
+        assert_eq!(image_of(&get_ds(&env, "agent").await.unwrap()), V2);
+    }
+    drop(current);
+}
+
+#[tokio::test]
 async fn a_replica_with_a_stale_clone_applies_nothing_older_than_what_runs() {
     let mut env = TestEnv::new("fence-stale").await;
     let nodes = env.create_nodes(&["pool-a", "pool-b"], 1).await;
@@ -151,6 +209,7 @@ async fn a_replica_with_a_stale_clone_applies_nothing_older_than_what_runs() {
         reference: GitRef::Branch("main".into()),
         path: String::new(),
         checkout_dir: stale_dir.clone(),
+        limits: ::nodewave::manifest::Limits::default(),
         credentials: Credentials::default(),
     })
     .unwrap()

@@ -22,7 +22,7 @@ const PROMTOOL_TESTS: &str = "deploy/prometheus/tests";
 const DOCS: &str = "docs/metrics.md";
 
 /// Alerts the runbooks and the end-to-end test rely on.
-const REQUIRED_ALERTS: [&str; 9] = [
+const REQUIRED_ALERTS: [&str; 10] = [
     "NodewaveRolloutRolledBack",
     "NodewaveRolloutStuck",
     "NodewaveDaemonSetDegraded",
@@ -30,6 +30,7 @@ const REQUIRED_ALERTS: [&str; 9] = [
     "NodewaveDriftDetected",
     "NodewaveGitFetchFailing",
     "NodewaveCommitRejected",
+    "NodewavePruneRefused",
     "NodewaveWebhookBadSignature",
     "NodewaveDown",
 ];
@@ -378,6 +379,8 @@ fn metrics_with_one_sample_of_everything() -> Metrics {
     m.webhook_request(WebhookProvider::Gitlab, WebhookResult::BadSignature);
     m.init_commit_reject_reasons(["yaml-syntax"]);
     m.commit_rejected("yaml-syntax");
+    m.prune_refused();
+    m.set_prune_held_back(3);
     // Per-DaemonSet series come from the rollout records nodewave keeps.
     let identity = SourceIdentity {
         repo: "https://git.example/fleet.git".into(),

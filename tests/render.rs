@@ -41,6 +41,7 @@ async fn server_files(
         path: tracked.into(),
         checkout_dir: state.path().join("clone"),
         credentials: Credentials::default(),
+        limits: nodewave::manifest::Limits::default(),
     })
     .unwrap();
     let head = worker.fetch().await.unwrap().head;
@@ -556,7 +557,11 @@ async fn plain_repositories_are_read_as_before_without_a_checkout() {
     let local = render::render_dir(&repo.path().join("fleet"), &opts).unwrap();
     assert_eq!(
         local,
-        manifest::read_dir(&repo.path().join("fleet")).unwrap()
+        manifest::read_dir(
+            &repo.path().join("fleet"),
+            &nodewave::manifest::Limits::default()
+        )
+        .unwrap()
     );
 }
 
@@ -599,6 +604,7 @@ async fn checkouts_follow_symlinks_only_inside_the_repository_and_are_bounded() 
         path: String::new(),
         checkout_dir: state.path().join("clone"),
         credentials: Credentials::default(),
+        limits: nodewave::manifest::Limits::default(),
     })
     .unwrap();
     let head = source.fetch().unwrap().head;

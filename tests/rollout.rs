@@ -376,7 +376,7 @@ async fn canary_approval_pause_resume_abort_and_status() {
             }
             let v: serde_json::Value =
                 serde_json::from_str(&out).map_err(|e| format!("{e}: {out}"))?;
-            let row = &v[0];
+            let row = &v["daemonsets"][0];
             if row["rollout"]["phase"] == "AwaitingApproval" && row["rollout"]["stage"] == 1 {
                 Ok(Some(row.clone()))
             } else {
@@ -542,7 +542,19 @@ async fn prometheus_check_fails_the_gate_or_lets_the_rollout_finish() {
     let file = |image: &str| format!("{}{policy}", agent_yaml(&env, "agent", image, None));
     let repo = GitRepo::new();
     let c1 = repo.commit("add", &[("agent.yaml", Some(&file(GOOD)))]);
-    let nw = start(&repo, &env).await;
+    // The policy's Prometheus must be allowed (none is by default).
+    let nw = Nodewave::start(
+        &repo.url(),
+        &[
+            "--poll-interval",
+            "1s",
+            "--allow-namespace",
+            &env.ns,
+            "--allow-prometheus-url",
+            &prom.url,
+        ],
+    )
+    .await;
     wait_commit_status(&env, "agent", &c1, "Synced").await;
     wait_rolled_out(&env, "agent", GOOD, nodes.len()).await;
     let expected = |pool: &str| {
@@ -598,6 +610,26 @@ async fn prometheus_check_fails_the_gate_or_lets_the_rollout_finish() {
         );
     }
     assert!(queries.iter().all(|q| !q.contains("{{nodes}}")));
+
+    // One series fine, one NaN (e.g. 0/0 in the query): the gate fails, where
+    // f64::max(0, NaN) == 0 used to pass it.
+    *prom.value.lock().unwrap() = 0.0;
+    *prom.more.lock().unwrap() = vec![f64::NAN];
+    let c4 = repo.commit(
+        "v4",
+        &[("agent.yaml", Some(&file("registry.example/agent:4.0.0")))],
+    );
+    let ds = wait_status(&env, "agent", "RolledBack", Duration::from_mins(2)).await;
+    assert_eq!(image_of(&ds), "registry.example/agent:3.0.0");
+    let r = rec(&env, "agent").await;
+    assert!(r.failed_contains(&c4), "{:?}", r.failed);
+    let ev = events(&env, "agent").await;
+    let said_nan = std::iter::once(r.message.as_str())
+        .chain(ev.iter().map(|(_, m)| m.as_str()))
+        .find(|m| m.contains("errors: NaN"));
+    assert!(said_nan.is_some(), "no NaN message: {} / {ev:?}", r.message);
+    eprintln!("NaN check: {}", said_nan.unwrap_or_default());
+    assert!(metric0(&nw, &gate).await >= 2.0);
 }
 
 // 9. Nodes joining or leaving during a rollout; a DaemonSet confined to one pool.

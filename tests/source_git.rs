@@ -107,6 +107,7 @@ fn config(url: String, reference: GitRef, path: &str, checkout: &Path) -> GitSou
         path: path.to_owned(),
         checkout_dir: checkout.to_path_buf(),
         credentials: Credentials::default(),
+        limits: nodewave::manifest::Limits::default(),
     }
 }
 
@@ -502,6 +503,86 @@ fn missing_path_is_a_clear_error() {
         )
     );
     assert_eq!(err.metric_label(), "path_not_found");
+}
+
+/// The prune guard's marker (`.nodewave-allow-prune`) is found directly in the
+/// tracked directory although `files_at` skips hidden files; next to a tracked
+/// YAML file; not in a subdirectory, not as a directory or a symlink, and a
+/// tracked path that disappeared has none (the commit is rejected for it).
+#[test]
+fn marker_files_are_found_in_the_tracked_directory_only() {
+    let tmp = TempDir::new().unwrap();
+    let (remote, first) = standard_remote(&tmp);
+    let marked = remote.commit(
+        &[
+            ("deploy/.nodewave-allow-prune", Some("")),
+            ("other/nested/.nodewave-allow-prune", Some("")),
+        ],
+        "marker",
+    );
+    let open = |path: &str, cache: &str| {
+        let mut s = GitSource::open(config(
+            remote.file_url(),
+            main_branch(),
+            path,
+            &tmp.path().join(cache),
+        ))
+        .unwrap();
+        s.fetch().unwrap();
+        s
+    };
+    let marker = ".nodewave-allow-prune";
+    let deploy = open("deploy", "c1");
+    assert!(!deploy.has_tracked_file(&first.to_string(), marker).unwrap());
+    assert!(
+        deploy
+            .has_tracked_file(&marked.to_string(), marker)
+            .unwrap()
+    );
+    assert!(
+        !paths(&deploy.files_at(&marked.to_string()).unwrap())
+            .contains(&"deploy/.nodewave-allow-prune"),
+        "the marker is not a manifest"
+    );
+    let file = open("deploy/agent.yaml", "c2");
+    assert!(file.has_tracked_file(&marked.to_string(), marker).unwrap());
+    let other = open("other", "c3");
+    assert!(
+        !other.has_tracked_file(&marked.to_string(), marker).unwrap(),
+        "a marker in a subdirectory does not count"
+    );
+    std::os::unix::fs::symlink("unrelated.yaml", remote.path.join("other").join(marker)).unwrap();
+    let linked = remote.commit(&[], "a symlinked marker");
+    let other = open("other", "c3b");
+    assert!(
+        !other.has_tracked_file(&linked.to_string(), marker).unwrap(),
+        "a symlink is not a marker"
+    );
+    let root = open("", "c4");
+    assert!(!root.has_tracked_file(&marked.to_string(), marker).unwrap());
+    assert!(
+        root.has_tracked_file(&marked.to_string(), "root.yaml")
+            .unwrap(),
+        "any regular file at the root"
+    );
+    assert!(
+        !root
+            .has_tracked_file(&marked.to_string(), "deploy")
+            .unwrap(),
+        "a directory is not a marker"
+    );
+    // The tracked directory renamed away: no marker, and reading it fails
+    // (PathNotFound) rather than returning no files.
+    fs::rename(remote.path.join("deploy"), remote.path.join("deploy-old")).unwrap();
+    let renamed = remote.commit(&[], "rename deploy");
+    let deploy = open("deploy", "c5");
+    assert!(
+        !deploy
+            .has_tracked_file(&renamed.to_string(), marker)
+            .unwrap()
+    );
+    let err = deploy.files_at(&renamed.to_string()).unwrap_err();
+    assert_eq!(err.metric_label(), "path_not_found", "{err}");
 }
 
 #[test]

@@ -148,6 +148,7 @@ impl World {
                 known_hosts_file: Some(self.known_hosts()),
                 ..Credentials::default()
             },
+            limits: nodewave::manifest::Limits::default(),
         }
     }
 

@@ -546,6 +546,44 @@ async fn force_push_to_older_history_is_followed() {
     assert!(line.contains(&c2) && line.contains(&c1), "{line}");
 }
 
+/// A force-push while nodewave was down, seen by a replica whose new clone never
+/// had the rewritten-away commit the record names: once a fetch made after it
+/// read the record confirms the branch no longer has that commit, Git's older
+/// content rolls out (a replica that merely lags would have found it).
+#[tokio::test]
+async fn force_push_while_down_is_followed_by_a_new_clone() {
+    let mut env = TestEnv::new("force-down").await;
+    let nodes = env.create_nodes(&["pool-a"], 2).await;
+    let repo = GitRepo::new();
+    let c1 = repo.commit(
+        "agent 1",
+        &[("agent.yaml", Some(&ds_yaml(&env, "agent", IMG1)))],
+    );
+    let args = [
+        "--poll-interval",
+        "1s",
+        "--allow-namespace",
+        env.ns.as_str(),
+    ];
+    let mut nw = Nodewave::start(&repo.url(), &args).await;
+    wait_rolled_out(&env, "agent", IMG1, nodes.len()).await;
+    let c2 = repo.commit(
+        "agent 2",
+        &[("agent.yaml", Some(&ds_yaml(&env, "agent", IMG2)))],
+    );
+    wait_rolled_out(&env, "agent", IMG2, nodes.len()).await;
+    wait_applied(&nw, &c2).await;
+    nw.kill();
+
+    repo.force_reset(&c1);
+    // A new state directory: the clone is made from the rewritten branch.
+    let nw = Nodewave::start(&repo.url(), &args).await;
+    wait_rolled_out(&env, "agent", IMG1, nodes.len()).await;
+    wait_status(&env, "agent", "Synced", Duration::from_mins(1)).await;
+    let r = record::get(&env, "agent").await.unwrap();
+    assert_eq!(r.applied.as_ref(), Some(&c1), "{}", nw.logs());
+}
+
 /// Acceptance 4: while the remote is away nothing changes in the cluster, fetch
 /// errors are counted and shown, `/readyz` stays 200 (it was reached before; see
 /// `server::readyz`), also after a restart while away; a commit pushed while away

@@ -7,7 +7,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use nodewave::manifest::{
-    self, CHECKS, Finding, LoadOptions, ObjectKey, REMOTE_SOURCE_REFUSED, RENDER_ERROR, Severity,
+    self, CHECKS, Finding, Limits, LoadOptions, ObjectKey, REMOTE_SOURCE_REFUSED, RENDER_ERROR,
+    Severity,
 };
 use nodewave::render::{self, RenderError, RenderOptions};
 
@@ -21,6 +22,9 @@ fn options_for(check: &str) -> LoadOptions {
     match check {
         "namespace-not-allowed" => opts.allowed_namespaces = vec!["monitoring".to_string()],
         "image-digest" => opts.require_digest = true,
+        "prometheus-url-not-allowed" => {
+            opts.allowed_prometheus_urls = vec!["http://prometheus.monitoring:9090".to_string()];
+        }
         _ => {}
     }
     opts
@@ -28,8 +32,19 @@ fn options_for(check: &str) -> LoadOptions {
 
 #[test]
 fn valid_fixture_loads_without_findings() {
-    let files = manifest::read_dir(&fixtures().join("valid")).unwrap();
-    let state = manifest::load(&files, &LoadOptions::default()).unwrap();
+    let files = manifest::read_dir(&fixtures().join("valid"), &Limits::default()).unwrap();
+    // Its Prometheus gate needs its URL allowed, as `--allow-prometheus-url` does.
+    let opts = LoadOptions {
+        allowed_prometheus_urls: vec!["http://prometheus.monitoring:9090".to_string()],
+        ..LoadOptions::default()
+    };
+    let state = manifest::load(&files, &opts).unwrap();
+    assert_eq!(
+        manifest::load(&files, &LoadOptions::default())
+            .unwrap_err()
+            .reason(),
+        "prometheus-url-not-allowed"
+    );
     assert!(state.warnings.is_empty(), "{:#?}", state.warnings);
     let key = ObjectKey::new("logging", "fluent-bit");
     assert!(state.daemonsets.contains_key(&key));
@@ -46,19 +61,22 @@ fn every_check_has_an_invalid_fixture_with_its_documented_output() {
             compare(check.id, &dir, &findings, bless);
             continue;
         }
-        let files = manifest::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let files = manifest::read_dir(&dir, &Limits::default())
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         assert!(!files.is_empty(), "no fixture for {}", check.id);
-        let findings = match manifest::load(&files, &options_for(check.id)) {
-            Ok(state) => state.warnings,
-            Err(rejected) => {
-                assert_eq!(rejected.reason(), check.id);
-                rejected
-                    .errors
-                    .into_iter()
-                    .chain(rejected.warnings)
-                    .collect()
-            }
-        };
+        let config = manifest::read_repo_config(&dir).unwrap();
+        let findings =
+            match manifest::load_with_config(&files, config.as_ref(), &options_for(check.id)) {
+                Ok(state) => state.warnings,
+                Err(rejected) => {
+                    assert_eq!(rejected.reason(), check.id);
+                    rejected
+                        .errors
+                        .into_iter()
+                        .chain(rejected.warnings)
+                        .collect()
+                }
+            };
         compare(check.id, &dir, &findings, bless);
     }
 }

@@ -388,6 +388,7 @@ async fn check_commit_reads_the_fetched_commit_through_the_git_worker() {
         reference: GitRef::Branch("main".into()),
         path: String::new(),
         checkout_dir: dir.path().join("cache"),
+        limits: ::nodewave::manifest::Limits::default(),
         credentials: nodewave::source::Credentials::default(),
     })
     .unwrap();

@@ -9,11 +9,13 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::KubeArgs;
+use super::limit_args::{FileLimits, LimitValue};
 use super::render::{FileRender, RenderArgs};
 use super::trust::{TrustArgs, parse_verify_mode};
 use super::validate::RuleArgs;
-use crate::manifest::Severity;
+use crate::desired::PruneLimit;
 use crate::manifest::policy::parse_duration;
+use crate::manifest::{Limit, Severity};
 use crate::server::ServerConfig;
 use crate::source::webhook::TIMESTAMP_TOLERANCE;
 use crate::source::{Credentials, GitRef};
@@ -111,12 +113,23 @@ pub struct RunArgs {
     /// Do not delete managed DaemonSets that disappeared from Git.
     #[arg(long, env = "NODEWAVE_NO_PRUNE")]
     pub no_prune: bool,
+    /// Prune guard: refuse the deletions of a commit that would delete more than
+    /// this share (0-100) of the managed DaemonSets. A commit deleting all of them
+    /// is always refused. Either is allowed when the commit carries the file
+    /// .nodewave-allow-prune in the tracked directory [default: 100].
+    #[arg(long, env = "NODEWAVE_MAX_PRUNE_PERCENT", value_name = "PERCENT")]
+    pub max_prune_percent: Option<u32>,
     /// Report drift (changes made outside Git) without undoing it.
     #[arg(long, env = "NODEWAVE_NO_SELF_HEAL")]
     pub no_self_heal: bool,
     /// Create a DaemonSet's namespace when it does not exist.
     #[arg(long, env = "NODEWAVE_CREATE_NAMESPACES")]
     pub create_namespaces: bool,
+    /// Watch and write only in the --allow-namespace namespaces, so a Role in each
+    /// of them is enough (nodes are still watched cluster-wide, read-only). Needs
+    /// at least one --allow-namespace; excludes --create-namespaces.
+    #[arg(long, env = "NODEWAVE_NAMESPACED")]
+    pub namespaced: bool,
     /// Node label naming a node's pool when a policy names none
     /// [default: auto-detect GKE, EKS, AKS, Karpenter and nodewave.io/pool labels].
     #[arg(long, env = "NODEWAVE_POOL_LABEL")]
@@ -201,8 +214,10 @@ pub struct FileConfig {
     pub git_accept_new_host_keys: Option<bool>,
     pub insecure_allow_http_credentials: Option<bool>,
     pub prune: Option<bool>,
+    pub max_prune_percent: Option<u32>,
     pub self_heal: Option<bool>,
     pub create_namespaces: Option<bool>,
+    pub namespaced: Option<bool>,
     pub pool_label: Option<String>,
     pub rollout_interval: Option<String>,
     pub fetch_timeout: Option<String>,
@@ -212,6 +227,8 @@ pub struct FileConfig {
     pub log_format: Option<String>,
     pub log_level: Option<String>,
     pub allow_namespaces: Option<Vec<String>>,
+    pub allow_prometheus_urls: Option<Vec<String>>,
+    pub allow_kinds: Option<Vec<String>>,
     pub severity: Option<std::collections::BTreeMap<String, Severity>>,
     pub require_digest: Option<bool>,
     pub kubeconfig: Option<PathBuf>,
@@ -228,6 +245,59 @@ pub struct FileConfig {
     pub verify_commits: Option<String>,
     pub trusted_gpg_keys: Option<PathBuf>,
     pub trusted_ssh_signers: Option<PathBuf>,
+    pub max_file_bytes: Option<LimitValue>,
+    pub max_files: Option<LimitValue>,
+    pub max_total_bytes: Option<LimitValue>,
+    pub max_objects: Option<LimitValue>,
+    pub max_total_nodes: Option<LimitValue>,
+    pub max_object_bytes: Option<LimitValue>,
+    pub max_depth: Option<LimitValue>,
+    pub max_nodes: Option<LimitValue>,
+    pub max_aliases: Option<LimitValue>,
+}
+
+impl FileConfig {
+    fn limits(&self) -> FileLimits {
+        let field = |limit: Limit| match limit {
+            Limit::FileBytes => &self.max_file_bytes,
+            Limit::Files => &self.max_files,
+            Limit::TotalBytes => &self.max_total_bytes,
+            Limit::Objects => &self.max_objects,
+            Limit::TotalNodes => &self.max_total_nodes,
+            Limit::ObjectBytes => &self.max_object_bytes,
+            Limit::Depth => &self.max_depth,
+            Limit::Nodes => &self.max_nodes,
+            Limit::Aliases => &self.max_aliases,
+        };
+        FileLimits {
+            values: Limit::ALL
+                .into_iter()
+                .filter_map(|l| field(l).clone().map(|v| (l, v)))
+                .collect(),
+        }
+    }
+}
+
+/// Bounds of the two intervals: shorter ones would busy-loop, longer ones are
+/// typos (and time arithmetic on them could overflow).
+const POLL_INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(24 * 3600));
+
+fn check_interval(
+    what: &str,
+    d: Duration,
+    (min, max): (Duration, Duration),
+) -> Result<Duration, String> {
+    use crate::manifest::policy::format_duration;
+    if d < min || d > max {
+        return Err(format!(
+            "{what} {} is outside {} to {}",
+            format_duration(d),
+            format_duration(min),
+            format_duration(max)
+        ));
+    }
+    Ok(d)
 }
 
 /// Everything `run` needs, resolved.
@@ -243,8 +313,12 @@ pub struct Resolved {
     pub state_dir: PathBuf,
     pub credentials: Credentials,
     pub prune: bool,
+    /// The prune guard's limit (`--max-prune-percent`).
+    pub prune_limit: PruneLimit,
     pub self_heal: bool,
     pub create_namespaces: bool,
+    /// Watches (and so the permissions needed) limited to the allowed namespaces.
+    pub namespaced: bool,
     pub pool_label: Option<String>,
     /// Set when the obsolete `rollout-interval` was given (warned about).
     pub rollout_interval: Option<Duration>,
@@ -310,6 +384,20 @@ impl RunArgs {
         if rules.allow_namespaces.is_empty() {
             rules.allow_namespaces = file.allow_namespaces.clone().unwrap_or_default();
         }
+        if rules.allow_prometheus_urls.is_empty() {
+            rules.allow_prometheus_urls = file
+                .allow_prometheus_urls
+                .iter()
+                .flatten()
+                .map(|u| {
+                    crate::manifest::prometheus_url::parse_allowed(u)
+                        .map_err(|e| format!("config file: allow-prometheus-urls: {e}"))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if rules.allow_kinds.is_empty() {
+            rules.allow_kinds = file.allow_kinds.clone().unwrap_or_default();
+        }
         if let Some(sev) = &file.severity {
             for (k, v) in sev {
                 if !rules.severities.iter().any(|(c, _)| c == k) {
@@ -318,6 +406,16 @@ impl RunArgs {
             }
         }
         rules.require_digest |= file.require_digest.unwrap_or(false);
+        rules.limits.merge_file(&file.limits())?;
+        render.limits = rules.limits();
+        let create_namespaces = self.create_namespaces || file.create_namespaces.unwrap_or(false);
+        let namespaced = self.namespaced || file.namespaced.unwrap_or(false);
+        if namespaced && rules.allow_namespaces.is_empty() {
+            return Err("--namespaced needs at least one --allow-namespace (config file: allow-namespaces): the namespaces nodewave watches and may write to".into());
+        }
+        if namespaced && create_namespaces {
+            return Err("--namespaced and --create-namespaces exclude each other: in namespaced mode the allowed namespaces must exist (their Roles live there)".into());
+        }
         let log_format = self
             .log_format
             .clone()
@@ -352,10 +450,13 @@ impl RunArgs {
             repo,
             reference,
             path,
-            poll_interval: self
-                .poll_interval
-                .or(duration_opt(file.poll_interval.as_ref(), "poll-interval")?)
-                .unwrap_or(Duration::from_mins(1)),
+            poll_interval: check_interval(
+                "poll-interval",
+                self.poll_interval
+                    .or(duration_opt(file.poll_interval.as_ref(), "poll-interval")?)
+                    .unwrap_or(Duration::from_mins(1)),
+                POLL_INTERVAL_RANGE,
+            )?,
             http: self.http_config(&file)?,
             webhook_secret_file: self
                 .webhook_secret_file
@@ -387,8 +488,15 @@ impl RunArgs {
                     || file.insecure_allow_http_credentials.unwrap_or(false),
             },
             prune: !self.no_prune && file.prune.unwrap_or(true),
+            prune_limit: self
+                .max_prune_percent
+                .or(file.max_prune_percent)
+                .map(PruneLimit::new)
+                .transpose()?
+                .unwrap_or_default(),
             self_heal: !self.no_self_heal && file.self_heal.unwrap_or(true),
-            create_namespaces: self.create_namespaces || file.create_namespaces.unwrap_or(false),
+            create_namespaces,
+            namespaced,
             pool_label: self.pool_label.clone().or(file.pool_label.clone()),
             rollout_interval: self.rollout_interval.or(duration_opt(
                 file.rollout_interval.as_ref(),
@@ -535,7 +643,7 @@ mod tests {
     fn flags_override_the_config_file_and_defaults_apply() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("nodewave.toml");
-        std::fs::write(&cfg, "repo = \"file:///from-file\"\npoll-interval = \"30s\"\nprune = false\nallow-namespaces = [\"logging\"]\n[severity]\nprobes-missing = \"error\"\n").unwrap();
+        std::fs::write(&cfg, "repo = \"file:///from-file\"\npoll-interval = \"30s\"\nprune = false\nallow-namespaces = [\"logging\"]\nallow-kinds = [\"ConfigMap\"]\n[severity]\nprobes-missing = \"error\"\n").unwrap();
         let t = T::parse_from([
             "x",
             "--config",
@@ -550,12 +658,52 @@ mod tests {
         assert!(r.self_heal);
         assert_eq!(r.reference, GitRef::Branch("main".into()));
         assert_eq!(r.rules.allow_namespaces, vec!["logging"]);
+        assert_eq!(r.rules.allow_kinds, vec!["ConfigMap"]);
         assert_eq!(
             r.rules.severities,
             vec![("probes-missing".to_string(), Severity::Error)]
         );
         assert_eq!(r.http.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(r.http, ServerConfig::new(r.http.listen));
+    }
+
+    #[test]
+    fn namespaced_mode_needs_allowed_namespaces_and_no_namespace_creation() {
+        let t = T::parse_from(["x", "--repo", "file:///r", "--namespaced"]);
+        let e = t.run.resolve().unwrap_err();
+        assert!(
+            e.contains("--namespaced needs at least one --allow-namespace"),
+            "{e}"
+        );
+        let t = T::parse_from([
+            "x",
+            "--repo",
+            "file:///r",
+            "--namespaced",
+            "--allow-namespace",
+            "logging",
+            "--create-namespaces",
+        ]);
+        let e = t.run.resolve().unwrap_err();
+        assert!(e.contains("exclude each other"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("nodewave.toml");
+        std::fs::write(
+            &cfg,
+            "repo = \"file:///r\"\nnamespaced = true\nallow-namespaces = [\"logging\", \"monitoring\"]\n",
+        )
+        .unwrap();
+        let r = T::parse_from(["x", "--config", cfg.to_str().unwrap()])
+            .run
+            .resolve()
+            .unwrap();
+        assert!(r.namespaced);
+        assert_eq!(r.rules.allow_namespaces, vec!["logging", "monitoring"]);
+        let r = T::parse_from(["x", "--repo", "file:///r"])
+            .run
+            .resolve()
+            .unwrap();
+        assert!(!r.namespaced);
     }
 
     #[test]
@@ -711,6 +859,122 @@ mod tests {
         std::fs::write(&cfg, "repo = \"r\"\nverify-commits = \"always\"\n").unwrap();
         let t = T::parse_from(["x", "--config", cfg.to_str().unwrap()]);
         assert!(t.run.resolve().unwrap_err().contains("off or head"));
+    }
+
+    #[test]
+    fn limits_come_from_flags_then_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("nodewave.toml");
+        std::fs::write(
+            &cfg,
+            "repo = \"file:///r\"\nmax-file-bytes = \"8MiB\"\nmax-files = 10\nmax-depth = 32\n",
+        )
+        .unwrap();
+        let t = T::parse_from(["x", "--config", cfg.to_str().unwrap(), "--max-files", "20"]);
+        let limits = t.run.resolve().unwrap().rules.load_options().limits;
+        assert_eq!(limits.max_file_bytes, 8 << 20);
+        assert_eq!(limits.max_files, 20);
+        assert_eq!(limits.max_depth, 32);
+        assert_eq!(
+            limits.max_nodes,
+            crate::manifest::Limits::default().max_nodes
+        );
+        std::fs::write(&cfg, "repo = \"file:///r\"\nmax-object-bytes = \"lots\"\n").unwrap();
+        let t = T::parse_from(["x", "--config", cfg.to_str().unwrap()]);
+        let e = t.run.resolve().unwrap_err();
+        assert!(e.contains("max-object-bytes"), "{e}");
+    }
+
+    #[test]
+    fn absurd_intervals_are_refused() {
+        for (flag, value) in [("--poll-interval", "0"), ("--poll-interval", "25h")] {
+            let t = T::parse_from(["x", "--repo", "file:///r", flag, value]);
+            let e = t.run.resolve().unwrap_err();
+            assert!(e.contains("is outside"), "{flag} {value}: {e}");
+        }
+        // Overflowing values are clap errors, not panics.
+        assert!(T::try_parse_from(["x", "--poll-interval", "1s18446744073709551615s"]).is_err());
+    }
+
+    #[test]
+    fn prometheus_urls_come_from_the_flag_or_the_file_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("nodewave.toml");
+        std::fs::write(
+            &cfg,
+            "repo = \"file:///r\"\nallow-prometheus-urls = [\"http://prom:9090\", \"https://thanos.example/\"]\n",
+        )
+        .unwrap();
+        let r = T::parse_from(["x", "--config", cfg.to_str().unwrap()])
+            .run
+            .resolve()
+            .unwrap();
+        assert_eq!(
+            r.rules.load_options().allowed_prometheus_urls,
+            vec!["http://prom:9090", "https://thanos.example/"]
+        );
+        let r = T::parse_from([
+            "x",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--allow-prometheus-url",
+            "http://other:9090",
+        ])
+        .run
+        .resolve()
+        .unwrap();
+        assert_eq!(r.rules.allow_prometheus_urls, vec!["http://other:9090"]);
+        let r = T::parse_from(["x", "--repo", "r"]).run.resolve().unwrap();
+        assert!(r.rules.load_options().allowed_prometheus_urls.is_empty());
+        assert!(
+            T::try_parse_from(["x", "--repo", "r", "--allow-prometheus-url", "prom:9090"]).is_err()
+        );
+        std::fs::write(
+            &cfg,
+            "repo = \"r\"\nallow-prometheus-urls = [\"ftp://x\"]\n",
+        )
+        .unwrap();
+        let e = T::parse_from(["x", "--config", cfg.to_str().unwrap()])
+            .run
+            .resolve()
+            .unwrap_err();
+        assert!(
+            e.contains("allow-prometheus-urls") && e.contains("http://"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_prune_limit_comes_from_the_flag_or_the_file_and_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("nodewave.toml");
+        std::fs::write(&cfg, "repo = \"file:///r\"\nmax-prune-percent = 25\n").unwrap();
+        let r = T::parse_from(["x", "--config", cfg.to_str().unwrap()])
+            .run
+            .resolve()
+            .unwrap();
+        assert_eq!(r.prune_limit.max_percent(), 25);
+        let r = T::parse_from([
+            "x",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--max-prune-percent",
+            "0",
+        ])
+        .run
+        .resolve()
+        .unwrap();
+        assert_eq!(r.prune_limit.max_percent(), 0, "the flag wins");
+        let r = T::parse_from(["x", "--repo", "file:///r"])
+            .run
+            .resolve()
+            .unwrap();
+        assert_eq!(r.prune_limit, PruneLimit::DEFAULT);
+        let e = T::parse_from(["x", "--repo", "file:///r", "--max-prune-percent", "150"])
+            .run
+            .resolve()
+            .unwrap_err();
+        assert!(e.contains("between 0 and 100"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `nodewave diff`: what applying a checkout (or a Git ref) would change.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use kube::ResourceExt;
 use serde_json::Value;
@@ -10,10 +12,10 @@ use super::KubeArgs;
 use super::render::{FileRender, RenderArgs};
 use super::validate::RuleArgs;
 use crate::cluster::{self, Cluster};
-use crate::desired::decorate;
+use crate::desired::{DesiredObject, decorate};
 use crate::diff;
 use crate::keys;
-use crate::manifest::{self, ManifestFile, ObjectKey};
+use crate::manifest::{self, ManifestFile, ObjectKey, ObjectRef};
 use crate::metrics::Metrics;
 use crate::source::{GitRef, GitSource, GitSourceConfig, redact_url};
 
@@ -57,7 +59,7 @@ pub async fn run(args: DiffArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(n) => {
-            println!("{n} DaemonSet(s) differ from Git");
+            println!("{n} object(s) differ from Git");
             ExitCode::from(1)
         }
         Err(e) => {
@@ -67,9 +69,14 @@ pub async fn run(args: DiffArgs) -> ExitCode {
     }
 }
 
-async fn load_files(args: &DiffArgs) -> Result<(Vec<ManifestFile>, String, String), String> {
+/// The files of the checkout or fetched commit, its id, the redacted remote
+/// URL, and the repository's `.nodewave.yaml` if there is one.
+type Loaded = (Vec<ManifestFile>, String, String, Option<ManifestFile>);
+
+async fn load_files(args: &DiffArgs) -> Result<Loaded, String> {
     // Kustomize and Helm directories are rendered as `nodewave run` renders them.
-    let render = args.render.options(&FileRender::default())?;
+    let mut render = args.render.options(&FileRender::default())?;
+    render.limits = args.rules.limits();
     if let Some(dir) = &args.dir {
         let base = dir.join(&args.path);
         let mut files = crate::render::render_dir(&base, &render).map_err(|e| e.to_string())?;
@@ -79,7 +86,8 @@ async fn load_files(args: &DiffArgs) -> Result<(Vec<ManifestFile>, String, Strin
                 f.path = format!("{prefix}/{}", f.path);
             }
         }
-        return Ok((files, "(working tree)".into(), String::new()));
+        let config = manifest::read_repo_config(&base).map_err(|e| e.to_string())?;
+        return Ok((files, "(working tree)".into(), String::new(), config));
     }
     let Some(url) = &args.repo else {
         return Err("give --dir or --repo".into());
@@ -95,6 +103,7 @@ async fn load_files(args: &DiffArgs) -> Result<(Vec<ManifestFile>, String, Strin
         path: args.path.clone(),
         checkout_dir: tmp.clone(),
         credentials: crate::source::Credentials::default(),
+        limits: args.rules.limits(),
     })
     .map_err(|e| e.to_string())?;
     let outcome = src.fetch().map_err(|e| e.to_string())?;
@@ -102,10 +111,14 @@ async fn load_files(args: &DiffArgs) -> Result<(Vec<ManifestFile>, String, Strin
     let files = crate::render::desired_files(&worker, &outcome.head, &args.path, &render)
         .await
         .map_err(|e| e.to_string());
+    let config = worker
+        .read_tracked_file(outcome.head.clone(), manifest::REPO_CONFIG_FILE)
+        .await
+        .map_err(|e| e.to_string());
     drop(worker);
     let _ = std::fs::remove_dir_all(&tmp);
     let files = files?;
-    Ok((files, outcome.head, redact_url(url)))
+    Ok((files, outcome.head, redact_url(url), config?))
 }
 
 fn tempfile_dir() -> Result<PathBuf, String> {
@@ -115,13 +128,32 @@ fn tempfile_dir() -> Result<PathBuf, String> {
 }
 
 async fn diff_all(args: &DiffArgs) -> Result<usize, String> {
-    let (files, _commit, repo) = load_files(args).await?;
-    let desired = manifest::load(&files, &args.rules.load_options()).map_err(|r| r.to_string())?;
+    let (files, _commit, repo, config) = load_files(args).await?;
+    let desired = manifest::load_with_config(&files, config.as_ref(), &args.rules.load_options())
+        .map_err(|r| r.to_string())?;
     let client = cluster::client(args.kube.kubeconfig.as_deref())
         .await
         .map_err(|e| e.to_string())?;
     let cluster = Cluster::new(client, Metrics::new());
     let mut differing = 0;
+    // Companion objects as nodewave applies them, config copies included.
+    let mut objects: BTreeMap<ObjectRef, Arc<DesiredObject>> = desired
+        .objects
+        .iter()
+        .map(|(r, o)| {
+            let object = crate::desired::mark(&o.manifest, &o.location.file, &repo, &args.path);
+            let d = DesiredObject {
+                reference: r.clone(),
+                api_version: o.api_version.clone(),
+                hash: crate::desired::content_hash(&object),
+                object,
+                order: o.order,
+                file: o.location.file.clone(),
+            };
+            (r.clone(), Arc::new(d))
+        })
+        .collect();
+    let mut copies = Vec::new();
     // Which repositories this checkout feeds: pruning is only reported for
     // DaemonSets nodewave applied from one of them.
     let mut sources: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
@@ -154,7 +186,13 @@ async fn diff_all(args: &DiffArgs) -> Result<usize, String> {
                         .unwrap_or_else(|| args.path.clone()),
                 )
             });
-        let obj = decorate(&dds.manifest, &dds.location.file, &repo_ann, &path_ann);
+        let mut obj = decorate(&dds.manifest, &dds.location.file, &repo_ann, &path_ann);
+        // A config change shows as the template's new config copy name.
+        copies.extend(crate::desired::version_configs(
+            &key.namespace,
+            &mut obj,
+            &objects,
+        ));
         let live_value = match &live {
             Some(ds) => serde_json::to_value(ds).map_err(|e| e.to_string())?,
             None => Value::Null,
@@ -189,6 +227,12 @@ async fn diff_all(args: &DiffArgs) -> Result<usize, String> {
             println!("{}", d.unified);
         }
     }
+    for c in copies {
+        objects
+            .entry(c.reference.clone())
+            .or_insert_with(|| Arc::new(c));
+    }
+    differing += diff_objects(args, &cluster, &objects, &repo).await?;
     for ds in cluster
         .managed_daemonsets()
         .await
@@ -202,6 +246,78 @@ async fn diff_all(args: &DiffArgs) -> Result<usize, String> {
         if same_source && !desired.daemonsets.contains_key(&key) {
             differing += 1;
             println!("DaemonSet {key}: managed by nodewave but not in Git: would be pruned");
+        }
+    }
+    Ok(differing)
+}
+
+/// Companion objects: what applying them would change (they are applied at
+/// once, not staged).
+async fn diff_objects(
+    args: &DiffArgs,
+    cluster: &Cluster,
+    objects: &BTreeMap<ObjectRef, Arc<DesiredObject>>,
+    repo: &str,
+) -> Result<usize, String> {
+    let mut differing = 0;
+    for (reference, o) in objects {
+        let Some(kind) = cluster
+            .served_kind(&o.api_version, &reference.kind)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            differing += 1;
+            println!(
+                "{reference}: the API server does not serve {} {} (its CRD is not installed yet)",
+                o.api_version, reference.kind
+            );
+            continue;
+        };
+        let live = cluster
+            .get_object(&kind, reference)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (repo_ann, path_ann) = live.as_ref().map_or_else(
+            || (repo.to_string(), args.path.clone()),
+            |l| {
+                let source = |k: &str| {
+                    l.pointer(&format!("/metadata/annotations/{}", k.replace('/', "~1")))
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                };
+                (
+                    source(keys::SOURCE_REPO).unwrap_or_else(|| repo.to_string()),
+                    source(keys::SOURCE_PATH).unwrap_or_else(|| args.path.clone()),
+                )
+            },
+        );
+        let obj = crate::desired::mark(&o.object, &o.file, &repo_ann, &path_ann);
+        let Some(live) = live else {
+            differing += 1;
+            println!("{reference}: would be created");
+            if !args.paths_only {
+                println!(
+                    "{}",
+                    diff::unified_yaml(&reference.to_string(), &Value::Null, &obj)
+                );
+            }
+            continue;
+        };
+        let dry = cluster
+            .apply_object(&kind, reference, &obj, true)
+            .await
+            .map_err(|e| e.to_string())?;
+        let d = diff::compare(&reference.to_string(), &live, &dry);
+        if d.is_empty() {
+            continue;
+        }
+        differing += 1;
+        println!("{reference}: differs");
+        for p in &d.paths {
+            println!("  ~ {p}");
+        }
+        if !args.paths_only {
+            println!("{}", d.unified);
         }
     }
     Ok(differing)

@@ -4,6 +4,7 @@
 mod config;
 mod diff;
 mod leader;
+mod limit_args;
 mod logfmt;
 mod render;
 mod rollout;

@@ -80,12 +80,11 @@ pub async fn run(args: RunArgs) -> ExitCode {
     }
 
     let metrics = Metrics::new();
-    metrics.init_commit_reject_reasons(
-        CHECKS
-            .iter()
-            .map(|c| c.id)
-            .chain(["read-error", crate::verify::REJECT_REASON]),
-    );
+    metrics.init_commit_reject_reasons(CHECKS.iter().map(|c| c.id).chain([
+        "read-error",
+        crate::verify::REJECT_REASON,
+        crate::desired::PANIC_REASON,
+    ]));
     metrics.init_reconcile_error_kinds(controller::ERROR_KINDS.iter().copied());
     let trust = match super::trust::trust_store(cfg.verify_commits, &cfg.trust_files) {
         Ok(t) => t,
@@ -107,6 +106,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         path: cfg.path.clone(),
         checkout_dir: cfg.state_dir.clone(),
         credentials: cfg.credentials.clone(),
+        limits: cfg.rules.limits(),
     };
     let source = match SourceWorker::open(source_cfg.clone()) {
         Ok(s) => s,
@@ -190,7 +190,13 @@ pub async fn run(args: RunArgs) -> ExitCode {
         st.leader = true;
     }
 
-    let scope = Scope::AllNamespaces;
+    // Namespaced mode: one set of watches per allowed namespace, so Roles in
+    // those namespaces suffice (nodes are always watched cluster-wide).
+    let scope = if cfg.namespaced {
+        Scope::Namespaces(cfg.rules.allow_namespaces.clone())
+    } else {
+        Scope::AllNamespaces
+    };
     let (touch_tx, touch_rx) = mpsc::unbounded_channel::<Touched>();
     let mut watches = Watches::start(
         &client,
@@ -199,7 +205,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
             let _ = touch_tx.send(t);
         }),
     );
-    info!("waiting for the watches to list DaemonSets, pods, nodes and records");
+    info!(scope = ?scope, "waiting for the watches to list DaemonSets, pods, nodes and records");
     tokio::select! {
         () = watches.wait_ready() => {}
         () = shutdown_signal() => return stop(ExitCode::SUCCESS).await,
@@ -217,12 +223,15 @@ pub async fn run(args: RunArgs) -> ExitCode {
     };
     metrics.watch_daemonsets(watches.stores.clone(), identity_src.clone());
     let cluster = Cluster::new(client.clone(), metrics.clone());
-    let loader = Arc::new(Loader::new(
-        source,
-        cfg.rules.load_options(),
-        cfg.render.clone(),
-        identity_src.clone(),
-    ));
+    let loader = Arc::new(
+        Loader::new(
+            source,
+            cfg.rules.load_options(),
+            cfg.render.clone(),
+            identity_src.clone(),
+        )
+        .with_poisoned_commits(&cfg.state_dir),
+    );
     let (desired_tx, desired_rx) = watch::channel(None);
     let pipeline = Pipeline {
         loader: loader.clone(),
@@ -236,8 +245,14 @@ pub async fn run(args: RunArgs) -> ExitCode {
         stores: watches.stores.clone(),
         report_namespaces: cfg.rules.allow_namespaces.clone(),
         trust,
+        prune: cfg.prune.then_some(cfg.prune_limit),
     };
-    let pipeline_task = tokio::spawn(pipeline.run(desired_tx, shutdown_rx.clone()));
+    let pipeline_task = crate::service::spawn_supervised(
+        "desired-state pipeline",
+        status.clone(),
+        metrics.clone(),
+        pipeline.run(desired_tx, shutdown_rx.clone()),
+    );
     let ctx = controller::Context::new(
         controller::Config {
             identity: identity_src.clone(),
@@ -259,11 +274,16 @@ pub async fn run(args: RunArgs) -> ExitCode {
         watches.stores.clone(),
         desired_rx,
         loader,
-        metrics,
-        status,
+        metrics.clone(),
+        status.clone(),
         fence,
     );
-    let controller_task = tokio::spawn(controller::run(ctx, touch_rx, shutdown_rx.clone()));
+    let controller_task = crate::service::spawn_supervised(
+        "controller",
+        status,
+        metrics,
+        controller::run(ctx, touch_rx, shutdown_rx.clone()),
+    );
 
     let mut exit = ExitCode::SUCCESS;
     if let Some(l) = leadership.as_mut() {

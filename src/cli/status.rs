@@ -61,10 +61,18 @@ fn short(c: &str) -> String {
 }
 
 pub async fn run(args: StatusArgs) -> ExitCode {
+    let objects = match collect_objects(&args).await {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     match collect(&args).await {
         Ok(rows) => {
             if args.output == "json" {
-                match serde_json::to_string_pretty(&rows) {
+                let out = serde_json::json!({"daemonsets": rows, "objects": objects});
+                match serde_json::to_string_pretty(&out) {
                     Ok(s) => println!("{s}"),
                     Err(e) => {
                         eprintln!("error: {e}");
@@ -73,6 +81,7 @@ pub async fn run(args: StatusArgs) -> ExitCode {
                 }
             } else {
                 print_table(&rows);
+                print_objects(&objects);
             }
             ExitCode::SUCCESS
         }
@@ -176,6 +185,53 @@ pub fn row_of(r: &DaemonSetRollout) -> Row {
     }
 }
 
+/// A companion object nodewave applied (any kind but DaemonSet).
+#[derive(Debug, Serialize)]
+pub struct ObjectRow {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub source_file: Option<String>,
+}
+
+/// Companion objects carrying nodewave's label, of the built-in kinds it
+/// manages by default (custom resources are in `/status`).
+async fn collect_objects(args: &StatusArgs) -> Result<Vec<ObjectRow>, String> {
+    let client = cluster::client(args.kube.kubeconfig.as_deref())
+        .await
+        .map_err(|e| e.to_string())?;
+    let cluster = cluster::Cluster::new(client, crate::metrics::Metrics::new());
+    let mut rows = Vec::new();
+    for (api_version, kind) in crate::manifest::objects::PRUNABLE_KINDS {
+        let Some(served) = cluster
+            .served_kind(api_version, kind)
+            .await
+            .map_err(|e| e.to_string())?
+        else {
+            continue;
+        };
+        let list = match cluster.managed_objects(&served).await {
+            Ok(list) => list,
+            // Not allowed to list this kind: show what can be seen.
+            Err(e) if e.to_string().contains("403") => continue,
+            Err(e) => return Err(e.to_string()),
+        };
+        for o in list {
+            let namespace = o.metadata.namespace.clone().unwrap_or_default();
+            if args.namespace.as_ref().is_some_and(|n| *n != namespace) {
+                continue;
+            }
+            rows.push(ObjectRow {
+                kind: (*kind).to_string(),
+                namespace,
+                name: o.name_any(),
+                source_file: o.annotations().get(keys::SOURCE_FILE).cloned(),
+            });
+        }
+    }
+    Ok(rows)
+}
+
 async fn collect(args: &StatusArgs) -> Result<Vec<Row>, String> {
     let client = cluster::client(args.kube.kubeconfig.as_deref())
         .await
@@ -195,6 +251,27 @@ async fn collect(args: &StatusArgs) -> Result<Vec<Row>, String> {
     let mut rows: Vec<Row> = list.items.iter().map(row_of).collect();
     rows.sort_by(|a, b| (&a.namespace, &a.daemonset).cmp(&(&b.namespace, &b.daemonset)));
     Ok(rows)
+}
+
+fn print_objects(objects: &[ObjectRow]) {
+    if objects.is_empty() {
+        return;
+    }
+    println!();
+    println!("{:<48} {:<44} SOURCE", "OBJECT", "NAMESPACE/NAME");
+    for o in objects {
+        let name = if o.namespace.is_empty() {
+            o.name.clone()
+        } else {
+            format!("{}/{}", o.namespace, o.name)
+        };
+        println!(
+            "{:<48} {:<44} {}",
+            o.kind,
+            name,
+            o.source_file.as_deref().unwrap_or("-")
+        );
+    }
 }
 
 fn print_table(rows: &[Row]) {

@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use super::limit_args::LimitArgs;
 use super::render::{FileRender, RenderArgs};
-use crate::manifest::{self, CHECKS, LoadOptions, Severity};
+use crate::manifest::{self, CHECKS, Limits, LoadOptions, Severity};
 use crate::render::{self, RenderError};
 
 #[derive(Debug, clap::Args)]
@@ -40,6 +41,18 @@ pub struct RuleArgs {
         value_delimiter = ','
     )]
     pub allow_namespaces: Vec<String>,
+    /// Kind of companion object nodewave may apply next to DaemonSets: `Kind`
+    /// (core group), `Kind.group`, or `*.group` (repeatable; replaces the default
+    /// list: Namespace, ServiceAccount, ConfigMap, Secret, Service, RBAC,
+    /// PodDisruptionBudget, PriorityClass, CRDs and their custom resources,
+    /// Deployment, webhook configurations; `none`: DaemonSets only).
+    #[arg(
+        long = "allow-kind",
+        value_name = "KIND",
+        env = "NODEWAVE_ALLOW_KINDS",
+        value_delimiter = ','
+    )]
+    pub allow_kinds: Vec<String>,
     /// Change a best-practice check's severity, e.g. `probes-missing=error` or
     /// `resources-missing=off` (repeatable). Levels: error, warning, off.
     #[arg(long = "severity", value_name = "CHECK=LEVEL", value_parser = parse_severity)]
@@ -47,6 +60,20 @@ pub struct RuleArgs {
     /// Require every image to be pinned by digest (@sha256:...).
     #[arg(long)]
     pub require_digest: bool,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// Base URL of a Prometheus that RolloutPolicy checks may query, e.g.
+    /// http://prometheus.monitoring:9090 (repeatable). Scheme, host and port
+    /// must be equal, the policy's path at or below this one. Without any, a
+    /// policy with Prometheus checks is rejected [default: none allowed].
+    #[arg(
+        long = "allow-prometheus-url",
+        value_name = "URL",
+        env = "NODEWAVE_ALLOW_PROMETHEUS_URLS",
+        value_delimiter = ',',
+        value_parser = manifest::prometheus_url::parse_allowed
+    )]
+    pub allow_prometheus_urls: Vec<String>,
 }
 
 fn parse_severity(s: &str) -> Result<(String, Severity), String> {
@@ -72,10 +99,18 @@ impl RuleArgs {
     pub fn load_options(&self) -> LoadOptions {
         LoadOptions {
             allowed_namespaces: self.allow_namespaces.clone(),
+            allowed_kinds: self.allow_kinds.clone(),
             severity_overrides: self.severities.iter().cloned().collect(),
             require_digest: self.require_digest,
+            limits: self.limits(),
+            allowed_prometheus_urls: self.allow_prometheus_urls.clone(),
             ..LoadOptions::default()
         }
+    }
+
+    /// The size limits in force (also for the Git source: `GitSourceConfig::limits`).
+    pub fn limits(&self) -> Limits {
+        self.limits.limits()
     }
 }
 
@@ -105,7 +140,10 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
         return ExitCode::from(code);
     }
     let options = match args.render.options(&FileRender::default()) {
-        Ok(o) => o,
+        Ok(mut o) => {
+            o.limits = args.rules.limits();
+            o
+        }
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
@@ -119,7 +157,7 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
                 println!("{f}");
             }
             println!(
-                "invalid: {} error(s) rendering Kustomize or Helm sources; a commit like this is rejected whole and nothing from it is applied",
+                "invalid: {} error(s) reading or rendering the sources; a commit like this is rejected whole and nothing from it is applied",
                 findings.len()
             );
             return ExitCode::from(1);
@@ -133,13 +171,28 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
         eprintln!("error: no *.yaml or *.yml files under {}", dir.display());
         return ExitCode::from(1);
     }
-    match manifest::load(&files, &args.rules.load_options()) {
+    let repo_config = match manifest::read_repo_config(dir) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "error: cannot read {}: {e}",
+                dir.join(manifest::REPO_CONFIG_FILE).display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match manifest::load_with_config(&files, repo_config.as_ref(), &args.rules.load_options()) {
         Ok(state) => {
             for w in &state.warnings {
                 println!("{w}");
             }
+            let objects = if state.objects.is_empty() {
+                String::new()
+            } else {
+                format!(", {} other object(s)", state.objects.len())
+            };
             println!(
-                "ok: {} file(s), {} DaemonSet(s), {} RolloutPolicy(ies), {} warning(s)",
+                "ok: {} file(s), {} DaemonSet(s), {} RolloutPolicy(ies){objects}, {} warning(s)",
                 files.len(),
                 state.daemonsets.len(),
                 state.policies.len(),
@@ -147,16 +200,18 @@ pub fn run(args: &ValidateArgs) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(rejected) => {
-            for f in rejected.errors.iter().chain(&rejected.warnings) {
-                println!("{f}");
-            }
-            println!(
-                "invalid: {} error(s), {} warning(s); a commit like this is rejected whole and nothing from it is applied",
-                rejected.errors.len(),
-                rejected.warnings.len()
-            );
-            ExitCode::from(1)
-        }
+        Err(rejected) => print_rejected(&rejected),
     }
+}
+
+fn print_rejected(rejected: &manifest::Rejected) -> ExitCode {
+    for f in rejected.errors.iter().chain(&rejected.warnings) {
+        println!("{f}");
+    }
+    println!(
+        "invalid: {} error(s), {} warning(s); a commit like this is rejected whole and nothing from it is applied",
+        rejected.errors.len(),
+        rejected.warnings.len()
+    );
+    ExitCode::from(1)
 }

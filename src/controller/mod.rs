@@ -10,9 +10,12 @@
 //! - [`queue`]: the work queue.
 //! - [`reconcile`]: one reconcile: gather inputs, ask `plan::decide`, fetch what
 //!   it needs, execute the plan (record write first, then actions).
+//! - [`companions`]: the commit's other objects (Namespaces, RBAC, ConfigMaps,
+//!   CRDs, ...), applied at once before its DaemonSets, drift healed, pruned.
 //! - [`fence`]: leadership fencing checked before every write and action.
 //! - [`prometheus`]: the Prometheus checks of the health gates.
 
+pub mod companions;
 pub mod fence;
 pub mod prometheus;
 pub mod queue;
@@ -71,8 +74,11 @@ struct Caches {
     failures: HashMap<ObjectKey, u32>,
     /// Invalid records already reported (key → resourceVersion).
     invalid_reported: HashMap<ObjectKey, String>,
-    /// (ancestor, descendant) → is ancestor-or-equal.
+    /// (ancestor, descendant) → is ancestor-or-equal (commit graphs never change).
     ancestry: HashMap<(String, String), bool>,
+    /// (key, recorded commit) → when this replica first found the record naming
+    /// a commit its clone does not have.
+    unknown_since: HashMap<(ObjectKey, String), std::time::Instant>,
 }
 
 pub struct Context {
@@ -87,6 +93,7 @@ pub struct Context {
     pub status: SharedStatus,
     pub fence: Fence,
     pub prom: prometheus::Gatekeeper,
+    pub companions: companions::CompanionState,
     caches: Mutex<Caches>,
     /// Keys of the first desired state not reconciled yet (for `/readyz`).
     first_round: Mutex<Option<HashSet<ObjectKey>>>,
@@ -117,6 +124,7 @@ impl Context {
             status,
             fence,
             prom: prometheus::Gatekeeper::default(),
+            companions: companions::CompanionState::default(),
             caches: Mutex::new(Caches::default()),
             first_round: Mutex::new(None),
         })
@@ -204,9 +212,12 @@ pub async fn run(
     mut touched: mpsc::UnboundedReceiver<Touched>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let (status, metrics) = (ctx.status.clone(), ctx.metrics.clone());
+    let supervised = |name| (name, status.clone(), metrics.clone());
     let dispatcher = {
         let ctx = ctx.clone();
-        tokio::spawn(async move {
+        let (name, status, metrics) = supervised("watch-event dispatcher");
+        crate::service::spawn_supervised(name, status, metrics, async move {
             while let Some(t) = touched.recv().await {
                 match t {
                     Touched::DaemonSet(k) => ctx.queue.touch(k),
@@ -222,7 +233,8 @@ pub async fn run(
     let desired_watch = {
         let ctx = ctx.clone();
         let mut rx = ctx.desired.clone();
-        tokio::spawn(async move {
+        let (name, status, metrics) = supervised("desired-state dispatcher");
+        crate::service::spawn_supervised(name, status, metrics, async move {
             loop {
                 let keys = ctx.all_keys();
                 let has_desired = rx.borrow().is_some();
@@ -247,6 +259,9 @@ pub async fn run(
             }
         })
     };
+    let (name, status, metrics) = supervised("companion objects");
+    let companion_task =
+        crate::service::spawn_supervised(name, status, metrics, companions::run(ctx.clone()));
     let mut workers = Vec::new();
     for _ in 0..ctx.cfg.workers.max(1) {
         let ctx = ctx.clone();
@@ -256,6 +271,7 @@ pub async fn run(
     ctx.queue.close();
     dispatcher.abort();
     desired_watch.abort();
+    companion_task.abort();
     for w in workers {
         let _ = w.await;
     }

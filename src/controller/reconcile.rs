@@ -16,7 +16,7 @@ use crate::desired::LoadError;
 use crate::diff::{self, Difference};
 use crate::manifest::ObjectKey;
 use crate::plan::{
-    self, Act, Count, Decision, DesiredDs, Inputs, Line, LiveDs, Need, Plan, RecordView,
+    self, Act, Count, Decision, DesiredDs, Inputs, Line, Lineage, LiveDs, Need, Plan, RecordView,
 };
 use crate::record::client::WriteError;
 use crate::record::{self, DaemonSetRollout, RecordState, Work, legacy};
@@ -70,6 +70,7 @@ pub const ERROR_KINDS: &[&str] = &[
     "record_invalid",
     "git_fetch",
     "panic",
+    "companions",
 ];
 
 pub fn now_ms() -> i64 {
@@ -144,7 +145,7 @@ struct Fetched {
     revision: Option<String>,
     rollback_target: Option<Arc<DesiredDs>>,
     prometheus: Option<(PromOutcome, usize)>,
-    ancestry: Option<bool>,
+    lineage: Option<Lineage>,
 }
 
 /// Reconciles `key`; returns when to look again (unix ms), if at all.
@@ -197,6 +198,17 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Option<i64>, Re
         return Ok(None);
     }
     let state = state.and_then(Result::ok);
+    // A new commit's DaemonSet waits until the commit's companion objects (its
+    // namespace, ServiceAccount, ConfigMaps) are synced; open work never waits.
+    if let Some(d) = &desired
+        && !snapshot.loaded.objects.is_empty()
+        && !ctx.companions.synced(snapshot.commit())
+        && state
+            .as_deref()
+            .is_none_or(|s| !s.is_open() && s.applied.as_ref().is_none_or(|t| t.hash != d.hash))
+    {
+        return Ok(None);
+    }
     let live_view = live.as_ref().map(|d| live_view(ctx, d));
     let pods: Vec<PodObservation> = live
         .as_ref()
@@ -205,7 +217,8 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Option<i64>, Re
         .unwrap_or_default();
     let spec = rec_obj.as_ref().map(|r| r.spec.clone()).unwrap_or_default();
     let control = plan::control_for(&spec, state.as_ref().and_then(|s| s.rollout()));
-    let prune_allowed = snapshot.fresh && prune_allowed(ctx, &snapshot);
+    // The prune guard ran once for this desired state (src/desired/prune_guard.rs).
+    let prune_allowed = snapshot.fresh && snapshot.prune.allows_prune();
 
     // Lines about a rollout carry its commit and stage (a log pipeline filters one
     // rollout on them), in a span of their own.
@@ -215,10 +228,11 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Option<i64>, Re
             commit = record::short(&target.commit),
             stage = rollout.current_stage().map_or("", |s| s.name.as_str())
         ),
+        // Before the stages are resolved the line is about the apply.
         Some(Work::Applying { target, .. }) => tracing::info_span!(
             "rollout",
             commit = record::short(&target.commit),
-            stage = tracing::field::Empty
+            stage = "applying"
         ),
         _ => tracing::Span::current(),
     };
@@ -246,7 +260,8 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Option<i64>, Re
                     revision: fetched.revision.as_deref(),
                     rollback_target: fetched.rollback_target.as_deref(),
                     prometheus: fetched.prometheus.clone(),
-                    ancestry: fetched.ancestry,
+                    lineage: fetched.lineage,
+                    snapshot_commit: snapshot.commit(),
                 };
                 plan::decide(&inputs)
             };
@@ -312,23 +327,9 @@ fn inputs_for_invalid<'a>(ctx: &'a Context, key: &'a ObjectKey, e: &'a str) -> I
         revision: None,
         rollback_target: None,
         prometheus: None,
-        ancestry: None,
+        lineage: None,
+        snapshot_commit: "",
     }
-}
-
-/// The prune guard: a desired state that would delete every DaemonSet this
-/// source manages (an emptied or renamed path) is not acted on.
-fn prune_allowed(ctx: &Context, snapshot: &crate::desired::Desired) -> bool {
-    if !snapshot.loaded.daemonsets.is_empty() {
-        return true;
-    }
-    let owned = ctx
-        .stores
-        .daemonsets()
-        .iter()
-        .filter(|(_, ds)| ctx.owns_meta(&ds.metadata))
-        .count();
-    owned == 0
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -411,25 +412,64 @@ async fn supply(
             let outcome = ctx.prom.evaluate(key, r, spec, &nodes, now_ms()).await;
             f.prometheus = Some((outcome, r.stage));
         }
-        Need::Ancestry { applied, desired } => {
-            let k = (applied.clone(), desired.clone());
-            let cached = ctx.caches().ancestry.get(&k).copied();
-            let v = if let Some(v) = cached {
-                v
-            } else {
-                let v = ctx
-                    .loader
-                    .source()
-                    .is_ancestor(applied.clone(), desired.clone())
-                    .await
-                    .unwrap_or(false);
-                ctx.caches().ancestry.insert(k, v);
-                v
-            };
-            f.ancestry = Some(v);
+        Need::Lineage { recorded, snapshot } => {
+            f.lineage = Some(lineage(ctx, key, recorded, snapshot).await);
         }
     }
     Ok(())
+}
+
+/// How `recorded` (the record's commit) relates to `snapshot` (this replica's
+/// desired commit); see [`Lineage`]. Git lookups in the local clone only.
+async fn lineage(ctx: &Context, key: &ObjectKey, recorded: &str, snapshot: &str) -> Lineage {
+    let source = ctx.loader.source();
+    let k = (recorded.to_string(), snapshot.to_string());
+    let cached = ctx.caches().ancestry.get(&k).copied();
+    let ancestor = if let Some(v) = cached {
+        v
+    } else {
+        // An error means `recorded` is not in the clone: not an ancestor of
+        // `snapshot`, whose history the clone has in full.
+        let v = source
+            .is_ancestor(k.0.clone(), k.1.clone())
+            .await
+            .unwrap_or(false);
+        ctx.caches().ancestry.insert(k, v);
+        v
+    };
+    if ancestor {
+        return Lineage::Ancestor;
+    }
+    let head = source.head();
+    let in_head = match head {
+        Some(h) => source.is_ancestor(recorded.to_string(), h).await.ok(),
+        None => None,
+    };
+    match in_head {
+        // Fetched already, the desired state not loaded from it yet.
+        Some(true) => Lineage::Ahead,
+        Some(false) => Lineage::Rewritten,
+        None => {
+            // Not in the clone. It was on the remote before the record named it,
+            // so a fetch that started after this replica saw the record would
+            // have brought it, unless the branch was rewritten since.
+            let first_seen = *ctx
+                .caches()
+                .unknown_since
+                .entry((key.clone(), recorded.to_string()))
+                .or_insert_with(std::time::Instant::now);
+            if source.last_fetch_started().is_some_and(|t| t > first_seen) {
+                Lineage::Rewritten
+            } else {
+                tracing::debug!(
+                    recorded = %record::short(recorded),
+                    snapshot = %record::short(snapshot),
+                    "the record names a commit this replica has not fetched yet; waiting"
+                );
+                Lineage::Ahead
+            }
+        }
+    }
 }
 
 /// Carries out a plan: the record write first, then the actions in order.

@@ -2,18 +2,30 @@
 //! clone, validate the whole commit, decorate each DaemonSet for applying. The
 //! last few loaded commits are cached, so a rollback target (the last good
 //! commit) is at hand without reading Git again.
+//!
+//! Validation runs on a blocking thread with its panic caught: a commit that
+//! makes the parser panic is rejected (reason `panic`) and remembered in the
+//! state directory ([`PoisonedCommits`]), so no restart parses it again.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use futures::FutureExt as _;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::keys;
-use crate::manifest::{self, Finding, LoadOptions, ObjectKey, Rejected};
-use crate::plan::DesiredDs;
+use crate::manifest::{self, ApplyOrder, Finding, LoadOptions, ObjectKey, ObjectRef, Rejected};
+use crate::plan::{DesiredDs, config};
 use crate::render::{self, RenderError, RenderOptions};
+use crate::service::panic_message;
 use crate::source::{SourceError, SourceWorker};
+
+use super::poisoned::PoisonedCommits;
+
+/// The rejection reason (metric label) of a commit whose validation panicked.
+pub const PANIC_REASON: &str = "panic";
 
 /// Commits kept loaded: the head, the last good one, a few in between.
 const CACHED_COMMITS: usize = 4;
@@ -23,7 +35,22 @@ const CACHED_COMMITS: usize = 4;
 pub struct Loaded {
     pub commit: String,
     pub daemonsets: BTreeMap<ObjectKey, Arc<DesiredDs>>,
+    /// Companion objects, applied before the DaemonSets (see `controller::companions`).
+    pub objects: BTreeMap<ObjectRef, Arc<DesiredObject>>,
     pub warnings: Vec<Finding>,
+}
+
+/// A companion object ready to apply: the manifest with nodewave's label and
+/// source annotations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredObject {
+    pub reference: ObjectRef,
+    pub api_version: String,
+    pub object: Value,
+    pub hash: String,
+    pub order: ApplyOrder,
+    /// The file it came from, relative to the repository root.
+    pub file: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +72,14 @@ pub enum LoadError {
     /// Not signed by a trusted key (`--verify-commits head`).
     #[error("{}", .0.report())]
     Unverified(crate::verify::Unverified),
+    /// Validating the commit panicked, now (`before: false`) or in an earlier
+    /// run (`before: true`, listed in the poisoned-commits file).
+    #[error("{message}")]
+    Panicked {
+        commit: String,
+        message: String,
+        before: bool,
+    },
 }
 
 impl LoadError {
@@ -55,13 +90,16 @@ impl LoadError {
             Self::Render(f) => f.first().map_or(crate::manifest::RENDER_ERROR, |f| f.check),
             Self::Rejected(r) => r.reason(),
             Self::Unverified(_) => crate::verify::REJECT_REASON,
+            Self::Panicked { .. } => PANIC_REASON,
         }
     }
 
     /// One line per problem, for `/status` and logs.
     pub fn messages(&self) -> Vec<String> {
         match self {
-            Self::Read { .. } | Self::Io { .. } | Self::Unverified(_) => vec![self.to_string()],
+            Self::Read { .. } | Self::Io { .. } | Self::Unverified(_) | Self::Panicked { .. } => {
+                vec![self.to_string()]
+            }
             Self::Render(f) => f.iter().map(ToString::to_string).collect(),
             Self::Rejected(r) => r.errors.iter().map(ToString::to_string).collect(),
         }
@@ -70,7 +108,9 @@ impl LoadError {
     /// The findings, for the namespaces they name.
     pub fn findings(&self) -> Vec<&Finding> {
         match self {
-            Self::Read { .. } | Self::Io { .. } | Self::Unverified(_) => Vec::new(),
+            Self::Read { .. } | Self::Io { .. } | Self::Unverified(_) | Self::Panicked { .. } => {
+                Vec::new()
+            }
             Self::Render(f) => f.iter().collect(),
             Self::Rejected(r) => r.errors.iter().chain(&r.warnings).collect(),
         }
@@ -120,6 +160,7 @@ pub struct Loader {
     render: RenderOptions,
     identity: SourceIdentity,
     cache: Mutex<VecDeque<Arc<Loaded>>>,
+    poisoned: PoisonedCommits,
 }
 
 impl Loader {
@@ -135,7 +176,16 @@ impl Loader {
             render,
             identity,
             cache: Mutex::new(VecDeque::new()),
+            poisoned: PoisonedCommits::default(),
         }
+    }
+
+    /// Remembers panicking commits in `<state_dir>/nodewave-poisoned-commits`
+    /// (without this, only for the life of the process).
+    #[must_use]
+    pub fn with_poisoned_commits(mut self, state_dir: &std::path::Path) -> Self {
+        self.poisoned = PoisonedCommits::open(state_dir);
+        self
     }
 
     pub fn source(&self) -> &SourceWorker {
@@ -160,6 +210,29 @@ impl Loader {
         if let Some(l) = self.cached(commit) {
             return Ok(l);
         }
+        if self.poisoned.contains(commit) {
+            return Err(LoadError::Panicked {
+                commit: commit.to_string(),
+                message: format!(
+                    "validating commit {} panicked in an earlier run ({}), so it is not read again: push a fix or a revert (delete the file to retry it, e.g. after upgrading nodewave)",
+                    crate::record::short(commit),
+                    self.poisoned_file()
+                ),
+                before: true,
+            });
+        }
+        // Rendering and decorating run on this task: a panic there (a bug hit
+        // by hostile input) is caught here, as one in validation is below.
+        match AssertUnwindSafe(self.load_uncached(commit))
+            .catch_unwind()
+            .await
+        {
+            Ok(result) => result,
+            Err(payload) => Err(self.panicked(commit, &panic_message(payload.as_ref()))),
+        }
+    }
+
+    async fn load_uncached(&self, commit: &str) -> Result<Arc<Loaded>, LoadError> {
         // Plain YAML as it is, Kustomize and Helm directories rendered (from the
         // local clone: a rollback target is rendered again without the remote).
         let files = render::desired_files(&self.source, commit, &self.identity.path, &self.render)
@@ -175,17 +248,50 @@ impl Loader {
                 },
                 RenderError::Rejected(findings) => LoadError::Render(findings),
             })?;
-        let state = manifest::load(&files, &self.options).map_err(LoadError::Rejected)?;
+        // The repository's own settings (`.nodewave.yaml` at the tracked path).
+        let repo_config = self
+            .source
+            .read_tracked_file(commit.to_string(), manifest::REPO_CONFIG_FILE)
+            .await
+            .map_err(|source| LoadError::Read {
+                commit: commit.to_string(),
+                source,
+            })?;
+        let state = self.validate(commit, files, repo_config).await?;
+        crate::failpoint::panic_at("load-panic");
+        let mut objects: BTreeMap<ObjectRef, Arc<DesiredObject>> = state
+            .objects
+            .into_iter()
+            .map(|(reference, o)| {
+                let object = mark(
+                    &o.manifest,
+                    &o.location.file,
+                    &self.identity.repo,
+                    &self.identity.path,
+                );
+                let d = DesiredObject {
+                    reference: reference.clone(),
+                    api_version: o.api_version,
+                    hash: content_hash(&object),
+                    object,
+                    order: o.order,
+                    file: o.location.file,
+                };
+                (reference, Arc::new(d))
+            })
+            .collect();
+        let mut copies: Vec<DesiredObject> = Vec::new();
         let daemonsets = state
             .daemonsets
             .into_iter()
             .map(|(key, dds)| {
-                let object = decorate(
+                let mut object = decorate(
                     &dds.manifest,
                     &dds.location.file,
                     &self.identity.repo,
                     &self.identity.path,
                 );
+                copies.extend(version_configs(&key.namespace, &mut object, &objects));
                 let policy = state
                     .policies
                     .get(&key)
@@ -201,9 +307,15 @@ impl Loader {
                 (key, Arc::new(ds))
             })
             .collect();
+        for c in copies {
+            objects
+                .entry(c.reference.clone())
+                .or_insert_with(|| Arc::new(c));
+        }
         let loaded = Arc::new(Loaded {
             commit: commit.to_string(),
             daemonsets,
+            objects,
             warnings: state.warnings,
         });
         let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
@@ -212,6 +324,58 @@ impl Loader {
         cache.truncate(CACHED_COMMITS);
         Ok(loaded)
     }
+
+    /// `manifest::load_with_config` on a blocking thread (it is CPU work on hostile input),
+    /// with a panic caught, reported and remembered instead of unwinding into
+    /// the pipeline.
+    async fn validate(
+        &self,
+        commit: &str,
+        files: Vec<manifest::ManifestFile>,
+        repo_config: Option<manifest::ManifestFile>,
+    ) -> Result<manifest::DesiredState, LoadError> {
+        let options = self.options.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            crate::failpoint::panic_at("validate-panic");
+            manifest::load_with_config(&files, repo_config.as_ref(), &options)
+        });
+        let panic = match job.await {
+            Ok(result) => return result.map_err(LoadError::Rejected),
+            Err(e) => match e.try_into_panic() {
+                Ok(payload) => panic_message(payload.as_ref()),
+                // Cancelled: only when the runtime shuts down.
+                Err(e) => e.to_string(),
+            },
+        };
+        Err(self.panicked(commit, &panic))
+    }
+
+    /// Reports and remembers a commit whose reading panicked: rejected now, and
+    /// rejected unread after a restart.
+    fn panicked(&self, commit: &str, panic: &str) -> LoadError {
+        tracing::error!(commit = %crate::record::short(commit), panic = %panic, "reading the commit panicked; it is rejected and remembered so no restart parses it again");
+        let recorded = match self.poisoned.record(commit) {
+            Ok(()) => format!("recorded in {}", self.poisoned_file()),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot remember the panicking commit on disk");
+                format!("not recorded on disk: {e}")
+            }
+        };
+        LoadError::Panicked {
+            commit: commit.to_string(),
+            message: format!(
+                "reading commit {} panicked ({panic}); it is rejected and {recorded}: this is a nodewave bug, please report it with the commit; push a fix or a revert",
+                crate::record::short(commit)
+            ),
+            before: false,
+        }
+    }
+
+    fn poisoned_file(&self) -> String {
+        self.poisoned
+            .path()
+            .map_or_else(|| "in memory".to_string(), |p| p.display().to_string())
+    }
 }
 
 /// The object nodewave applies for a DaemonSet from Git: the manifest as written,
@@ -219,6 +383,14 @@ impl Loader {
 /// (nodewave drives every update itself: the controller only replaces pods it
 /// deletes).
 pub fn decorate(manifest: &Value, file: &str, repo: &str, path: &str) -> Value {
+    let mut obj = mark(manifest, file, repo, path);
+    obj["spec"]["updateStrategy"] = json!({"type": "OnDelete"});
+    obj
+}
+
+/// The manifest with the managed-by label and where it came from (what pruning
+/// and the ownership checks read).
+pub fn mark(manifest: &Value, file: &str, repo: &str, path: &str) -> Value {
     let mut obj = manifest.clone();
     let meta = &mut obj["metadata"];
     if !meta["labels"].is_object() {
@@ -232,8 +404,51 @@ pub fn decorate(manifest: &Value, file: &str, repo: &str, path: &str) -> Value {
     ann[keys::SOURCE_REPO] = json!(repo);
     ann[keys::SOURCE_PATH] = json!(path);
     ann[keys::SOURCE_FILE] = json!(file);
-    obj["spec"]["updateStrategy"] = json!({"type": "OnDelete"});
     obj
+}
+
+/// Config rollouts (`plan::config`): each ConfigMap or Secret of the commit that
+/// the DaemonSet's pod template references (same namespace, not opted out, not
+/// immutable already) gets an immutable copy named by its content hash, and the
+/// template is rewritten to it. A config change is then a new pod template,
+/// rolled out stage by stage like an image change. Returns the copies.
+pub fn version_configs(
+    namespace: &str,
+    daemonset: &mut Value,
+    objects: &BTreeMap<ObjectRef, Arc<DesiredObject>>,
+) -> Vec<DesiredObject> {
+    let mut renames = BTreeMap::new();
+    let mut copies = Vec::new();
+    for r in config::references(daemonset) {
+        let reference = ObjectRef {
+            group: String::new(),
+            kind: r.kind.as_str().to_string(),
+            namespace: namespace.to_string(),
+            name: r.name.clone(),
+        };
+        let Some(original) = objects.get(&reference) else {
+            continue;
+        };
+        if !config::is_versioned(&original.object) {
+            continue;
+        }
+        let name = config::hashed_name(&r.name, &config::content_hash(&original.object));
+        let object = config::hashed_copy(&original.object, &name);
+        copies.push(DesiredObject {
+            reference: ObjectRef {
+                name: name.clone(),
+                ..reference
+            },
+            api_version: original.api_version.clone(),
+            hash: content_hash(&object),
+            object,
+            order: original.order,
+            file: original.file.clone(),
+        });
+        renames.insert(r, name);
+    }
+    config::rewrite(daemonset, &renames);
+    copies
 }
 
 /// Hash of what Git declares for a DaemonSet, without nodewave's bookkeeping.

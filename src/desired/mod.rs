@@ -5,12 +5,20 @@
 //! in `/status`, the logs, a `CommitRejected` Event and
 //! `nodewave_commit_rejected_total{reason}`.
 //!
+//! Each published desired state carries the prune guard's verdict
+//! ([`prune_guard`]): a commit that would delete every managed DaemonSet, or
+//! more than `--max-prune-percent` of them, has its deletions refused (a
+//! `PruneRefused` Event, `nodewave_prune_refused_total`, `/status`) unless it
+//! carries the marker file.
+//!
 //! Nothing here waits on the cluster, and nothing in the controller waits on
 //! this: a slow or hanging remote never delays a rollout step or a rollback.
 
 mod load;
+pub mod poisoned;
+pub mod prune_guard;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +33,11 @@ use crate::source::{GitSourceConfig, fetch_process};
 use crate::store::Stores;
 use crate::verify::{self, TrustStore};
 
-pub use load::{LoadError, Loaded, Loader, SourceIdentity, content_hash, decorate};
+pub use load::{
+    DesiredObject, LoadError, Loaded, Loader, PANIC_REASON, SourceIdentity, content_hash, decorate,
+    mark, version_configs,
+};
+pub use prune_guard::{ALLOW_PRUNE_MARKER, PruneLimit, PruneVerdict};
 
 /// How many commits back the fallback looks for one nodewave applied itself.
 const FALLBACK_DEPTH: usize = 100;
@@ -37,6 +49,8 @@ pub struct Desired {
     /// Confirmed by a fetch this process made. Until then the commit comes from
     /// the local clone only, which may be older than what the cluster runs.
     pub fresh: bool,
+    /// The prune guard's verdict, computed when this state was published.
+    pub prune: PruneVerdict,
 }
 
 impl Desired {
@@ -63,6 +77,8 @@ pub struct Pipeline {
     /// `--verify-commits head`: the keys a commit must be signed by before it is
     /// read at all (never checked again for a commit nodewave deployed before).
     pub trust: Option<Arc<TrustStore>>,
+    /// The prune guard's limit; `None` when pruning is off (`--no-prune`).
+    pub prune: Option<PruneLimit>,
 }
 
 struct Progress {
@@ -72,6 +88,9 @@ struct Progress {
     /// generation then: it is tried again once the trusted keys change.
     signature_rejected: Option<(String, u64)>,
     fetch_failures: u32,
+    /// The commit whose refused prune was last reported (Event, counter): once
+    /// per commit, not again when the same state is published fresh.
+    prune_reported: Option<String>,
 }
 
 impl Progress {
@@ -93,6 +112,7 @@ impl Pipeline {
             rejected_head: None,
             signature_rejected: None,
             fetch_failures: 0,
+            prune_reported: None,
         };
         // A restarted nodewave knows what it last fetched: use it before touching
         // the network, so rollouts and rollbacks continue while the remote is away.
@@ -126,6 +146,7 @@ impl Pipeline {
         match result {
             Ok(outcome) => {
                 p.fetch_failures = 0;
+                self.loader.source().note_fetch(started, &outcome.head);
                 self.metrics.set_git_head(&outcome.head);
                 if outcome.forced {
                     self.metrics.git_force_push();
@@ -144,13 +165,13 @@ impl Pipeline {
                 let known = p.published.as_ref().map(|d| d.commit().to_string());
                 if known.as_deref() == Some(outcome.head.as_str()) {
                     // The local head is confirmed current: the controller may act on it.
-                    if let Some(d) = p.published.as_ref().filter(|d| !d.fresh) {
-                        let fresh = Arc::new(Desired {
-                            loaded: d.loaded.clone(),
-                            fresh: true,
-                        });
-                        p.published = Some(fresh.clone());
-                        tx.send_replace(Some(fresh));
+                    let stale = p
+                        .published
+                        .as_ref()
+                        .filter(|d| !d.fresh)
+                        .map(|d| d.loaded.clone());
+                    if let Some(loaded) = stale {
+                        self.publish(p, tx, loaded, true).await;
                     }
                 } else if p.rejected_head.as_deref() != Some(outcome.head.as_str())
                     || p.signature_retry_due(self.trust.as_deref(), &outcome.head)
@@ -211,10 +232,11 @@ impl Pipeline {
                     st.rejected_errors.clear();
                     st.applied_commit = Some(commit.to_string());
                     st.applied_signer = signer;
+                    st.warnings = loaded.warnings.iter().map(ToString::to_string).collect();
                 }
-                let d = Arc::new(Desired { loaded, fresh });
-                p.published = Some(d.clone());
-                tx.send_replace(Some(d));
+                self.metrics
+                    .set_commit_warnings(loaded.warnings.iter().map(|w| w.check));
+                self.publish(p, tx, loaded, fresh).await;
             }
             Err(e) => {
                 self.reject(p, commit, &e).await;
@@ -222,6 +244,86 @@ impl Pipeline {
                     self.fall_back_to_deployed(p, tx, commit).await;
                 }
             }
+        }
+    }
+
+    /// Publishes a desired state with the prune guard's verdict for it.
+    async fn publish(&self, p: &mut Progress, tx: &DesiredTx, loaded: Arc<Loaded>, fresh: bool) {
+        let prune = self.prune_verdict(&loaded).await;
+        self.report_prune(p, &loaded.commit, &prune).await;
+        let d = Arc::new(Desired {
+            loaded,
+            fresh,
+            prune,
+        });
+        p.published = Some(d.clone());
+        tx.send_replace(Some(d));
+    }
+
+    /// The guard against what is managed now. The watches listed everything
+    /// before the pipeline started, so "managed" is never an empty store.
+    async fn prune_verdict(&self, loaded: &Loaded) -> PruneVerdict {
+        let Some(limit) = self.prune else {
+            return PruneVerdict::Nothing;
+        };
+        let managed: Vec<_> = self.owned().into_iter().map(|(k, _)| k).collect();
+        let declared = |k: &crate::manifest::ObjectKey| loaded.daemonsets.contains_key(k);
+        if managed.iter().all(declared) {
+            return PruneVerdict::Nothing;
+        }
+        // The marker is a hidden file, which the manifest reader skips: ask the
+        // source for it. If it cannot be read, it counts as absent (refuse).
+        let marker = match self
+            .loader
+            .source()
+            .has_tracked_file(loaded.commit.clone(), ALLOW_PRUNE_MARKER)
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(commit = %short(&loaded.commit), error = %e, "cannot look for the prune marker file; treating it as absent");
+                false
+            }
+        };
+        prune_guard::evaluate(&managed, declared, limit, marker)
+    }
+
+    async fn report_prune(&self, p: &mut Progress, commit: &str, verdict: &PruneVerdict) {
+        let Some(refusal) = verdict.refusal() else {
+            self.metrics.set_prune_held_back(0);
+            self.status.write().await.prune_refused = None;
+            if let PruneVerdict::Allowed {
+                prune,
+                managed,
+                marker: true,
+            } = verdict
+                && p.prune_reported.as_deref() != Some(commit)
+            {
+                warn!(commit = %short(commit), prune, managed, "the commit carries {ALLOW_PRUNE_MARKER}: the prune guard lets it delete {prune} of {managed} managed DaemonSet(s)");
+            }
+            p.prune_reported = None;
+            return;
+        };
+        let message = refusal.message(short(commit), &self.loader.identity().path);
+        self.metrics.set_prune_held_back(refusal.would_prune.len());
+        self.status.write().await.prune_refused = Some(message.clone());
+        if p.prune_reported.as_deref() == Some(commit) {
+            return;
+        }
+        p.prune_reported = Some(commit.to_string());
+        error!(
+            commit = %short(commit),
+            daemonsets = refusal.would_prune.len(),
+            managed = refusal.managed,
+            "{message}"
+        );
+        self.metrics.prune_refused();
+        let uids: BTreeMap<_, _> = self.owned().into_iter().collect();
+        for key in &refusal.would_prune {
+            let uid = uids.get(key).and_then(Option::as_deref);
+            self.cluster
+                .event(key, uid, true, "PruneRefused", &message)
+                .await;
         }
     }
 
@@ -237,6 +339,16 @@ impl Pipeline {
     }
 
     async fn reject(&self, p: &mut Progress, commit: &str, e: &LoadError) {
+        if let LoadError::Panicked {
+            message,
+            before: false,
+            ..
+        } = e
+        {
+            // A bug was hit: fail /healthz so the pod restarts (and a standby
+            // takes over); the restarted process will not parse this commit.
+            self.status.write().await.panicked = Some(message.clone());
+        }
         let errors = e.messages();
         for m in &errors {
             error!(commit = %short(commit), finding = %m, "commit rejected");
@@ -333,12 +445,7 @@ impl Pipeline {
                     st.applied_commit = Some(commit.clone());
                     st.applied_signer = None;
                 }
-                let d = Arc::new(Desired {
-                    loaded,
-                    fresh: false,
-                });
-                p.published = Some(d.clone());
-                tx.send_replace(Some(d));
+                self.publish(p, tx, loaded, false).await;
                 return;
             }
         }

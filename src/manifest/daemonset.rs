@@ -14,7 +14,7 @@ use super::findings::{
     UPDATE_STRATEGY,
 };
 use super::lines::Path;
-use super::{DesiredDaemonSet, Doc, LoadOptions, ObjectKey, Report, saphyr_error};
+use super::{DesiredDaemonSet, Doc, LoadOptions, ObjectKey, Report};
 use crate::keys;
 
 /// Checks a DaemonSet document. Returns it whenever it has a name, even with errors,
@@ -39,10 +39,7 @@ pub(crate) fn check(
             // serde_json knows no positions; deserializing the YAML text again yields
             // the line of the offending value.
             // serde_json's message names the offending value; the YAML one only its type.
-            let line = match serde_saphyr::from_str::<DaemonSet>(&doc.source.text) {
-                Err(e) => saphyr_error(&e).0,
-                Ok(_) => None,
-            };
+            let line = doc.deserialize::<DaemonSet>().err().and_then(|e| e.line);
             let json_message = json_error.to_string();
             let json_message = json_message
                 .strip_suffix(" at line 0 column 0")
@@ -278,6 +275,7 @@ fn check_spec(doc: &Doc<'_>, ds: &DaemonSet, report: &mut Report<'_>, object: Op
                 );
             }
             check_container(doc, container, &path, regular, report, object);
+            super::ports::check_container_ports(doc, container, &path, report, object);
             if container
                 .security_context
                 .as_ref()

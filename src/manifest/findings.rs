@@ -104,6 +104,7 @@ pub struct CheckInfo {
 }
 
 pub const YAML_SYNTAX: &str = "yaml-syntax";
+pub const LIMIT_EXCEEDED: &str = "limit-exceeded";
 pub const UNSUPPORTED_KIND: &str = "unsupported-kind";
 pub const UNKNOWN_FIELD: &str = "unknown-field";
 pub const INVALID_OBJECT: &str = "invalid-object";
@@ -112,6 +113,8 @@ pub const DUPLICATE_NAME: &str = "duplicate-name";
 pub const NAMESPACE_NOT_ALLOWED: &str = "namespace-not-allowed";
 pub const POLICY_TARGET_MISSING: &str = "policy-target-missing";
 pub const INVALID_POLICY: &str = "invalid-policy";
+/// A RolloutPolicy's Prometheus URL is outside `--allow-prometheus-url`.
+pub const PROMETHEUS_URL_NOT_ALLOWED: &str = "prometheus-url-not-allowed";
 pub const RESOURCES_MISSING: &str = "resources-missing";
 pub const PROBES_MISSING: &str = "probes-missing";
 pub const IMAGE_UNPINNED: &str = "image-unpinned";
@@ -120,6 +123,11 @@ pub const PRIVILEGED: &str = "privileged";
 pub const HOST_NETWORK: &str = "host-network";
 pub const HOST_PID: &str = "host-pid";
 pub const UPDATE_STRATEGY: &str = "update-strategy";
+// Companion objects (src/manifest/objects.rs).
+pub const LEGACY_API_VERSION: &str = "legacy-api-version";
+pub const KIND_NOT_ALLOWED: &str = "kind-not-allowed";
+// The repository's .nodewave.yaml (src/manifest/repo_config.rs).
+pub const REPO_CONFIG: &str = "repo-config";
 // Rendering (src/render): the renderer failed, or a source was refused.
 pub const RENDER_ERROR: &str = "render-error";
 pub const REMOTE_SOURCE_REFUSED: &str = "remote-source-refused";
@@ -158,8 +166,24 @@ pub const CHECKS: &[CheckInfo] = &[
         "a kustomization or chart needs the network (remote base, non-vendored dependency) or a file outside the repository; rendering is hermetic by default",
     ),
     structural(
+        LIMIT_EXCEEDED,
+        "a file, the commit or a document is over a size limit (bytes, files, documents, nesting depth, nodes, aliases)",
+    ),
+    structural(
         UNSUPPORTED_KIND,
-        "a document is not an apps/v1 DaemonSet or a nodewave.io/v1alpha1 RolloutPolicy",
+        "a document has no apiVersion or kind, is not a mapping, or is a DaemonSet or RolloutPolicy of an unknown apiVersion",
+    ),
+    structural(
+        LEGACY_API_VERSION,
+        "an object uses an apiVersion current Kubernetes no longer serves (e.g. extensions/v1beta1 DaemonSet); the message names the replacement",
+    ),
+    structural(
+        KIND_NOT_ALLOWED,
+        "an object's kind is not in the kinds nodewave may manage (--allow-kind; custom resources need their CRD in the commit or an entry)",
+    ),
+    structural(
+        REPO_CONFIG,
+        "the repository's .nodewave.yaml is invalid (unknown field or check, or a structural check named)",
     ),
     structural(
         UNKNOWN_FIELD,
@@ -189,9 +213,13 @@ pub const CHECKS: &[CheckInfo] = &[
         INVALID_POLICY,
         "a RolloutPolicy's stages or health checks are inconsistent",
     ),
+    structural(
+        PROMETHEUS_URL_NOT_ALLOWED,
+        "a RolloutPolicy's Prometheus URL is not allowed by --allow-prometheus-url (none is by default), or carries credentials, a query or a fragment",
+    ),
     practice(
         RESOURCES_MISSING,
-        Severity::Error,
+        Severity::Warning,
         "a container lacks cpu and memory requests and limits",
     ),
     practice(
@@ -201,7 +229,7 @@ pub const CHECKS: &[CheckInfo] = &[
     ),
     practice(
         IMAGE_UNPINNED,
-        Severity::Error,
+        Severity::Warning,
         "an image has no tag or uses the latest tag",
     ),
     practice(
@@ -211,17 +239,17 @@ pub const CHECKS: &[CheckInfo] = &[
     ),
     practice(
         PRIVILEGED,
-        Severity::Error,
+        Severity::Warning,
         "a container is privileged without the nodewave.io/allow-privileged opt-in",
     ),
     practice(
         HOST_NETWORK,
-        Severity::Error,
+        Severity::Warning,
         "the pod uses the host network without the nodewave.io/allow-host-network opt-in",
     ),
     practice(
         HOST_PID,
-        Severity::Error,
+        Severity::Warning,
         "the pod shares the host PID namespace without the nodewave.io/allow-host-pid opt-in",
     ),
     practice(

@@ -1,22 +1,39 @@
 //! Reading a commit's manifests: YAML parsing, the DaemonSet and RolloutPolicy model,
 //! validation and best-practice checks. Pure: files in, desired state or errors out.
 
+#[doc(hidden)]
+pub mod adversarial;
 mod daemonset;
+mod dir;
+mod document;
+pub(crate) use document::saphyr_error;
 mod findings;
-mod lines;
+pub mod limits;
+/// Document splitting and the line index; public for the fuzz targets only.
+#[doc(hidden)]
+pub mod lines;
+pub mod objects;
 pub mod policy;
 mod policy_rules;
+mod ports;
+pub mod prometheus_url;
+pub mod repo_config;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path as FsPath;
 
 use serde_json::Value;
 
+pub use dir::{ReadDirError, read_dir};
+pub(crate) use document::Doc;
+use document::{DocBudget, parse_document};
 pub use findings::{CHECKS, CheckInfo, Finding, Location, Severity, check_info};
-use findings::{DUPLICATE_NAME, POLICY_TARGET_MISSING, UNSUPPORTED_KIND, YAML_SYNTAX};
+use findings::{DUPLICATE_NAME, LIMIT_EXCEEDED, POLICY_TARGET_MISSING, UNSUPPORTED_KIND};
 pub use findings::{REMOTE_SOURCE_REFUSED, RENDER_ERROR};
-use lines::{DocumentSource, LineIndex, Path};
+pub use limits::{FileBudget, Limit, LimitExceeded, Limits};
+use lines::Path;
+pub use objects::{ApplyOrder, DEFAULT_ALLOWED_KINDS, DesiredObject, ObjectRef};
+pub use repo_config::{REPO_CONFIG_FILE, RepoConfig};
 
 /// One file of a commit, path relative to the repository root.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +77,17 @@ pub struct LoadOptions {
     pub severity_overrides: BTreeMap<String, Severity>,
     /// Turns `image-digest` on (as an error) unless an override says otherwise.
     pub require_digest: bool,
+    /// Size limits on the commit, its files and its documents.
+    pub limits: Limits,
+    /// `--allow-prometheus-url`: base URLs a RolloutPolicy's Prometheus checks
+    /// may query (see [`prometheus_url`]); empty allows none.
+    pub allowed_prometheus_urls: Vec<String>,
+    /// Kinds of companion objects nodewave may manage (`Kind`, `Kind.group`,
+    /// `*.group`); empty means [`DEFAULT_ALLOWED_KINDS`].
+    pub allowed_kinds: Vec<String>,
+    /// (object as findings name it, check id): findings of best-practice checks
+    /// that do not apply to that object (`.nodewave.yaml` `exemptions`).
+    pub exemptions: Vec<(String, String)>,
 }
 
 impl Default for LoadOptions {
@@ -69,6 +97,10 @@ impl Default for LoadOptions {
             default_namespace: "default".to_string(),
             severity_overrides: BTreeMap::new(),
             require_digest: false,
+            limits: Limits::default(),
+            allowed_prometheus_urls: Vec::new(),
+            allowed_kinds: Vec::new(),
+            exemptions: Vec::new(),
         }
     }
 }
@@ -91,7 +123,7 @@ impl LoadOptions {
         info.default_severity
     }
 
-    fn namespace_allowed(&self, namespace: &str) -> bool {
+    pub(crate) fn namespace_allowed(&self, namespace: &str) -> bool {
         self.allowed_namespaces.is_empty() || self.allowed_namespaces.iter().any(|n| n == namespace)
     }
 }
@@ -112,6 +144,8 @@ pub struct DesiredState {
     pub daemonsets: BTreeMap<ObjectKey, DesiredDaemonSet>,
     /// Keyed by the DaemonSet the policy targets.
     pub policies: BTreeMap<ObjectKey, policy::RolloutPolicy>,
+    /// Companion objects (everything else), applied before the DaemonSets.
+    pub objects: BTreeMap<ObjectRef, DesiredObject>,
     pub warnings: Vec<Finding>,
 }
 
@@ -175,6 +209,16 @@ impl<'o> Report<'o> {
         if severity == Severity::Off {
             return;
         }
+        let exempt = check_info(check).is_some_and(|i| i.overridable)
+            && object.is_some_and(|o| {
+                self.opts
+                    .exemptions
+                    .iter()
+                    .any(|(eo, ec)| eo == o && ec == check)
+            });
+        if exempt {
+            return;
+        }
         self.findings.push(Finding {
             check,
             severity,
@@ -189,99 +233,96 @@ impl<'o> Report<'o> {
     }
 }
 
-/// One parsed document with what is needed to point at its lines.
-pub(crate) struct Doc<'a> {
-    pub file: &'a str,
-    pub source: DocumentSource,
-    pub index: LineIndex,
-    pub value: Value,
-}
-
-impl Doc<'_> {
-    /// Location of `path`, falling back to its closest ancestor and then to the
-    /// document's first line.
-    pub fn location(&self, path: &Path) -> Location {
-        let line = self.index.line_of(path).unwrap_or(self.source.first_line);
-        Location::new(self.file, Some(line))
-    }
-
-    pub fn str_at(&self, dotted: &str) -> Option<&str> {
-        Path::parse(dotted)
-            .0
-            .iter()
-            .try_fold(&self.value, |v, seg| match seg {
-                lines::Seg::Key(k) => v.get(k),
-                lines::Seg::Index(i) => v.get(i),
-            })
-            .and_then(Value::as_str)
-    }
-
-    /// `Kind namespace/name` as far as the document says, for findings.
-    /// Names the field on `line` in front of a parser message, which often lacks it.
-    pub fn with_field(&self, line: Option<usize>, message: &str) -> String {
-        match line.and_then(|l| self.index.path_at(l)) {
-            Some(path) => format!("{path}: {message}"),
-            None => message.to_string(),
-        }
-    }
-
-    pub fn object_label(&self, kind: &str, namespace: &str) -> String {
-        match self.str_at("metadata.name") {
-            Some(name) => format!("{kind} {namespace}/{name}"),
-            None => kind.to_string(),
-        }
-    }
-}
-
-/// Line and message of a serde-saphyr error, without its source snippet (findings
-/// carry the location separately).
-pub(crate) fn saphyr_error(e: &serde_saphyr::Error) -> (Option<usize>, String) {
-    let mut render = serde_saphyr::RenderOptions::new(&serde_saphyr::UserMessageFormatter);
-    render.snippets = serde_saphyr::SnippetMode::Off;
-    let mut message = e.render_with_options(render);
-    if let Some(at) = message.rfind(" at line ") {
-        message.truncate(at);
-    }
-    let line = e
-        .location()
-        .map(|l| l.line())
-        .filter(|l| *l > 0)
-        .and_then(|l| usize::try_from(l).ok());
-    (line, message)
-}
-
 /// Validates a commit's files and builds the desired state. Any finding of severity
 /// `Error` rejects the whole commit; the result does not depend on the order of `files`.
+///
+/// Work and memory are bounded by `opts.limits`: a commit over a per-commit limit
+/// is rejected with one finding and not parsed further.
 pub fn load(files: &[ManifestFile], opts: &LoadOptions) -> Result<DesiredState, Rejected> {
     let mut sorted: Vec<&ManifestFile> = files.iter().collect();
     sorted.sort_by(|a, b| a.path.cmp(&b.path));
 
     let mut report = Report::new(opts);
-    let mut daemonsets: Vec<DesiredDaemonSet> = Vec::new();
-    let mut policies: Vec<policy_rules::LoadedPolicy> = Vec::new();
+    let mut sort = Sorted {
+        opts,
+        daemonsets: Vec::new(),
+        policies: Vec::new(),
+        others: Vec::new(),
+        defined: objects::DefinedKinds::new(),
+    };
 
-    for file in sorted {
-        for source in lines::split_documents(&file.contents) {
-            let Some(doc) = parse_document(&file.path, source, &mut report) else {
-                continue;
-            };
-            let api_version = doc.str_at("apiVersion").unwrap_or_default();
-            let kind = doc.str_at("kind").unwrap_or_default();
-            match (api_version, kind) {
-                ("apps/v1", "DaemonSet") => {
-                    if let Some(ds) = daemonset::check(&doc, &mut report, opts) {
-                        daemonsets.push(ds);
-                    }
+    let limits = &opts.limits;
+    let mut file_budget = FileBudget::new(limits);
+    let oversized = sorted.iter().find_map(|f| {
+        file_budget.admit("", f.contents.len()).err().map(|e| {
+            (
+                Location::new(&f.path, None),
+                LimitExceeded { subject: None, ..e },
+            )
+        })
+    });
+    let mut budget = DocBudget {
+        objects: 0,
+        nodes_left: limits.max_total_nodes,
+        exhausted: false,
+    };
+    if let Some((location, exceeded)) = oversized {
+        report.add(LIMIT_EXCEEDED, location, None, exceeded.to_string());
+    } else {
+        'files: for file in sorted {
+            for source in lines::split_documents(&file.contents) {
+                budget.objects += 1;
+                if budget.objects > limits.max_objects {
+                    let exceeded = LimitExceeded::new(Limit::Objects, limits, budget.objects);
+                    report.add(
+                        LIMIT_EXCEEDED,
+                        Location::new(&file.path, Some(source.first_line)),
+                        None,
+                        exceeded.to_string(),
+                    );
+                    break 'files;
                 }
-                (policy::API_VERSION, policy::KIND) => {
-                    if let Some(p) = policy_rules::check(&doc, &mut report, opts) {
-                        policies.push(p);
-                    }
+                let doc = parse_document(&file.path, source, &mut report, limits, &mut budget);
+                if budget.exhausted {
+                    break 'files;
                 }
-                _ => unsupported_kind(&doc, api_version, kind, &mut report),
+                let Some(doc) = doc else {
+                    continue;
+                };
+                match doc.list_items() {
+                    Some(items) => {
+                        for item in items {
+                            if item.list_items().is_some() {
+                                report.add(
+                                    UNSUPPORTED_KIND,
+                                    item.location(&Path::parse("kind")),
+                                    None,
+                                    "a List inside a List is not flattened: move its items up",
+                                );
+                            } else {
+                                sort.add(item, &mut report);
+                            }
+                        }
+                    }
+                    None => sort.add(doc, &mut report),
+                }
             }
         }
     }
+    let Sorted {
+        daemonsets,
+        policies,
+        others,
+        defined,
+        ..
+    } = sort;
+    let mut objects = Vec::new();
+    for (doc, api_version, kind) in &others {
+        if let Some(o) = objects::check(doc, api_version, kind, &defined, &mut report, opts) {
+            objects.push(o);
+        }
+    }
+    let objects = index_objects(objects, &mut report);
 
     let daemonsets = index_daemonsets(daemonsets, &mut report);
     let policies = attach_policies(policies, &daemonsets, &mut report);
@@ -295,6 +336,7 @@ pub fn load(files: &[ManifestFile], opts: &LoadOptions) -> Result<DesiredState, 
         Ok(DesiredState {
             daemonsets,
             policies,
+            objects,
             warnings,
         })
     } else {
@@ -302,55 +344,111 @@ pub fn load(files: &[ManifestFile], opts: &LoadOptions) -> Result<DesiredState, 
     }
 }
 
-/// Parses one document; `None` for empty documents and for syntax errors (reported).
-fn parse_document<'a>(
-    file: &'a str,
-    source: DocumentSource,
-    report: &mut Report<'_>,
-) -> Option<Doc<'a>> {
-    let index = match LineIndex::build(&source.text) {
-        Ok(index) => index,
-        Err(e) => {
-            report.add(
-                YAML_SYNTAX,
-                Location::new(file, Some(e.line.max(source.first_line))),
-                None,
-                format!(
-                    "invalid YAML: {}; fix the syntax (indentation, quoting, unclosed brackets)",
-                    e.message
-                ),
-            );
-            return None;
+/// Documents sorted by what they are, as the commit is read.
+struct Sorted<'a, 'o> {
+    opts: &'o LoadOptions,
+    daemonsets: Vec<DesiredDaemonSet>,
+    policies: Vec<policy_rules::LoadedPolicy>,
+    /// Companion documents, checked once every CRD of the commit is known.
+    others: Vec<(Doc<'a>, String, String)>,
+    defined: objects::DefinedKinds,
+}
+
+impl<'a> Sorted<'a, '_> {
+    fn add(&mut self, doc: Doc<'a>, report: &mut Report<'_>) {
+        let api_version = doc.str_at("apiVersion").unwrap_or_default().to_string();
+        let kind = doc.str_at("kind").unwrap_or_default().to_string();
+        match (api_version.as_str(), kind.as_str()) {
+            ("apps/v1", "DaemonSet") => {
+                if let Some(ds) = daemonset::check(&doc, report, self.opts) {
+                    self.daemonsets.push(ds);
+                }
+            }
+            (policy::API_VERSION, policy::KIND) => {
+                if let Some(p) = policy_rules::check(&doc, report, self.opts) {
+                    self.policies.push(p);
+                }
+            }
+            (a, k)
+                if !doc.value.is_object()
+                    || a.is_empty()
+                    || k.is_empty()
+                    || ((k == "DaemonSet" || k == policy::KIND)
+                        && objects::legacy_replacement(a, k).is_none()) =>
+            {
+                unsupported_kind(&doc, a, k, report);
+            }
+            ("apiextensions.k8s.io/v1", "CustomResourceDefinition") => {
+                if let Some((defines, d)) = objects::defined_kind(&doc.value) {
+                    self.defined.insert(defines, d);
+                }
+                self.others.push((doc, api_version, kind));
+            }
+            _ => self.others.push((doc, api_version, kind)),
         }
-    };
-    // Documents with only comments or a bare `---` are no objects.
-    index.root_line()?;
-    let value = match serde_saphyr::from_str::<Value>(&source.text) {
-        Ok(value) => value,
-        Err(e) => {
-            let (line, message) = saphyr_error(&e);
-            report.add(
-                YAML_SYNTAX,
-                Location::new(file, line.or(index.root_line())),
-                None,
-                format!("invalid YAML: {message}"),
-            );
-            return None;
-        }
-    };
-    if value.is_null() {
-        return None;
     }
-    Some(Doc {
-        file,
-        source,
-        index,
-        value,
-    })
+}
+
+fn index_objects(
+    all: Vec<DesiredObject>,
+    report: &mut Report<'_>,
+) -> BTreeMap<ObjectRef, DesiredObject> {
+    let mut by_ref: BTreeMap<ObjectRef, Vec<DesiredObject>> = BTreeMap::new();
+    for o in all {
+        by_ref.entry(o.reference.clone()).or_default().push(o);
+    }
+    let mut out = BTreeMap::new();
+    for (reference, mut group) in by_ref {
+        if group.len() > 1 {
+            let places: Vec<Location> = group.iter().map(|o| o.location.clone()).collect();
+            report_duplicates(
+                &reference.to_string(),
+                &places,
+                "keep one definition and delete the others",
+                report,
+            );
+        }
+        out.insert(reference, group.swap_remove(0));
+    }
+    out
+}
+
+/// [`load`] with the repository's `.nodewave.yaml` (when there is one) applied
+/// to `opts` first; an invalid config rejects the commit like any other error.
+pub fn load_with_config(
+    files: &[ManifestFile],
+    config: Option<&ManifestFile>,
+    opts: &LoadOptions,
+) -> Result<DesiredState, Rejected> {
+    let opts = match config.map(repo_config::parse) {
+        None => opts.clone(),
+        Some(Ok(c)) => c.apply(opts),
+        Some(Err(finding)) => {
+            return Err(Rejected {
+                errors: vec![finding],
+                warnings: Vec::new(),
+            });
+        }
+    };
+    load(files, &opts)
+}
+
+/// `dir/.nodewave.yaml`, when it exists (for `nodewave validate` and `diff` on a
+/// checkout; the server reads it from the commit).
+pub fn read_repo_config(dir: &std::path::Path) -> std::io::Result<Option<ManifestFile>> {
+    let path = dir.join(REPO_CONFIG_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(contents) => Ok(Some(ManifestFile {
+            path: REPO_CONFIG_FILE.to_string(),
+            contents,
+        })),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 fn unsupported_kind(doc: &Doc<'_>, api_version: &str, kind: &str, report: &mut Report<'_>) {
-    let supported = "a commit may contain only apps/v1 DaemonSet and nodewave.io/v1alpha1 RolloutPolicy documents";
+    let supported = "every document needs an apiVersion and a kind";
     let (path, message) = if !doc.value.is_object() {
         (
             Path::root(),
@@ -432,14 +530,26 @@ fn index_daemonsets(
     out
 }
 
+/// How many other places a duplicate finding lists: with thousands of copies,
+/// listing all of them in each finding would be quadratic.
+const MAX_LISTED: usize = 5;
+
+/// `items` joined with ", ", at most [`MAX_LISTED`] of them and then "and N more".
+fn list_some<I: IntoIterator<Item = String>>(items: I, total: usize) -> String {
+    let mut listed: Vec<String> = items.into_iter().take(MAX_LISTED).collect();
+    if total > listed.len() {
+        listed.push(format!("and {} more", total - listed.len()));
+    }
+    listed.join(", ")
+}
+
 fn report_duplicates(label: &str, places: &[Location], fix: &str, report: &mut Report<'_>) {
     for (i, here) in places.iter().enumerate() {
-        let others: Vec<String> = places
+        let others = places
             .iter()
             .enumerate()
             .filter(|(j, _)| *j != i)
-            .map(|(_, l)| l.to_string())
-            .collect();
+            .map(|(_, l)| l.to_string());
         report.add(
             DUPLICATE_NAME,
             here.clone(),
@@ -447,7 +557,7 @@ fn report_duplicates(label: &str, places: &[Location], fix: &str, report: &mut R
             format!(
                 "defined {} times in this commit, also at {}: {fix}",
                 places.len(),
-                others.join(", ")
+                list_some(others, places.len() - 1)
             ),
         );
     }
@@ -491,7 +601,7 @@ fn attach_policies(
     let mut out = BTreeMap::new();
     for (target, mut group) in by_target {
         if group.len() > 1 {
-            let names: Vec<String> = group.iter().map(|p| p.key.name.clone()).collect();
+            let names = list_some(group.iter().map(|p| p.key.name.clone()), group.len());
             for p in &group {
                 report.add(
                     DUPLICATE_NAME,
@@ -500,7 +610,7 @@ fn attach_policies(
                     format!(
                         "DaemonSet {target} is targeted by {} RolloutPolicies ({}): a DaemonSet takes at most one policy; merge them into one",
                         group.len(),
-                        names.join(", ")
+                        names
                     ),
                 );
             }
@@ -510,53 +620,9 @@ fn attach_policies(
     out
 }
 
-/// Every `*.yaml` / `*.yml` file below `dir`, recursively, sorted by path. Paths are
-/// relative to `dir` with `/` separators; hidden files and directories (`.git`) and
-/// symlinked directories are skipped.
-pub fn read_dir(dir: &FsPath) -> std::io::Result<Vec<ManifestFile>> {
-    let mut files = Vec::new();
-    walk(dir, "", &mut files)?;
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-    Ok(files)
-}
-
-fn walk(dir: &FsPath, prefix: &str, out: &mut Vec<ManifestFile>) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else {
-            continue;
-        };
-        if name.starts_with('.') {
-            continue;
-        }
-        let rel = if prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{prefix}/{name}")
-        };
-        let file_type = entry.file_type()?;
-        let path = entry.path();
-        if file_type.is_dir() {
-            walk(&path, &rel, out)?;
-        } else if is_yaml(&path) && std::fs::metadata(&path)?.is_file() {
-            let contents = std::fs::read_to_string(&path).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("reading {}: {e}", path.display()))
-            })?;
-            out.push(ManifestFile {
-                path: rel,
-                contents,
-            });
-        }
-    }
-    Ok(())
-}
-
-fn is_yaml(path: &FsPath) -> bool {
-    path.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| e.eq_ignore_ascii_case("yaml") || e.eq_ignore_ascii_case("yml"))
-}
-
+#[cfg(test)]
+mod limit_tests;
+#[cfg(test)]
+mod object_tests;
 #[cfg(test)]
 mod tests;

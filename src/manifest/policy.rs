@@ -214,7 +214,9 @@ impl IntOrPercent {
     pub fn resolve(self, total: usize) -> usize {
         let n = match self {
             Self::Count(c) => c as usize,
-            Self::Percent(p) => total * (p as usize) / 100,
+            // Percentages are at most 100 when parsed; saturate anyway, since the
+            // value can also come from a persisted record.
+            Self::Percent(p) => total.saturating_mul(p as usize) / 100,
         };
         n.max(1)
     }
@@ -272,7 +274,13 @@ pub fn parse_int_or_percent(s: &str) -> Result<IntOrPercent, String> {
     }
 }
 
+/// The longest duration nodewave reads anywhere (flags and policies): one year.
+/// Longer values are mistakes, and time arithmetic on them could overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Parses durations written like Kubernetes/Go ones: `90s`, `5m`, `1h30m`, `500ms`.
+/// Arithmetic is checked: anything over [`MAX_DURATION`] is an error, never an
+/// overflow.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     if t.is_empty() {
@@ -281,7 +289,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if t == "0" {
         return Ok(Duration::ZERO);
     }
-    let mut total = Duration::ZERO;
+    let too_long = || {
+        format!(
+            "duration {s:?} is longer than {}: use a shorter one",
+            format_duration(MAX_DURATION)
+        )
+    };
+    let max_ms = u64::try_from(MAX_DURATION.as_millis()).unwrap_or(u64::MAX);
+    let mut total_ms: u64 = 0;
     let mut rest = t;
     while !rest.is_empty() {
         let num_end = rest
@@ -292,29 +307,32 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
                 "invalid duration {s:?}: expected e.g. 30s, 5m, 1h30m"
             ));
         }
-        let n: u64 = rest[..num_end]
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?}"))?;
+        // Only digits: the sole parse failure left is a number beyond u64.
+        let n: u64 = rest[..num_end].parse().map_err(|_| too_long())?;
         rest = &rest[num_end..];
         let unit_end = rest
             .find(|c: char| c.is_ascii_digit())
             .unwrap_or(rest.len());
         let unit = &rest[..unit_end];
         rest = &rest[unit_end..];
-        let d = match unit {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
+        let unit_ms: u64 = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
             _ => {
                 return Err(format!(
                     "invalid duration unit {unit:?} in {s:?} (use ms, s, m or h)"
                 ));
             }
         };
-        total += d;
+        total_ms = n
+            .checked_mul(unit_ms)
+            .and_then(|ms| total_ms.checked_add(ms))
+            .filter(|ms| *ms <= max_ms)
+            .ok_or_else(too_long)?;
     }
-    Ok(total)
+    Ok(Duration::from_millis(total_ms))
 }
 
 /// Formats a duration the way [`parse_duration`] reads it.
@@ -389,6 +407,34 @@ mod tests {
         assert!(parse_duration("5").is_err());
         assert!(parse_duration("5 minutes").is_err());
         assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn overflowing_durations_are_errors_not_panics() {
+        // Regression: `total += d` overflowed Duration and panicked (exit 101 from
+        // `nodewave validate`), and `n * 3600` wrapped silently in release builds.
+        for s in [
+            "1s18446744073709551615s",
+            "18446744073709551615s18446744073709551615s",
+            "5124095576030431h",
+            "18446744073709551615h",
+            "99999999999999999999999s",
+            "307445734561825861m",
+            "8761h",
+            "365h365h365h365h365h365h365h365h365h365h365h365h365h365h365h365h365h365h365h365h365h365h365h365h365h",
+        ] {
+            let e = parse_duration(s).unwrap_err();
+            assert!(e.contains("longer than"), "{s}: {e}");
+        }
+        assert_eq!(parse_duration("8760h").unwrap(), MAX_DURATION);
+        assert_eq!(
+            parse_duration("1h1m1s1ms").unwrap(),
+            Duration::from_millis(3_661_001)
+        );
+        assert_eq!(
+            IntOrPercent::Percent(u32::MAX).resolve(usize::MAX),
+            usize::MAX / 100
+        );
     }
 
     #[test]

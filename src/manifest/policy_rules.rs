@@ -6,10 +6,13 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::daemonset::{dns_label, dns_subdomain};
-use super::findings::{INVALID_OBJECT, INVALID_POLICY, NAMESPACE_NOT_ALLOWED, UNKNOWN_FIELD};
+use super::findings::{
+    INVALID_OBJECT, INVALID_POLICY, NAMESPACE_NOT_ALLOWED, PROMETHEUS_URL_NOT_ALLOWED,
+    UNKNOWN_FIELD,
+};
 use super::lines::Path;
 use super::policy::RolloutPolicy;
-use super::{Doc, LoadOptions, Location, ObjectKey, Report, saphyr_error};
+use super::{Doc, LoadOptions, Location, ObjectKey, Report};
 
 pub(crate) struct LoadedPolicy {
     pub key: ObjectKey,
@@ -50,10 +53,10 @@ pub(crate) fn check(
 
     // Deserializing the YAML text (not the JSON value) yields the error's line;
     // serde_json's message is the more telling one (it quotes the bad value).
-    let mut policy: RolloutPolicy = match serde_saphyr::from_str(&doc.source.text) {
+    let mut policy: RolloutPolicy = match doc.deserialize() {
         Ok(policy) => policy,
         Err(e) => {
-            let (line, yaml_message) = saphyr_error(&e);
+            let (line, yaml_message) = (e.line, e.message);
             let message = match serde_json::from_value::<RolloutPolicy>(doc.value.clone()) {
                 Err(json_error) => json_error.to_string(),
                 Ok(_) => yaml_message,
@@ -113,6 +116,18 @@ pub(crate) fn check(
 
     for (path, message) in semantic_errors(&policy) {
         report.add(INVALID_POLICY, doc.location(&path), object, message);
+    }
+    // A URL that is not even well-formed is reported by invalid-policy above.
+    if let Some(prom) = &policy.spec.health.prometheus
+        && check_url(&prom.url).is_ok()
+        && let Err(message) = super::prometheus_url::check(&prom.url, &opts.allowed_prometheus_urls)
+    {
+        report.add(
+            PROMETHEUS_URL_NOT_ALLOWED,
+            doc.location(&Path::parse("spec.health.prometheus.url")),
+            object,
+            message,
+        );
     }
 
     Some(LoadedPolicy {
@@ -264,18 +279,14 @@ fn semantic_errors(policy: &RolloutPolicy) -> Vec<(Path, String)> {
         }
     }
 
+    range_errors(policy, &mut errors);
+
     if let Some(prom) = &spec.health.prometheus {
         let prom_path = Path::parse("spec.health.prometheus");
         if let Err(why) = check_url(&prom.url) {
             errors.push((
                 prom_path.key("url"),
                 format!("prometheus url {:?} {why}", prom.url),
-            ));
-        }
-        if prom.interval.is_zero() {
-            errors.push((
-                prom_path.key("interval"),
-                "prometheus interval is 0: set it to e.g. 30s".to_string(),
             ));
         }
         let mut check_names: BTreeMap<&str, usize> = BTreeMap::new();
@@ -325,9 +336,128 @@ fn check_url(url: &str) -> Result<(), &'static str> {
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
         .ok_or("must start with http:// or https://")?;
-    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    // `[::1]:9090`: the port follows the bracket; otherwise the last colon.
+    let (host, port) = match host_port.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((_, "")) => (host_port, None),
+            Some((_, after)) => (host_port, Some(after.strip_prefix(':').unwrap_or("x"))),
+            None => ("", None),
+        },
+        None => match host_port.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        },
+    };
     if host.is_empty() || host.contains(char::is_whitespace) {
         return Err("has no host: write it like http://prometheus.monitoring:9090");
     }
+    if port.is_some_and(|p| !p.parse::<u16>().is_ok_and(|p| p > 0)) {
+        return Err("has an invalid port: use a number from 1 to 65535");
+    }
     Ok(())
+}
+
+/// Largest count a stage may name (`nodes`, `maxUnavailable`): more nodes than any
+/// Kubernetes cluster supports is a typo, not a plan.
+pub(crate) const MAX_NODE_COUNT: u32 = 100_000;
+
+/// Durations and counts outside what makes sense for a rollout: each bound is far
+/// beyond any reasonable setting and keeps time arithmetic far from overflow.
+fn range_errors(policy: &RolloutPolicy, errors: &mut Vec<(Path, String)>) {
+    use super::policy::{IntOrPercent, format_duration};
+    use std::time::Duration;
+    const HOUR: Duration = Duration::from_secs(3600);
+    let mut duration = |path: Path, what: &str, d: Duration, min: Duration, max: Duration| {
+        if d < min || d > max {
+            errors.push((
+                path,
+                format!(
+                    "{what} {} is outside {} to {}: {}",
+                    format_duration(d),
+                    format_duration(min),
+                    format_duration(max),
+                    if d < min {
+                        "use a longer one"
+                    } else {
+                        "use a shorter one"
+                    }
+                ),
+            ));
+        }
+    };
+    let spec = &policy.spec;
+    let health = Path::parse("spec.health");
+    duration(
+        health.key("readyTimeout"),
+        "readyTimeout",
+        spec.health.ready_timeout,
+        Duration::from_secs(1),
+        24 * HOUR,
+    );
+    if let Some(prom) = &spec.health.prometheus {
+        let prom_path = health.key("prometheus");
+        duration(
+            prom_path.key("interval"),
+            "prometheus interval",
+            prom.interval,
+            Duration::from_secs(1),
+            HOUR,
+        );
+        duration(
+            prom_path.key("unreachableGrace"),
+            "prometheus unreachableGrace",
+            prom.unreachable_grace,
+            Duration::ZERO,
+            24 * HOUR,
+        );
+    }
+    let stages = Path::parse("spec.stages");
+    for (i, stage) in spec.stages.iter().enumerate() {
+        let here = stages.index(i);
+        if let Some(bake) = stage.bake {
+            duration(
+                here.key("bake"),
+                &format!("stage {:?} bake", stage.name),
+                bake,
+                Duration::ZERO,
+                30 * 24 * HOUR,
+            );
+        }
+    }
+    let mut count = |path: Path, what: String, n: u32| {
+        if n > MAX_NODE_COUNT {
+            errors.push((
+                path,
+                format!(
+                    "{what} is {n}, more nodes than any cluster has (at most {MAX_NODE_COUNT}): use a smaller count, or a percentage such as \"100%\""
+                ),
+            ));
+        }
+    };
+    for (i, stage) in spec.stages.iter().enumerate() {
+        let here = stages.index(i);
+        if let Some(n) = stage.nodes {
+            count(
+                here.key("nodes"),
+                format!("stage {:?} nodes", stage.name),
+                n,
+            );
+        }
+        if let IntOrPercent::Count(n) = stage.max_unavailable {
+            count(
+                here.key("maxUnavailable"),
+                format!("stage {:?} maxUnavailable", stage.name),
+                n,
+            );
+        }
+    }
+    if let IntOrPercent::Count(n) = spec.rollback.max_unavailable {
+        count(
+            Path::parse("spec.rollback.maxUnavailable"),
+            "rollback maxUnavailable".to_string(),
+            n,
+        );
+    }
 }

@@ -68,8 +68,13 @@ fn run(contents: &str) -> Result<DesiredState, Rejected> {
     run_with(contents, &LoadOptions::default())
 }
 
+/// `POLICY`'s Prometheus is allowed unless a test sets its own allowlist.
 fn run_with(contents: &str, opts: &LoadOptions) -> Result<DesiredState, Rejected> {
-    load(&[file("ds.yaml", contents)], opts)
+    let mut opts = opts.clone();
+    if opts.allowed_prometheus_urls.is_empty() {
+        opts.allowed_prometheus_urls = vec!["http://prometheus.monitoring:9090".into()];
+    }
+    load(&[file("ds.yaml", contents)], &opts)
 }
 
 /// All findings (errors and warnings) of one check.
@@ -160,10 +165,17 @@ fn yaml_syntax_error_in_one_document_keeps_checking_the_others() {
 
 #[test]
 fn unsupported_kinds() {
-    let r = run("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n");
-    let f = one(&r, "unsupported-kind", 2);
-    assert!(f.message.contains("v1 ConfigMap is not supported"), "{f}");
+    let r = run("apiVersion: v1\nkind: Pod\nmetadata:\n  name: x\n");
+    let f = one(&r, "kind-not-allowed", 2);
+    assert!(
+        f.message.contains("Pod is not a kind nodewave may manage"),
+        "{f}"
+    );
+    assert!(f.message.contains("--allow-kind"), "{f}");
     let r = run(&DS.replace("apps/v1", "extensions/v1beta1"));
+    let f = one(&r, "legacy-api-version", 1);
+    assert!(f.message.contains("use apiVersion: apps/v1"), "{f}");
+    let r = run(&DS.replace("apps/v1", "apps/v7"));
     let f = one(&r, "unsupported-kind", 1);
     assert!(f.message.contains("use apiVersion: apps/v1"), "{f}");
     let r = run("\n\nmetadata:\n  name: x\n");
@@ -654,7 +666,11 @@ fn rejection_lists_errors_then_warnings() {
         "spec:\n  selector",
         "spec:\n  updateStrategy: {type: RollingUpdate}\n  selector",
     );
-    let rejected = run(&yaml).unwrap_err();
+    // Best-practice checks warn by default; made an error, one rejects.
+    let mut opts = LoadOptions::default();
+    opts.severity_overrides
+        .insert("image-unpinned".into(), Severity::Error);
+    let rejected = run_with(&yaml, &opts).unwrap_err();
     assert_eq!(rejected.reason(), "image-unpinned");
     let text = rejected.to_string();
     let lines: Vec<&str> = text.lines().collect();
@@ -675,7 +691,8 @@ fn load_is_independent_of_file_order() {
     let b = file(
         "b.yaml",
         &DS.replace("name: fluent-bit\n  namespace", "name: other\n  namespace")
-            .replace("fluent-bit:3.1.4", "x"),
+            .replace("fluent-bit:3.1.4", "x")
+            .replace("apps/v1", "apps/v9"),
     );
     let one_way = load(&[a.clone(), b.clone()], &LoadOptions::default()).unwrap_err();
     let other_way = load(&[b, a], &LoadOptions::default()).unwrap_err();
@@ -692,7 +709,7 @@ fn read_dir_finds_yaml_recursively_and_skips_hidden() {
     std::fs::write(root.join("a.yaml"), "a").unwrap();
     std::fs::write(root.join("README.md"), "no").unwrap();
     std::fs::write(root.join(".git/config.yaml"), "no").unwrap();
-    let files = read_dir(root).unwrap();
+    let files = read_dir(root, &Limits::default()).unwrap();
     let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(paths, vec!["a.yaml", "b/c/x.yml"]);
     assert_eq!(files[1].contents, "x");

@@ -6,6 +6,7 @@
 //! metric those artifacts query is produced here.
 //!
 //! Groups register themselves: [`source`] (Git, webhooks, rejected commits),
+//! [`prune`] (the prune guard),
 //! [`daemonsets`] (per-DaemonSet series read from the rollout records at scrape
 //! time, so nothing stale remains when a DaemonSet stops being managed), and here
 //! the rollout duration histograms and the controller's own health (reconcile
@@ -13,7 +14,12 @@
 //! the first scrape, so `increase()` in alert rules sees the first event.
 
 mod daemonsets;
+mod objects;
+mod prune;
 mod source;
+mod warnings;
+
+pub use objects::OBJECT_ERROR_REASONS;
 
 use std::fmt;
 use std::sync::Arc;
@@ -140,6 +146,9 @@ impl ControllerMetrics {
 struct Inner {
     registry: Registry,
     source: source::SourceMetrics,
+    prune: prune::PruneMetrics,
+    objects: objects::ObjectMetrics,
+    warnings: warnings::WarningMetrics,
     daemonsets: daemonsets::DaemonSets,
     controller: ControllerMetrics,
 }
@@ -179,6 +188,9 @@ impl Metrics {
             build_info,
         );
         let source = source::SourceMetrics::register(&mut registry);
+        let prune = prune::PruneMetrics::register(&mut registry);
+        let objects = objects::ObjectMetrics::register(&mut registry);
+        let warnings = warnings::WarningMetrics::register(&mut registry);
         let controller = ControllerMetrics::register(&mut registry);
         let daemonsets = daemonsets::DaemonSets::default();
         registry.register_collector(Box::new(daemonsets.clone()));
@@ -186,6 +198,9 @@ impl Metrics {
             inner: Arc::new(Inner {
                 registry,
                 source,
+                prune,
+                objects,
+                warnings,
                 daemonsets,
                 controller,
             }),
@@ -250,6 +265,41 @@ impl Metrics {
     /// Creates the rejection counters of these reasons at 0.
     pub fn init_commit_reject_reasons<'a>(&self, reasons: impl IntoIterator<Item = &'a str>) {
         self.inner.source.init_reject_reasons(reasons);
+    }
+
+    // --------------------------------------------------------- prune guard
+
+    /// Counts a commit whose deletions the prune guard refused (once per commit).
+    pub fn prune_refused(&self) {
+        self.inner.prune.refused();
+    }
+
+    /// How many DaemonSets the current desired state holds back from deletion
+    /// (0 when its prune is allowed or there is nothing to prune).
+    pub fn set_prune_held_back(&self, daemonsets: usize) {
+        self.inner.prune.held_back(daemonsets);
+    }
+
+    /// The current desired commit's best-practice warnings (their check ids).
+    pub fn set_commit_warnings<'a>(&self, checks: impl IntoIterator<Item = &'a str>) {
+        self.inner.warnings.set(checks);
+    }
+
+    // ---------------------------------------------------- companion objects
+
+    /// Companion objects of the desired commit: synced and in error.
+    pub fn set_object_counts(&self, synced: usize, error: usize) {
+        self.inner.objects.set_counts(synced, error);
+    }
+
+    /// Counts a companion object that could not be applied (`OBJECT_ERROR_REASONS`).
+    pub fn object_error(&self, reason: &'static str) {
+        self.inner.objects.error(reason);
+    }
+
+    /// Counts a companion object put back after it drifted.
+    pub fn object_drift(&self) {
+        self.inner.objects.drift();
     }
 
     // ---------------------------------------------------------- DaemonSets

@@ -5,7 +5,7 @@
 //! [`decide`] returns either a [`Plan`] (a record write, then actions in order) or
 //! a [`Need`]: an input the controller must fetch first (a dry-run diff, the
 //! DaemonSet's update revision, the last good commit's manifest, Prometheus values,
-//! commit ancestry). The controller supplies it and calls again; only the inputs a
+//! how the record's commit relates to the desired one). The controller supplies it and calls again; only the inputs a
 //! decision actually needs are ever fetched, so an unchanged DaemonSet costs no
 //! API request.
 //!
@@ -22,6 +22,8 @@
 //!   last good template; a finished rollout (write `Idle`)
 //! * not in Git → (write `Pruning`) → delete the DaemonSet, then the record
 
+pub mod config;
+pub mod objects;
 mod progress;
 #[cfg(test)]
 mod tests;
@@ -51,8 +53,15 @@ pub const NEW_DAEMONSET_GRACE_MS: i64 = 3_000;
 /// How long a rollout start waits for pods on every scheduled node before it
 /// starts with the pods that exist (the rest are adopted as they appear).
 pub const SETTLE_TIMEOUT_MS: i64 = 30_000;
+/// How long the DaemonSet controller may take to observe an applied template
+/// before the record says nodewave is waiting for it.
+pub const CONTROLLER_LAG_WARN_MS: i64 = 10_000;
 /// Upper bound between two looks at an open rollout with no event.
 pub const OPEN_WORK_RESYNC_MS: i64 = 30_000;
+
+/// How soon a replica that is behind the record's commit looks again (its own
+/// fetch usually catches up within a poll interval).
+pub const BEHIND_RETRY_MS: i64 = 2_000;
 
 /// Service-wide switches that shape decisions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -152,8 +161,28 @@ pub struct Inputs<'a> {
     pub rollback_target: Option<&'a DesiredDs>,
     /// Values of the current stage's Prometheus checks, and the stage they are for.
     pub prometheus: Option<(PromOutcome, usize)>,
-    /// Whether the record's applied commit is the desired commit or an ancestor.
-    pub ancestry: Option<bool>,
+    /// How the commit the record names relates to `snapshot_commit`.
+    pub lineage: Option<Lineage>,
+    /// The commit this replica's desired state comes from.
+    pub snapshot_commit: &'a str,
+}
+
+/// How the commit the record names (what the cluster was last given) relates to
+/// the commit this replica's desired state comes from. Replicas fetch on their
+/// own schedule, so one may still hold an older commit than the one another
+/// replica (or this one before a restart) applied; acting on it would move the
+/// cluster back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lineage {
+    /// The recorded commit is the snapshot's commit or one of its ancestors: Git
+    /// moved forward, act on the snapshot.
+    Ancestor,
+    /// This replica is behind: its clone does not have the recorded commit yet,
+    /// or its desired state was not yet loaded from the head it fetched. Wait.
+    Ahead,
+    /// The recorded commit is not in the history this replica fetched after it
+    /// saw the record: the branch was rewritten (a force push). Git wins.
+    Rewritten,
 }
 
 /// An input [`decide`] needs before it can decide.
@@ -168,8 +197,8 @@ pub enum Need {
     RollbackTarget { commit: String },
     /// The current stage's Prometheus checks.
     Prometheus,
-    /// Whether `applied` is `desired` or one of its ancestors.
-    Ancestry { applied: String, desired: String },
+    /// How the record's commit `recorded` relates to the snapshot's `snapshot`.
+    Lineage { recorded: String, snapshot: String },
 }
 
 /// A counted fact for the metrics.
@@ -341,6 +370,9 @@ impl Decider<'_, '_> {
             RecordView::Missing => RecordState::default(),
             RecordView::Valid(r) => r.clone(),
         };
+        if let Some(wait) = self.behind(&rec)? {
+            return Ok(wait);
+        }
         let Some(desired) = self.i.desired else {
             return Ok(self.not_in_git(&rec));
         };
@@ -392,29 +424,35 @@ impl Decider<'_, '_> {
         }
     }
 
-    /// A reason not to apply `desired` yet: this replica has not fetched since it
-    /// started, and the cluster may already run something newer than its clone.
-    fn held_back(&self, rec: &RecordState, desired: &DesiredDs) -> Step<Option<String>> {
-        if self.i.fresh {
-            return Ok(None);
-        }
+    /// A plan to wait, when this replica's desired state may be older than the
+    /// commit the record names: it then decides nothing, so it never moves the
+    /// cluster back (see [`Lineage`]). A replica that has not fetched since it
+    /// started also waits on a rewritten history, and says why in the record.
+    fn behind(&self, rec: &RecordState) -> Step<Option<Plan>> {
         let Some(applied) = &rec.applied else {
             return Ok(None);
         };
-        if applied.commit == desired.commit || applied.hash == desired.hash {
+        let snapshot = self.i.snapshot_commit;
+        if applied.commit == snapshot {
             return Ok(None);
         }
-        match self.i.ancestry {
-            None => Err(Need::Ancestry {
-                applied: applied.commit.clone(),
-                desired: desired.commit.clone(),
-            }),
-            Some(true) => Ok(None),
-            Some(false) => Ok(Some(format!(
-                "the cluster runs commit {} which this replica's clone does not have before {}; waiting for a successful fetch before applying anything",
-                short(&applied.commit),
-                short(&desired.commit)
-            ))),
+        let lineage = self.i.lineage.ok_or_else(|| Need::Lineage {
+            recorded: applied.commit.clone(),
+            snapshot: snapshot.to_string(),
+        })?;
+        match (lineage, self.i.fresh) {
+            (Lineage::Ancestor, _) | (Lineage::Rewritten, true) => Ok(None),
+            (Lineage::Ahead, true) => {
+                Ok(Some(Plan::default().wake(self.i.now_ms + BEHIND_RETRY_MS)))
+            }
+            (_, false) => {
+                let why = format!(
+                    "the cluster runs commit {} which this replica's clone does not have before {}; waiting for a successful fetch before applying anything",
+                    short(&applied.commit),
+                    short(snapshot)
+                );
+                Ok(Some(Self::set_status(rec, SyncStatus::OutOfSync, &why)))
+            }
         }
     }
 
@@ -455,9 +493,6 @@ impl Decider<'_, '_> {
             return Ok(Self::set_status(rec, status, &msg));
         }
         if self.i.live.is_none() {
-            if let Some(why) = self.held_back(rec, desired)? {
-                return Ok(Self::set_status(rec, SyncStatus::OutOfSync, &why));
-            }
             return Ok(self.begin(rec, desired, ApplyMode::Forward, "creating the DaemonSet"));
         }
         let diff = self.diff_of(&desired.hash)?;
@@ -512,8 +547,6 @@ impl Decider<'_, '_> {
                     ..lead
                 });
             }
-        } else if let Some(why) = self.held_back(rec, desired)? {
-            return Ok(Self::set_status(rec, SyncStatus::OutOfSync, &why));
         }
         let mode = if diff.touches_pod_template() {
             ApplyMode::Forward
@@ -606,6 +639,10 @@ impl Decider<'_, '_> {
             )));
         }
         if !live.observed() {
+            // Normal for a moment after an apply; worth saying after a while.
+            if now - since_ms < CONTROLLER_LAG_WARN_MS {
+                return Ok(Plan::default().wake(since_ms + CONTROLLER_LAG_WARN_MS));
+            }
             let msg = format!(
                 "waiting for the DaemonSet controller to observe generation {} (observed {}); is kube-controller-manager running?",
                 live.generation, live.observed_generation

@@ -124,7 +124,10 @@ struct S {
     revision: Option<String>,
     rollback_target: Option<DesiredDs>,
     prometheus: Option<(PromOutcome, usize)>,
-    ancestry: Option<bool>,
+    /// Most scenarios move Git forward; the lineage tests set this.
+    lineage: Option<Lineage>,
+    /// The snapshot's commit when it differs from the desired DaemonSet's.
+    snapshot: Option<String>,
     now: i64,
 }
 
@@ -151,7 +154,8 @@ impl S {
             revision: None,
             rollback_target: None,
             prometheus: None,
-            ancestry: None,
+            lineage: Some(Lineage::Ancestor),
+            snapshot: None,
             now: 1_000_000,
         }
     }
@@ -177,7 +181,12 @@ impl S {
             revision: self.revision.as_deref(),
             rollback_target: self.rollback_target.as_ref(),
             prometheus: self.prometheus.clone(),
-            ancestry: self.ancestry,
+            lineage: self.lineage,
+            snapshot_commit: self
+                .snapshot
+                .as_deref()
+                .or(self.desired.as_ref().map(|d| d.commit.as_str()))
+                .unwrap_or("c-snapshot"),
         };
         decide(&inputs)
     }
@@ -313,6 +322,10 @@ fn a_template_change_is_staged_pool_by_pool_after_the_controller_observed_it() {
     // Synced, nothing is deleted, no rollout is computed yet.
     s.live = Some(live(2, 1));
     s.diff = Some((v2.hash.clone(), empty_diff()));
+    let p = s.plan();
+    assert_eq!(p.write, None, "a moment of lag is normal");
+    assert_eq!(p.wake_at_ms, Some(s.now + CONTROLLER_LAG_WARN_MS));
+    s.now += CONTROLLER_LAG_WARN_MS;
     let p = s.plan();
     assert!(deletes(&p).is_empty());
     assert_eq!(applies(&p), 0);
@@ -702,32 +715,85 @@ fn a_stale_replica_applies_nothing_older_than_what_runs() {
     let old = desired("c4", "v4");
     let mut s = S::new(Some(old.clone()));
     s.fresh = false;
+    s.lineage = None;
     s.live = Some(live(1, 1));
     s.record = Some(synced_at(&running));
     s.diff = Some((old.hash.clone(), template_diff()));
     assert_eq!(
         s.need(),
-        Need::Ancestry {
-            applied: "c5".into(),
-            desired: "c4".into()
+        Need::Lineage {
+            recorded: "c5".into(),
+            snapshot: "c4".into()
         }
     );
-    s.ancestry = Some(false);
-    let p = s.plan();
-    assert_eq!(applies(&p), 0);
-    assert!(
-        p.write
-            .unwrap()
-            .message
-            .contains("waiting for a successful fetch")
-    );
+    for lineage in [Lineage::Ahead, Lineage::Rewritten] {
+        s.lineage = Some(lineage);
+        let p = s.plan();
+        assert_eq!(applies(&p), 0, "{lineage:?}");
+        assert!(
+            p.write
+                .unwrap()
+                .message
+                .contains("waiting for a successful fetch")
+        );
+    }
     // When what runs is an ancestor of the clone's head, it may proceed.
-    s.ancestry = Some(true);
+    s.lineage = Some(Lineage::Ancestor);
     assert_eq!(applies(&s.plan()), 1);
-    // And after a fetch it always may.
-    s.ancestry = None;
+    // After a fetch, a rewritten branch is Git's word.
+    s.lineage = Some(Lineage::Rewritten);
     s.fresh = true;
     assert_eq!(applies(&s.plan()), 1);
+}
+
+/// A replica whose fetch lags another's must not act on its older commit in any
+/// state of the record: not record it as synced over a newer template (the pods
+/// would then never be replaced), not re-apply it, not prune what is newer.
+#[test]
+fn a_replica_behind_the_record_decides_nothing_and_writes_nothing() {
+    let newer = desired("c2", "v2");
+    let older = desired("c1", "v1");
+    let mut s = S::new(Some(older.clone()));
+    s.lineage = Some(Lineage::Ahead);
+    s.live = Some(live(2, 2));
+    // Idle at c2: the older commit's diff against the c2 template is not empty,
+    // and if this replica's live view still showed c1 it would be empty.
+    for diff in [template_diff(), empty_diff()] {
+        s.record = Some(synced_at(&newer));
+        s.diff = Some((older.hash.clone(), diff));
+        let p = s.plan();
+        assert_eq!(p.write, None);
+        assert_eq!(applies(&p), 0);
+        assert!(p.wake_at_ms.is_some(), "looks again soon");
+    }
+    // Applying c2, and rolling out c2.
+    let mut applying = synced_at(&newer);
+    applying.work = Work::Applying {
+        target: newer.target(),
+        mode: ApplyMode::Forward,
+        since_ms: s.now,
+    };
+    s.record = Some(applying);
+    let p = s.plan();
+    assert_eq!((p.write.is_none(), applies(&p)), (true, 0));
+    // Not in this replica's commit at all (added in c2): not pruned.
+    s.desired = None;
+    s.snapshot = Some("c1".into());
+    s.record = Some(synced_at(&newer));
+    let p = s.plan();
+    assert_eq!(p.write, None);
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    // Once its fetch catches up (the record's commit is an ancestor), it acts.
+    s.desired = Some(older.clone());
+    s.snapshot = None;
+    s.lineage = Some(Lineage::Ancestor);
+    s.diff = Some((older.hash.clone(), template_diff()));
+    assert_eq!(applies(&s.plan()), 1);
+    // The same commit as recorded needs no lineage at all.
+    s.lineage = None;
+    s.record = Some(synced_at(&older));
+    s.diff = Some((older.hash.clone(), empty_diff()));
+    assert_eq!(s.plan(), Plan::default());
 }
 
 #[test]

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use super::RenderError;
 use super::discover::{EntryKind, Tree};
 use crate::manifest::ManifestFile;
-use crate::source::git::MAX_FILE_BYTES;
 
 /// kustomization / Chart.yaml / nodewave.yaml files larger than this are not read
 /// (discovery treats them as unreadable; the renderer then reports them).
@@ -53,9 +52,10 @@ impl DiskTree {
         let abs = self.abs(path);
         let err = |reason: String| RenderError::Io(format!("{path}: {reason}"));
         let meta = fs::metadata(&abs).map_err(|e| err(format!("cannot read: {e}")))?;
-        if meta.len() > MAX_FILE_BYTES as u64 {
+        let max_file_bytes = crate::manifest::Limits::default().max_file_bytes;
+        if meta.len() > max_file_bytes as u64 {
             return Err(err(format!(
-                "{} bytes is over the {MAX_FILE_BYTES} byte limit for a manifest",
+                "{} bytes is over the {max_file_bytes} byte limit for a manifest",
                 meta.len()
             )));
         }

@@ -65,6 +65,8 @@ pub struct RenderOptions {
     /// Where temporary checkouts go [default: the system temp directory].
     pub work_dir: Option<PathBuf>,
     pub tree_limits: TreeLimits,
+    /// Size limits on plain manifest files read from disk (`render_dir`).
+    pub limits: manifest::Limits,
 }
 
 impl Default for RenderOptions {
@@ -78,6 +80,7 @@ impl Default for RenderOptions {
             default_namespace: "default".to_owned(),
             work_dir: None,
             tree_limits: DEFAULT_TREE_LIMITS,
+            limits: manifest::Limits::default(),
         }
     }
 }
@@ -156,8 +159,12 @@ pub fn render_dir(dir: &Path, opts: &RenderOptions) -> Result<Vec<ManifestFile>,
     let tree = disk::DiskTree::new(&base);
     let plan = discover::discover(&tree, &scope("", disk::depth_below_work_tree(&base), opts));
     if plan.units.is_empty() && plan.findings.is_empty() {
-        return manifest::read_dir(&base)
-            .map_err(|e| RenderError::Io(format!("cannot read {}: {e}", dir.display())));
+        return manifest::read_dir(&base, &opts.limits).map_err(|e| match e {
+            manifest::ReadDirError::Rejected(r) => RenderError::Rejected(r.errors),
+            manifest::ReadDirError::Io(e) => {
+                RenderError::Io(format!("cannot read {}: {e}", dir.display()))
+            }
+        });
     }
     let session = Session::new(opts.work_dir.as_deref(), false)?;
     render_plan(&tree, plan, opts, &session)

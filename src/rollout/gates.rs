@@ -329,7 +329,11 @@ fn check_problem(c: &CheckValue) -> Option<String> {
         return Some(format!("{}: empty result", c.name));
     };
     if v.is_nan() {
-        return Some(format!("{}: NaN", c.name));
+        // NaN compares false with every bound, so it would pass both max and min.
+        return Some(format!(
+            "{}: NaN (a series evaluated to NaN, e.g. 0/0; NaN never passes)",
+            c.name
+        ));
     }
     if let Some(max) = c.max
         && v > max

@@ -37,7 +37,7 @@ use git2::{
 
 use super::known_hosts::{self, HostKeyStatus, KnownHosts};
 use super::url::{RemoteUrl, Transport, redact_text, redact_url};
-use crate::manifest::ManifestFile;
+use crate::manifest::{FileBudget, LimitExceeded, Limits, ManifestFile};
 
 // Checking a commit out to disk for the renderers (a separate file: files_at and
 // fetch are edited by others).
@@ -59,11 +59,6 @@ pub const HEAD_REF: &str = "refs/nodewave/head";
 const FETCHED_REF: &str = "refs/nodewave/fetched";
 const REWRITTEN_PREFIX: &str = "refs/nodewave/rewritten/";
 const SOURCE_CONFIG_KEY: &str = "nodewave.source";
-
-/// Largest single manifest file read. Kubernetes objects are capped at about
-/// 1.5 MiB by etcd, so anything this large is a mistake (a binary, a dump) and
-/// reading it whole would only cost memory.
-pub const MAX_FILE_BYTES: usize = 4 * 1024 * 1024;
 
 /// What to track on the remote.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -274,6 +269,9 @@ pub struct GitSourceConfig {
     /// Local clone cache (a bare repository); created if missing.
     pub checkout_dir: PathBuf,
     pub credentials: Credentials,
+    /// Size limits on a commit's files, checked from object headers before any
+    /// blob is inflated (`manifest::Limits::default()` unless configured).
+    pub limits: Limits,
 }
 
 /// Result of a fetch.
@@ -364,6 +362,11 @@ pub enum SourceError {
         "commit {commit} is not in the local clone (it was never fetched, or the cache was deleted)"
     )]
     CommitNotFound { commit: String },
+    #[error("commit {commit} is rejected: {exceeded}")]
+    LimitExceeded {
+        commit: String,
+        exceeded: LimitExceeded,
+    },
     #[error("{path} at commit {commit}: {reason}")]
     InvalidFile {
         path: String,
@@ -402,6 +405,7 @@ impl SourceError {
             SourceError::RefNotFound { .. } => "ref_not_found",
             SourceError::PathNotFound { .. } => "path_not_found",
             SourceError::CommitNotFound { .. } => "commit_not_found",
+            SourceError::LimitExceeded { .. } => "limit_exceeded",
             SourceError::InvalidFile { .. } => "invalid_file",
             SourceError::Cache { .. } => "cache",
             SourceError::Git { .. } => "git",
@@ -742,6 +746,11 @@ impl GitSource {
         };
         let mut files = Vec::new();
         let mut failure = None;
+        let mut budget = FileBudget::new(&self.cfg.limits);
+        let odb = self
+            .repo
+            .odb()
+            .map_err(|e| git_error("cannot open the object database", &e))?;
         tree.walk(TreeWalkMode::PreOrder, |dir, entry| {
             // Names that are not UTF-8 cannot be manifest paths.
             let Ok(name) = entry.name() else {
@@ -758,7 +767,7 @@ impl GitSource {
                 return TreeWalkResult::Ok;
             }
             let path = format!("{prefix}{dir}{name}");
-            match self.read_blob(&path, entry.id(), &sha) {
+            match self.read_blob_within(&odb, &mut budget, &path, entry.id(), &sha) {
                 Ok(file) => {
                     files.push(file);
                     TreeWalkResult::Ok
@@ -784,21 +793,42 @@ impl GitSource {
     }
 
     fn read_blob(&self, path: &str, id: Oid, sha: &str) -> Result<ManifestFile, SourceError> {
+        let odb = self
+            .repo
+            .odb()
+            .map_err(|e| git_error("cannot open the object database", &e))?;
+        let mut budget = FileBudget::new(&self.cfg.limits);
+        self.read_blob_within(&odb, &mut budget, path, id, sha)
+    }
+
+    /// Reads one blob after admitting its size, taken from the object header:
+    /// a blob over a limit is never inflated.
+    fn read_blob_within(
+        &self,
+        odb: &git2::Odb<'_>,
+        budget: &mut FileBudget,
+        path: &str,
+        id: Oid,
+        sha: &str,
+    ) -> Result<ManifestFile, SourceError> {
         let invalid = |reason: String| SourceError::InvalidFile {
             path: path.to_owned(),
             commit: short(sha).to_owned(),
             reason,
         };
+        let (size, _) = odb
+            .read_header(id)
+            .map_err(|e| invalid(format!("cannot read: {}", e.message())))?;
+        budget
+            .admit(path, size)
+            .map_err(|exceeded| SourceError::LimitExceeded {
+                commit: short(sha).to_owned(),
+                exceeded,
+            })?;
         let blob = self
             .repo
             .find_blob(id)
             .map_err(|e| invalid(format!("cannot read: {}", e.message())))?;
-        if blob.size() > MAX_FILE_BYTES {
-            return Err(invalid(format!(
-                "{} bytes is over the {MAX_FILE_BYTES} byte limit for a manifest",
-                blob.size()
-            )));
-        }
         let contents = std::str::from_utf8(blob.content())
             .map_err(|_| invalid("not valid UTF-8".to_owned()))?;
         Ok(ManifestFile {

@@ -199,6 +199,12 @@ pub fn redact_url(url: &str) -> String {
 
 /// Redacts userinfo of every URL inside free text (libgit2 error messages can
 /// quote the URL they were given).
+///
+/// The authority ends only where a URL's authority can end (`/`, `?`, `#`) or at
+/// whitespace, not at quotes: quotes are legal in a password (RFC 3986
+/// sub-delims), and stopping there leaked the rest of it (found by the
+/// `url_redaction` fuzz target). A closing quote after the host stays in the
+/// text, since everything up to the last `@` is what gets removed.
 pub fn redact_text(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -207,14 +213,23 @@ pub fn redact_text(text: &str) -> String {
         out.push_str(&rest[..authority_start]);
         let tail = &rest[authority_start..];
         let end = tail
-            .find(|c: char| c == '/' || c.is_whitespace() || matches!(c, '\'' | '"' | '?' | '#'))
+            .find(|c: char| c.is_whitespace() || matches!(c, '/' | '?' | '#'))
             .unwrap_or(tail.len());
         let authority = &tail[..end];
         match authority.rfind('@') {
-            Some(at) => out.push_str(&authority[at + 1..]),
-            None => out.push_str(authority),
+            Some(at) => {
+                // A trailing `:` before `//` is the next URL's `://`: leave it to
+                // the next round.
+                let next_url = authority.ends_with(':') && tail[end..].starts_with("//");
+                let keep_end = if next_url { end - 1 } else { end };
+                out.push_str(&authority[(at + 1).min(keep_end)..keep_end]);
+                rest = &tail[keep_end..];
+            }
+            // Nothing to remove: scan on from just after `://`, since the `/` that
+            // ended this authority may begin the `//` of another URL's `://`
+            // (`x://ssh://u:p@h`, found by the fuzz target).
+            None => rest = tail,
         }
-        rest = &tail[end..];
     }
     out.push_str(rest);
     out
@@ -260,6 +275,29 @@ mod tests {
             "failed to fetch 'https://h.io/x.git': 401; retry https://h.io/y"
         );
         assert_eq!(redact_text("no url here"), "no url here");
+        assert_eq!(
+            redact_text("'https://h.io' and \"http://u:p@h.io\""),
+            "'https://h.io' and \"http://h.io\""
+        );
+    }
+
+    /// Crashes found by `fuzz/fuzz_targets/url_redaction.rs`, kept as regressions.
+    #[test]
+    fn quotes_in_userinfo_do_not_leak_the_password() {
+        for (text, secret) in [
+            (" https://':S3crpp_~~a@/ ", "S3crpp_~~a"),
+            ("'https://user:pa'ss'word@host/x.git'", "pa'ss'word"),
+            ("fetch \"https://tok\"en@host\" failed", "tok\"en"),
+            (
+                "://\0oo'ssh://\u{3}>\u{3}6oo:S3cr@@@@@@@@:26739/'",
+                "6oo:S3cr",
+            ),
+            ("a://ssh://u:S3cret@h/", "S3cret"),
+            ("://a@b://c:S3cret@d/", "S3cret"),
+        ] {
+            let redacted = redact_text(text);
+            assert!(!redacted.contains(secret), "{text:?} -> {redacted:?}");
+        }
     }
 
     #[test]

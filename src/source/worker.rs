@@ -10,7 +10,8 @@
 //! The thread ends when the last handle is dropped.
 
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -32,6 +33,8 @@ enum Request {
     CommitInfo(String, Reply<CommitInfo>),
     IsAncestor(String, String, Reply<bool>),
     HasFileNamed(String, &'static [&'static str], Reply<bool>),
+    HasTrackedFile(String, &'static str, Reply<bool>),
+    ReadTrackedFile(String, &'static str, Reply<Option<ManifestFile>>),
     WriteTree(String, std::path::PathBuf, TreeLimits, Reply<TreeStats>),
     CommitSignature(String, Reply<CommitSignature>),
 }
@@ -40,7 +43,9 @@ enum Request {
 #[derive(Clone, Debug)]
 pub struct SourceWorker {
     tx: mpsc::Sender<Request>,
-    head: watch::Receiver<Option<String>>,
+    head: Arc<watch::Sender<Option<String>>>,
+    /// When the last successful fetch started.
+    fetched: Arc<watch::Sender<Option<Instant>>>,
 }
 
 impl SourceWorker {
@@ -52,15 +57,17 @@ impl SourceWorker {
     /// Starts the worker thread around an opened source.
     pub fn spawn(source: GitSource) -> Result<Self, SourceError> {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        let (head_tx, head_rx) = watch::channel(source.head());
+        let head = Arc::new(watch::Sender::new(source.head()));
+        let fetched = Arc::new(watch::Sender::new(None));
+        let (head_tx, fetched_tx) = (head.clone(), fetched.clone());
         std::thread::Builder::new()
             .name("nodewave-git".to_owned())
-            .spawn(move || run(source, rx, &head_tx))
+            .spawn(move || run(source, rx, &head_tx, &fetched_tx))
             .map_err(|e| SourceError::Git {
                 context: "cannot start the git worker thread".to_owned(),
                 cause: e.to_string(),
             })?;
-        Ok(Self { tx, head: head_rx })
+        Ok(Self { tx, head, fetched })
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, SourceError> {
@@ -103,6 +110,28 @@ impl SourceWorker {
         self.call(|r| Request::HasFileNamed(commit, names, r)).await
     }
 
+    /// Whether the file `name` (hidden names included) lies in the tracked
+    /// directory at `commit` (see [`GitSource::has_tracked_file`]).
+    pub async fn has_tracked_file(
+        &self,
+        commit: String,
+        name: &'static str,
+    ) -> Result<bool, SourceError> {
+        self.call(|r| Request::HasTrackedFile(commit, name, r))
+            .await
+    }
+
+    /// The file `name` of the tracked directory at `commit`, if there is one
+    /// (see [`GitSource::read_tracked_file`]).
+    pub async fn read_tracked_file(
+        &self,
+        commit: String,
+        name: &'static str,
+    ) -> Result<Option<ManifestFile>, SourceError> {
+        self.call(|r| Request::ReadTrackedFile(commit, name, r))
+            .await
+    }
+
     /// Writes the whole tree of `commit` below `dest` (see [`GitSource::write_tree`]).
     pub async fn write_tree(
         &self,
@@ -125,9 +154,21 @@ impl SourceWorker {
         self.head.borrow().clone()
     }
 
+    /// When the last successful fetch of this process started (`None` before
+    /// the first): everything pushed before that instant was seen by it.
+    pub fn last_fetch_started(&self) -> Option<Instant> {
+        *self.fetched.borrow()
+    }
+
+    /// Records a successful fetch made elsewhere into the same clone (the fetch
+    /// child process of `crate::source::fetch_process`).
+    pub fn note_fetch(&self, started: Instant, head: &str) {
+        note_fetch(&self.head, &self.fetched, started, head);
+    }
+
     /// Watch the head: changes after each fetch that moved it.
     pub fn subscribe_head(&self) -> watch::Receiver<Option<String>> {
-        self.head.clone()
+        self.head.subscribe()
     }
 }
 
@@ -135,6 +176,7 @@ fn run(
     mut source: GitSource,
     mut rx: mpsc::Receiver<Request>,
     head_tx: &watch::Sender<Option<String>>,
+    fetched_tx: &watch::Sender<Option<Instant>>,
 ) {
     let mut deferred: VecDeque<Request> = VecDeque::new();
     loop {
@@ -156,17 +198,10 @@ fn run(
                         other => deferred.push_back(other),
                     }
                 }
+                let started = Instant::now();
                 let result = source.fetch();
                 if let Ok(outcome) = &result {
-                    head_tx.send_if_modified(|h| {
-                        let new = Some(outcome.head.clone());
-                        if *h == new {
-                            false
-                        } else {
-                            *h = new;
-                            true
-                        }
-                    });
+                    note_fetch(head_tx, fetched_tx, started, &outcome.head);
                 }
                 for waiter in waiters {
                     // A caller that gave up (timeout, shutdown) is fine.
@@ -185,6 +220,12 @@ fn run(
             Request::HasFileNamed(commit, names, reply) => {
                 let _ = reply.send(source.has_file_named(&commit, names));
             }
+            Request::HasTrackedFile(commit, name, reply) => {
+                let _ = reply.send(source.has_tracked_file(&commit, name));
+            }
+            Request::ReadTrackedFile(commit, name, reply) => {
+                let _ = reply.send(source.read_tracked_file(&commit, name));
+            }
             Request::WriteTree(commit, dest, limits, reply) => {
                 let _ = reply.send(source.write_tree(&commit, &dest, &limits));
             }
@@ -194,6 +235,23 @@ fn run(
         }
     }
     tracing::debug!("git worker stopped: all handles dropped");
+}
+
+fn note_fetch(
+    head_tx: &watch::Sender<Option<String>>,
+    fetched_tx: &watch::Sender<Option<Instant>>,
+    started: Instant,
+    head: &str,
+) {
+    fetched_tx.send_replace(Some(started));
+    head_tx.send_if_modified(|h| {
+        if h.as_deref() == Some(head) {
+            false
+        } else {
+            *h = Some(head.to_string());
+            true
+        }
+    });
 }
 
 /// Delay before retry number `attempt` (0-based) after a failed fetch:

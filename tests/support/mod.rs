@@ -157,11 +157,22 @@ impl TestEnv {
                         .is_some_and(|cs| {
                             cs.iter().any(|c| c.type_ == "Ready" && c.status == "True")
                         });
-                    if ready {
+                    // A new node carries `node.kubernetes.io/not-ready:NoSchedule`
+                    // until the node lifecycle controller sees it Ready; DaemonSet
+                    // pods do not tolerate it, so until then the DaemonSet
+                    // controller does not count the node.
+                    let taints: Vec<String> = n
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.taints.as_ref())
+                        .map(|ts| ts.iter().map(|t| t.key.clone()).collect())
+                        .unwrap_or_default();
+                    let untainted = !taints.iter().any(|k| k == "node.kubernetes.io/not-ready");
+                    if ready && untainted {
                         Ok(Some(()))
                     } else {
                         Err(format!(
-                            "conditions: {:?}",
+                            "conditions: {:?}; taints: {taints:?}",
                             n.status.and_then(|s| s.conditions)
                         ))
                     }

@@ -160,6 +160,12 @@ impl Nodewave {
     }
 
     async fn spawn(&mut self) {
+        self.spawn_until(true).await;
+    }
+
+    /// Starts the process and waits until `/healthz` answers: 200 if `healthy`,
+    /// any status otherwise (a process that fails its health check at once).
+    async fn spawn_until(&mut self, healthy: bool) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -181,7 +187,7 @@ impl Nodewave {
             let log_path = log_path.clone();
             async move {
                 match reqwest::get(&url).await {
-                    Ok(r) if r.status().is_success() => Ok(Some(())),
+                    Ok(r) if r.status().is_success() || !healthy => Ok(Some(())),
                     _ => Err(std::fs::read_to_string(&log_path).unwrap_or_default()),
                 }
             }
@@ -229,6 +235,13 @@ impl Nodewave {
     pub async fn restart(&mut self) {
         self.kill();
         self.spawn().await;
+    }
+
+    /// [`Self::restart`] for a process expected to report itself unhealthy
+    /// soon: waits only until its HTTP server answers.
+    pub async fn restart_maybe_unhealthy(&mut self) {
+        self.kill();
+        self.spawn_until(false).await;
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -212,11 +212,13 @@ impl PodWatcher {
 }
 
 /// A tiny Prometheus HTTP API (`/api/v1/query`) answering every instant query with
-/// one sample of the current `value`, recording the queries it receives.
+/// one sample of the current `value` (then one per entry of `more`, as further
+/// series), recording the queries it receives.
 pub struct FakePrometheus {
     pub url: String,
     pub queries: Arc<Mutex<Vec<String>>>,
     pub value: Arc<Mutex<f64>>,
+    pub more: Arc<Mutex<Vec<f64>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -225,14 +227,20 @@ impl FakePrometheus {
         use axum::extract::{Query, State};
         use axum::routing::get;
 
-        type Shared = (Arc<Mutex<Vec<String>>>, Arc<Mutex<f64>>);
+        type Shared = (
+            Arc<Mutex<Vec<String>>>,
+            Arc<Mutex<f64>>,
+            Arc<Mutex<Vec<f64>>>,
+        );
         async fn query(
-            State((queries, value)): State<Shared>,
+            State((queries, value, more)): State<Shared>,
             Query(params): Query<BTreeMap<String, String>>,
         ) -> axum::Json<serde_json::Value> {
             let q = params.get("query").cloned().unwrap_or_default();
             queries.lock().unwrap().push(q);
-            let v = *value.lock().unwrap();
+            let values: Vec<f64> = std::iter::once(*value.lock().unwrap())
+                .chain(more.lock().unwrap().iter().copied())
+                .collect();
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap()
@@ -241,16 +249,21 @@ impl FakePrometheus {
                 "status": "success",
                 "data": {
                     "resultType": "vector",
-                    "result": [{"metric": {}, "value": [now, v.to_string()]}]
+                    "result": values
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| serde_json::json!({"metric": {"series": i.to_string()}, "value": [now, v.to_string()]}))
+                        .collect::<Vec<_>>()
                 }
             }))
         }
 
         let queries = Arc::new(Mutex::new(Vec::new()));
         let value = Arc::new(Mutex::new(value));
+        let more = Arc::new(Mutex::new(Vec::new()));
         let app = axum::Router::new()
             .route("/api/v1/query", get(query).post(query))
-            .with_state((queries.clone(), value.clone()));
+            .with_state((queries.clone(), value.clone(), more.clone()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let task = tokio::spawn(async move {
@@ -260,6 +273,7 @@ impl FakePrometheus {
             url,
             queries,
             value,
+            more,
             task,
         }
     }

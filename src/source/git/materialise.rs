@@ -88,6 +88,64 @@ impl GitSource {
         Ok(found)
     }
 
+    /// Whether the regular file `name` lies directly in the tracked directory at
+    /// `commit` (next to the tracked file when the sub-path is a YAML file; at the
+    /// root without a sub-path). Reads tree objects only; hidden names are
+    /// allowed, unlike [`GitSource::files_at`]: this is how marker files such as
+    /// `.nodewave-allow-prune` are found. A missing sub-path has none.
+    pub fn has_tracked_file(&self, commit: &str, name: &str) -> Result<bool, SourceError> {
+        Ok(self.tracked_file(commit, name)?.is_some())
+    }
+
+    /// The contents of the regular file `name` in the tracked directory at
+    /// `commit` (found as [`GitSource::has_tracked_file`] finds it; hidden names
+    /// allowed), read within the per-file size limit: how the repository's
+    /// `.nodewave.yaml` is read. `None` when there is no such file.
+    pub fn read_tracked_file(
+        &self,
+        commit: &str,
+        name: &str,
+    ) -> Result<Option<crate::manifest::ManifestFile>, SourceError> {
+        let Some((path, id, sha)) = self.tracked_file(commit, name)? else {
+            return Ok(None);
+        };
+        self.read_blob(&path, id, &sha).map(Some)
+    }
+
+    fn tracked_file(
+        &self,
+        commit: &str,
+        name: &str,
+    ) -> Result<Option<(String, git2::Oid, String)>, SourceError> {
+        let commit_obj = self.find_commit(commit)?;
+        let sha = commit_obj.id().to_string();
+        let root = commit_obj
+            .tree()
+            .map_err(|e| git_error(format!("cannot read the tree of {}", short(&sha)), &e))?;
+        let dir = if self.subpath.is_empty() {
+            String::new()
+        } else {
+            match root.get_path(Path::new(&self.subpath)).map(|e| e.kind()) {
+                Ok(Some(ObjectType::Tree)) => self.subpath.clone(),
+                Ok(Some(ObjectType::Blob)) => self
+                    .subpath
+                    .rsplit_once('/')
+                    .map_or(String::new(), |(dir, _)| dir.to_owned()),
+                _ => return Ok(None),
+            }
+        };
+        let path = if dir.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{dir}/{name}")
+        };
+        Ok(root
+            .get_path(Path::new(&path))
+            .ok()
+            .filter(|e| e.kind() == Some(ObjectType::Blob) && e.filemode() != MODE_LINK)
+            .map(|e| (path, e.id(), sha)))
+    }
+
     /// Writes the whole tree of `commit` (the repository, not only the sub-path)
     /// below `dest`, which must exist and should be empty. Fails with
     /// [`SourceError::InvalidFile`] when the commit is over `limits`, and with
