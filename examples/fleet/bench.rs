@@ -63,6 +63,7 @@ pub struct Args {
     /// DaemonSets in sync for the idle measurement (c), each on `idle-nodes` nodes.
     #[arg(long, default_value_t = 100)]
     pub idle_daemonsets: usize,
+    /// Nodes each idle DaemonSet runs on.
     #[arg(long, default_value_t = 10)]
     pub idle_nodes: usize,
     /// Length of the idle window.
@@ -336,7 +337,7 @@ impl Bench {
                         || s.number_ready < s.desired_number_scheduled
                         || s.updated_number_scheduled.unwrap_or(0) < s.desired_number_scheduled
                 })
-                .map(ResourceExt::name_any)
+                .map(kube::ResourceExt::name_any)
                 .collect();
             if list.items.len() >= expect && pending.is_empty() {
                 return Ok(());

@@ -150,14 +150,11 @@ pub async fn wait_api_ready(client: &Client, timeout: Duration) -> anyhow::Resul
 /// One request in the audit log.
 #[derive(Debug, Clone)]
 pub struct Audited {
-    pub user: String,
     pub verb: String,
     pub resource: String,
     pub subresource: String,
-    pub name: String,
     pub received: SystemTime,
     pub completed: SystemTime,
-    pub code: i64,
     pub dry_run: bool,
 }
 
@@ -198,14 +195,11 @@ pub fn read_audit(path: &std::path::Path, user: &str, offset: u64) -> anyhow::Re
             continue;
         };
         out.push(Audited {
-            user: user.to_string(),
             verb: s("/verb"),
             resource: s("/objectRef/resource"),
             subresource: s("/objectRef/subresource"),
-            name: s("/objectRef/name"),
             received,
             completed,
-            code: v.pointer("/responseStatus/code").and_then(Value::as_i64).unwrap_or(0),
             dry_run: s("/requestURI").contains("dryRun="),
         });
     }

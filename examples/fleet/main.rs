@@ -32,7 +32,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// nodewave side by side with the native DaemonSet controller (hack/bench-scale.sh).
     Bench(bench::Args),
+    /// Staged rollouts under injected faults, every observation checked (hack/chaos.sh).
     Chaos(chaos::Args),
 }
 

@@ -61,8 +61,6 @@ struct PodState {
     records: Vec<PodRecord>,
     live: BTreeMap<String, PodRecord>,
     synced: bool,
-    /// Watch errors (the API server went away) seen so far.
-    errors: usize,
 }
 
 /// Every state the pods matching a label selector go through, in watch order.
@@ -127,7 +125,8 @@ impl PodWatch {
                         initial = false;
                         st.synced = true;
                     }
-                    Err(_) => st.errors += 1,
+                    // The API server went away: the watcher relists (see InitDone).
+                    Err(_) => {}
                 }
             }
         });
@@ -138,11 +137,6 @@ impl PodWatch {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(w)
-    }
-
-    /// Number of records so far (a mark for [`PodWatch::since`]).
-    pub fn len(&self) -> usize {
-        lock(&self.state).records.len()
     }
 
     /// The live pods now and every record from `mark` on.
@@ -195,10 +189,6 @@ impl PodWatch {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-
-    pub fn errors(&self) -> usize {
-        lock(&self.state).errors
-    }
 }
 
 impl Drop for PodWatch {
@@ -212,14 +202,10 @@ impl Drop for PodWatch {
 pub struct RecordObs {
     pub at: Instant,
     pub name: String,
-    pub resource_version: String,
     pub phase: String,
     pub rollout_phase: String,
-    pub stage: String,
     pub applied: Option<String>,
-    pub last_good: Option<String>,
     pub failed: Vec<String>,
-    pub commit: String,
     /// Decoded state (None when the record has none or it cannot be decoded).
     pub state: Option<nodewave::record::RecordState>,
     pub decode_error: Option<String>,
@@ -262,14 +248,10 @@ impl RecordWatch {
                 let obs = RecordObs {
                     at: Instant::now(),
                     name: r.name_any(),
-                    resource_version: r.resource_version().unwrap_or_default(),
                     phase: st.phase,
                     rollout_phase: st.rollout_phase,
-                    stage: st.stage,
                     applied: st.applied_commit,
-                    last_good: st.last_good_commit,
                     failed: st.failed_commits.iter().map(|f| f.commit.clone()).collect(),
-                    commit: st.commit,
                     state,
                     decode_error,
                 };
