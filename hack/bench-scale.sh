@@ -66,11 +66,13 @@ echo "cluster $NODEWAVE_CLUSTER with $((per_pool * ${#pools[@]})) Ready nodes up
 cluster_dir="${KWOK_WORKDIR:-$HOME/.kwok}/clusters/$NODEWAVE_CLUSTER"
 
 # nodewave runs as a user of its own (a client certificate signed by the
-# cluster's CA), so the audit log tells its requests from everyone else's.
+# cluster's CA), so the audit log tells its requests from everyone else's. The
+# extensions make it an X.509 v3 certificate (rustls refuses v1).
 openssl req -new -newkey rsa:2048 -nodes -keyout "$work/nodewave.key" \
   -subj "/CN=nodewave-bench/O=system:masters" -out "$work/nodewave.csr" 2>/dev/null
 openssl x509 -req -in "$work/nodewave.csr" -CA "$cluster_dir/pki/ca.crt" -CAkey "$cluster_dir/pki/ca.key" \
-  -CAcreateserial -CAserial "$work/ca.srl" -out "$work/nodewave.crt" -days 2 2>/dev/null
+  -CAcreateserial -CAserial "$work/ca.srl" -out "$work/nodewave.crt" -days 2 \
+  -extfile <(printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n') 2>/dev/null
 sed -e "s#client-certificate: .*#client-certificate: $work/nodewave.crt#" \
   -e "s#client-key: .*#client-key: $work/nodewave.key#" \
   "$cluster_dir/kubeconfig.yaml" >"$work/nodewave.kubeconfig"

@@ -749,7 +749,8 @@ async fn idle_phase(b: &mut Bench) -> anyhow::Result<Idle> {
     let idle = Idle {
         daemonsets: count + 1,
         window_s: window,
-        metric_total_per_min: metric_per_min.values().sum(),
+        // abs: an empty f64 sum is -0.0, which would print as "-0.0" (every term is > 0).
+        metric_total_per_min: metric_per_min.values().sum::<f64>().abs(),
         metric_per_min,
         audit_other_per_min: per_min(other.values().sum::<usize>() as f64),
         audit_leases_per_min: per_min(leases as f64),
