@@ -207,13 +207,22 @@ impl Bench {
 
     fn agent_files(&self, image: &str) -> Vec<(String, Option<String>)> {
         let stages: Vec<(String, Vec<String>)> = if self.policy == "per-pool" {
-            self.pools().into_iter().map(|p| (p.clone(), vec![p])).collect()
+            self.pools()
+                .into_iter()
+                .map(|p| (p.clone(), vec![p]))
+                .collect()
         } else {
             vec![("all".into(), vec!["*".into()])]
         };
         let mut f = vec![
-            ("agent.yaml".to_string(), Some(managed_ds("agent", image, None))),
-            ("agent-policy.yaml".to_string(), Some(policy("agent", &stages, self.m))),
+            (
+                "agent.yaml".to_string(),
+                Some(managed_ds("agent", image, None)),
+            ),
+            (
+                "agent-policy.yaml".to_string(),
+                Some(policy("agent", &stages, self.m)),
+            ),
         ];
         f.extend(self.extra_files.iter().cloned());
         f
@@ -260,7 +269,10 @@ impl Bench {
         self.version += 1;
         let image = format!("registry.example/agent:{}", self.version);
         self.policy = policy;
-        let commit = self.repo.commit(&format!("agent {}", self.version), &self.agent_files(&image))?;
+        let commit = self.repo.commit(
+            &format!("agent {}", self.version),
+            &self.agent_files(&image),
+        )?;
         self.agent_pods.forget();
         let live0 = self.agent_pods.live();
         let gen0 = self.ds.generation("agent");
@@ -301,7 +313,12 @@ impl Bench {
         })
     }
 
-    async fn wait_records_synced(&self, prefix: &str, count: usize, timeout: Duration) -> anyhow::Result<()> {
+    async fn wait_records_synced(
+        &self,
+        prefix: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let synced = self
@@ -323,7 +340,11 @@ impl Bench {
 
     /// Waits until every DaemonSet in the namespace has a Ready, updated pod on
     /// every node it should run on.
-    async fn wait_all_daemonsets_ready(&self, expect: usize, timeout: Duration) -> anyhow::Result<()> {
+    async fn wait_all_daemonsets_ready(
+        &self,
+        expect: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let api: Api<DaemonSet> = Api::namespaced(self.client.clone(), NS);
         let deadline = Instant::now() + timeout;
         loop {
@@ -409,7 +430,10 @@ fn analyze(
     }
     let ms = |a: Instant, b: Instant| b.saturating_duration_since(a).as_secs_f64() * 1000.0;
     let old: Vec<&PodTimes> = pods.values().filter(|p| p.image != image).collect();
-    let new: Vec<&PodTimes> = pods.values().filter(|p| p.image == image && !p.initial).collect();
+    let new: Vec<&PodTimes> = pods
+        .values()
+        .filter(|p| p.image == image && !p.initial)
+        .collect();
     let mut deletes: Vec<Instant> = old.iter().filter_map(|p| p.terminating).collect();
     deletes.sort();
     let mut readies: Vec<Instant> = new.iter().filter_map(|p| p.ready).collect();
@@ -431,8 +455,14 @@ fn analyze(
         .iter()
         .filter_map(|p| Some(ms(*gone_by_node.get(p.node.as_str())?, p.first_seen?)))
         .collect();
-    let bind: Vec<f64> = new.iter().filter_map(|p| Some(ms(p.first_seen?, p.bound?))).collect();
-    let ready: Vec<f64> = new.iter().filter_map(|p| Some(ms(p.bound?, p.ready?))).collect();
+    let bind: Vec<f64> = new
+        .iter()
+        .filter_map(|p| Some(ms(p.first_seen?, p.bound?)))
+        .collect();
+    let ready: Vec<f64> = new
+        .iter()
+        .filter_map(|p| Some(ms(p.bound?, p.ready?)))
+        .collect();
     let react: Vec<f64> = deletes
         .iter()
         .filter_map(|d| {
@@ -461,7 +491,9 @@ fn analyze(
         bind_ms: median(&bind),
         ready_ms: median(&ready),
         react_ms: median(&react),
-        first_delete_s: deletes.first().map(|d| secs(d.saturating_duration_since(t0))),
+        first_delete_s: deletes
+            .first()
+            .map(|d| secs(d.saturating_duration_since(t0))),
         done_s: done.map(|d| secs(d.saturating_duration_since(t0))),
     }
 }
@@ -492,19 +524,35 @@ fn request_summary(reqs: &[Audited]) -> BTreeMap<String, (usize, f64)> {
         .collect()
 }
 
-fn critical_path(reqs: &[Audited], t0: SystemTime, end: Option<SystemTime>) -> Vec<(String, f64, f64)> {
+fn critical_path(
+    reqs: &[Audited],
+    t0: SystemTime,
+    end: Option<SystemTime>,
+) -> Vec<(String, f64, f64)> {
     let Some(end) = end else {
         return Vec::new();
     };
     let mut v: Vec<&Audited> = reqs
         .iter()
-        .filter(|r| r.verb != "watch" && r.resource != "leases" && r.received >= t0 && r.received <= end)
+        .filter(|r| {
+            r.verb != "watch" && r.resource != "leases" && r.received >= t0 && r.received <= end
+        })
         .collect();
     v.sort_by_key(|r| r.received);
     v.into_iter()
         .map(|r| {
-            let at = r.received.duration_since(t0).unwrap_or_default().as_secs_f64() * 1000.0;
-            let took = r.completed.duration_since(r.received).unwrap_or_default().as_secs_f64() * 1000.0;
+            let at = r
+                .received
+                .duration_since(t0)
+                .unwrap_or_default()
+                .as_secs_f64()
+                * 1000.0;
+            let took = r
+                .completed
+                .duration_since(r.received)
+                .unwrap_or_default()
+                .as_secs_f64()
+                * 1000.0;
             (request_key(r), at, took)
         })
         .collect()
@@ -526,7 +574,11 @@ async fn list_nodes(client: &Client) -> anyhow::Result<Vec<(String, String)>> {
         .items
         .into_iter()
         .map(|n: PartialObjectMeta<Node>| {
-            let pool = n.labels().get("nodewave.io/pool").cloned().unwrap_or_default();
+            let pool = n
+                .labels()
+                .get("nodewave.io/pool")
+                .cloned()
+                .unwrap_or_default();
             (n.name_any(), pool)
         })
         .collect();
@@ -623,13 +675,20 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     b.native_pods
         .wait_rolled_out("registry.example/native:0", n, Duration::from_mins(30))
         .await?;
-    eprintln!("[bench] both DaemonSets on {n} nodes after {:.0}s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "[bench] both DaemonSets on {n} nodes after {:.0}s",
+        t.elapsed().as_secs_f64()
+    );
 
     let mut runs: Vec<Run> = Vec::new();
     for policy in ["all", "per-pool"] {
         for i in 0..b.a.runs {
             let native = b.native_run(policy).await?;
-            eprintln!("[bench] {policy} run {}: native {:.1}s", i + 1, native.total_s);
+            eprintln!(
+                "[bench] {policy} run {}: native {:.1}s",
+                i + 1,
+                native.total_s
+            );
             runs.push(native);
             let nw = b.nodewave_run(policy).await?;
             eprintln!(
@@ -654,7 +713,14 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         None
     };
 
-    let report = render(&b, &runs, &idle, fleet.as_ref(), mem_after_rollouts, mem_after_idle);
+    let report = render(
+        &b,
+        &runs,
+        &idle,
+        fleet.as_ref(),
+        mem_after_rollouts,
+        mem_after_idle,
+    );
     println!("{report}");
     if let Some(path) = &b.a.json {
         let doc = json!({
@@ -703,16 +769,26 @@ async fn idle_phase(b: &mut Bench) -> anyhow::Result<Idle> {
             let name = format!("idle-{i:03}");
             (
                 format!("idle/{name}.yaml"),
-                Some(managed_ds(&name, "registry.example/idle:1", Some((IDLE_LABEL, "true")))),
+                Some(managed_ds(
+                    &name,
+                    "registry.example/idle:1",
+                    Some((IDLE_LABEL, "true")),
+                )),
             )
         })
         .collect();
     let image = format!("registry.example/agent:{}", b.version);
     let commit = b.repo.commit("idle daemonsets", &b.agent_files(&image))?;
     b.webhook(&commit).await?;
-    b.wait_records_synced("idle-", count, Duration::from_mins(20)).await?;
-    b.wait_all_daemonsets_ready(count + 2, Duration::from_mins(20)).await?;
-    eprintln!("[bench] {} DaemonSets in sync; settling 20 s, then counting for {} s", count + 1, b.a.idle_secs);
+    b.wait_records_synced("idle-", count, Duration::from_mins(20))
+        .await?;
+    b.wait_all_daemonsets_ready(count + 2, Duration::from_mins(20))
+        .await?;
+    eprintln!(
+        "[bench] {} DaemonSets in sync; settling 20 s, then counting for {} s",
+        count + 1,
+        b.a.idle_secs
+    );
     tokio::time::sleep(Duration::from_secs(20)).await;
 
     let audit_path = b.cp.audit_log();
@@ -739,10 +815,16 @@ async fn idle_phase(b: &mut Bench) -> anyhow::Result<Idle> {
         .iter()
         .filter(|r| r.completed >= w0 && r.completed <= w1)
         .collect();
-    let leases = in_window.iter().filter(|r| r.resource == "leases" && r.verb != "watch").count();
+    let leases = in_window
+        .iter()
+        .filter(|r| r.resource == "leases" && r.verb != "watch")
+        .count();
     let watches = in_window.iter().filter(|r| r.verb == "watch").count();
     let mut other: BTreeMap<String, usize> = BTreeMap::new();
-    for r in in_window.iter().filter(|r| r.resource != "leases" && r.verb != "watch") {
+    for r in in_window
+        .iter()
+        .filter(|r| r.resource != "leases" && r.verb != "watch")
+    {
         *other.entry(request_key(r)).or_default() += 1;
     }
     #[allow(clippy::cast_precision_loss)]
@@ -791,8 +873,10 @@ async fn fleet_phase(b: &mut Bench) -> anyhow::Result<Fleet> {
     b.extra_files.retain(|(_, c)| c.is_some());
     let t = Instant::now();
     b.webhook(&commit).await?;
-    b.wait_records_synced("fleet-", count, Duration::from_mins(90)).await?;
-    b.wait_all_daemonsets_ready(count + 2, Duration::from_mins(90)).await?;
+    b.wait_records_synced("fleet-", count, Duration::from_mins(90))
+        .await?;
+    b.wait_all_daemonsets_ready(count + 2, Duration::from_mins(90))
+        .await?;
     let load_s = t.elapsed().as_secs_f64();
     eprintln!(
         "[bench] {} nodewave DaemonSets on every node ({} pods) after {load_s:.0}s",
@@ -842,14 +926,39 @@ fn render(
         b.a.max_unavailable_percent,
         b.a.runs
     );
-    let _ = writeln!(o, "| | native RollingUpdate (s) | nodewave (s) | ratio: median (min–max) |");
+    let _ = writeln!(
+        o,
+        "| | native RollingUpdate (s) | nodewave (s) | ratio: median (min–max) |"
+    );
     let _ = writeln!(o, "| --- | --- | --- | --- |");
-    for (policy, label) in [("all", "(a) one stage \"*\""), ("per-pool", "(b) one stage per pool")] {
-        let native: Vec<f64> = runs.iter().filter(|r| r.who == "native" && r.policy == policy).map(|r| r.total_s).collect();
-        let nw: Vec<f64> = runs.iter().filter(|r| r.who == "nodewave" && r.policy == policy).map(|r| r.total_s).collect();
+    for (policy, label) in [
+        ("all", "(a) one stage \"*\""),
+        ("per-pool", "(b) one stage per pool"),
+    ] {
+        let native: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.who == "native" && r.policy == policy)
+            .map(|r| r.total_s)
+            .collect();
+        let nw: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.who == "nodewave" && r.policy == policy)
+            .map(|r| r.total_s)
+            .collect();
         let ratios: Vec<f64> = native.iter().zip(&nw).map(|(a, b)| b / a).collect();
-        let list = |v: &[f64]| v.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(" / ");
-        let _ = writeln!(o, "| {label} | {} | {} | {} |", list(&native), list(&nw), spread(&ratios, 2));
+        let list = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.1}"))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        let _ = writeln!(
+            o,
+            "| {label} | {} | {} | {} |",
+            list(&native),
+            list(&nw),
+            spread(&ratios, 2)
+        );
     }
     let first_delete: Vec<f64> = runs
         .iter()
@@ -865,38 +974,72 @@ fn render(
     let _ = writeln!(
         o,
         "| (c) API requests/min, {} DaemonSets in sync, {:.0} s idle | | {:.1} (nodewave_kube_requests_total); audit log: {:.1} besides leases, {:.1} lease requests, {:.1} watch re-establishments | |",
-        idle.daemonsets, idle.window_s, idle.metric_total_per_min, idle.audit_other_per_min, idle.audit_leases_per_min, idle.audit_watches_per_min
+        idle.daemonsets,
+        idle.window_s,
+        idle.metric_total_per_min,
+        idle.audit_other_per_min,
+        idle.audit_leases_per_min,
+        idle.audit_watches_per_min
     );
     if let Some((hwm, _)) = mem_rollouts {
-        let _ = writeln!(o, "| (d) peak RSS (VmHWM) after the rollouts above (1 managed DaemonSet on every node) | | {} | |", mib(hwm));
+        let _ = writeln!(
+            o,
+            "| (d) peak RSS (VmHWM) after the rollouts above (1 managed DaemonSet on every node) | | {} | |",
+            mib(hwm)
+        );
     }
     if let Some((hwm, rss)) = mem_idle {
-        let _ = writeln!(o, "| (d) peak RSS after the idle phase ({} DaemonSets) / RSS now | | {} / {} | |", idle.daemonsets, mib(hwm), mib(rss));
+        let _ = writeln!(
+            o,
+            "| (d) peak RSS after the idle phase ({} DaemonSets) / RSS now | | {} / {} | |",
+            idle.daemonsets,
+            mib(hwm),
+            mib(rss)
+        );
     }
     if let Some(f) = fleet {
         if let Some((hwm, rss)) = f.memory_kib_loaded {
             let _ = writeln!(
                 o,
                 "| (d) peak RSS with {} managed DaemonSets on every node ({} pods), loaded in {:.0} s / RSS now | | {} / {} | |",
-                f.daemonsets, f.pods, f.load_s, mib(hwm), mib(rss)
+                f.daemonsets,
+                f.pods,
+                f.load_s,
+                mib(hwm),
+                mib(rss)
             );
         }
-        if let (Some(nat), Some(r), Some((hwm, _))) = (&f.native, &f.rollout, f.memory_kib_after_rollout) {
+        if let (Some(nat), Some(r), Some((hwm, _))) =
+            (&f.native, &f.rollout, f.memory_kib_after_rollout)
+        {
             let _ = writeln!(
                 o,
                 "| (d) … after one more rollout (native {:.1} s, nodewave {:.1} s, ratio {:.2}) | | {} | |",
-                nat.total_s, r.total_s, r.total_s / nat.total_s, mib(hwm)
+                nat.total_s,
+                r.total_s,
+                r.total_s / nat.total_s,
+                mib(hwm)
             );
         }
     }
 
-    let _ = writeln!(o, "\nWhere the time goes (medians per pod from the pod watch, ms):\n");
+    let _ = writeln!(
+        o,
+        "\nWhere the time goes (medians per pod from the pod watch, ms):\n"
+    );
     let _ = writeln!(
         o,
         "| run | total s | applied s | first delete s | synced s | deletions | delete batches | reaction (Ready → next delete) | kwok finalizes delete | controller-manager recreates | scheduler binds | kwok Ready | nodewave CPU s |"
     );
-    let _ = writeln!(o, "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    for r in runs.iter().chain(fleet.iter().flat_map(|f| f.native.iter().chain(f.rollout.iter()))) {
+    let _ = writeln!(
+        o,
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
+    for r in runs.iter().chain(
+        fleet
+            .iter()
+            .flat_map(|f| f.native.iter().chain(f.rollout.iter())),
+    ) {
         let p = &r.profile;
         let _ = writeln!(
             o,
@@ -918,20 +1061,34 @@ fn render(
         );
     }
     if let Some(r) = runs.iter().find(|r| r.who == "nodewave") {
-        let _ = writeln!(o, "\nnodewave's requests in its first run (audit log; count, median server time ms):");
+        let _ = writeln!(
+            o,
+            "\nnodewave's requests in its first run (audit log; count, median server time ms):"
+        );
         for (k, (c, med)) in &r.requests {
             let _ = writeln!(o, "  {k:<45} {c:>6}  {med:>7.1}");
         }
-        let _ = writeln!(o, "\nwebhook → first pod delete, nodewave's requests (offset ms, duration ms):");
+        let _ = writeln!(
+            o,
+            "\nwebhook → first pod delete, nodewave's requests (offset ms, duration ms):"
+        );
         for (k, at, took) in r.critical_path.iter().take(20) {
             let _ = writeln!(o, "  +{at:>7.1}  {took:>6.1}  {k}");
         }
     }
     if !idle.audit_other.is_empty() {
-        let _ = writeln!(o, "\nidle requests besides leases and watches: {:?}", idle.audit_other);
+        let _ = writeln!(
+            o,
+            "\nidle requests besides leases and watches: {:?}",
+            idle.audit_other
+        );
     }
     if !idle.metric_per_min.is_empty() {
-        let _ = writeln!(o, "idle nodewave_kube_requests_total per minute: {:?}", idle.metric_per_min);
+        let _ = writeln!(
+            o,
+            "idle nodewave_kube_requests_total per minute: {:?}",
+            idle.metric_per_min
+        );
     }
     o
 }

@@ -189,7 +189,11 @@ async fn inject(
             };
             detail = format!(
                 "replica {i} ({})",
-                if leader == Some(i) { "leader" } else { "not leading" }
+                if leader == Some(i) {
+                    "leader"
+                } else {
+                    "not leading"
+                }
             );
             r.held[i] = true;
             if fault == Fault::FlipLeader {
@@ -204,7 +208,11 @@ async fn inject(
             let mut r = replicas.lock().await;
             r.held[i] = false;
             r.supervise();
-            return Ok(Injected { fault, ended, detail });
+            return Ok(Injected {
+                fault,
+                ended,
+                detail,
+            });
         }
         Fault::StopControllerManager => {
             let pause = rng.lock().await.millis(3_000, 30_000);
@@ -222,7 +230,11 @@ async fn inject(
             })
             .await??;
             let up = wait_api_ready(client, Duration::from_mins(2)).await?;
-            detail = format!("down {:.1}s (ready {:.1}s after the start)", t.elapsed().as_secs_f64(), up.as_secs_f64());
+            detail = format!(
+                "down {:.1}s (ready {:.1}s after the start)",
+                t.elapsed().as_secs_f64(),
+                up.as_secs_f64()
+            );
         }
     }
     Ok(Injected {
@@ -275,30 +287,48 @@ fn agent_yaml(image: &str) -> String {
 /// The forward rollout's stages of `commit` as the record first showed them:
 /// (name, nodes, maxUnavailable).
 fn recorded_stages(obs: &[RecordObs], commit: &str) -> Option<Vec<(String, Vec<String>, usize)>> {
-    obs.iter().find_map(|o| match o.state.as_ref().map(|s| &s.work) {
-        Some(Work::Rolling { target, rollout }) if target.commit == commit && !rollout.is_rollback() => Some(
-            rollout
-                .stages
-                .iter()
-                .map(|s| (s.name.clone(), s.nodes.clone(), s.max_unavailable))
-                .collect(),
-        ),
-        _ => None,
-    })
+    obs.iter()
+        .find_map(|o| match o.state.as_ref().map(|s| &s.work) {
+            Some(Work::Rolling { target, rollout })
+                if target.commit == commit && !rollout.is_rollback() =>
+            {
+                Some(
+                    rollout
+                        .stages
+                        .iter()
+                        .map(|s| (s.name.clone(), s.nodes.clone(), s.max_unavailable))
+                        .collect(),
+                )
+            }
+            _ => None,
+        })
+}
+
+/// What one trial committed.
+struct TrialCommit<'a> {
+    commit: &'a str,
+    /// A crash-looping image: the rollout must roll back.
+    bad: bool,
+    image: &'a str,
+    /// The image of the last good commit (what a rollback returns to).
+    previous_image: &'a str,
 }
 
 /// The violations one trial's observations show.
 #[allow(clippy::too_many_lines)]
 fn check_trial(
-    commit: &str,
-    bad: bool,
-    image: &str,
-    previous_image: &str,
+    t: &TrialCommit<'_>,
     nodes: &BTreeMap<String, String>,
     live0: &BTreeMap<String, PodRecord>,
     pods: &[PodRecord],
     recs: &[RecordObs],
 ) -> Vec<String> {
+    let TrialCommit {
+        commit,
+        bad,
+        image,
+        previous_image,
+    } = *t;
     let mut v = Vec::new();
     let mut all: Vec<PodRecord> = live0
         .values()
@@ -340,7 +370,10 @@ fn check_trial(
             && !rollout.is_rollback()
         {
             if rollout.stage < last_stage {
-                v.push(format!("record went back from stage {last_stage} to {}", rollout.stage));
+                v.push(format!(
+                    "record went back from stage {last_stage} to {}",
+                    rollout.stage
+                ));
             }
             last_stage = rollout.stage;
         }
@@ -349,27 +382,44 @@ fn check_trial(
     if bad {
         // A crash-looping commit never gets past the canary, and is rolled back.
         let canary = &stage_nodes[0];
-        for p in pods.iter().filter(|p| p.image == image && !p.node.is_empty()) {
+        for p in pods
+            .iter()
+            .filter(|p| p.image == image && !p.node.is_empty())
+        {
             if !canary.contains(&p.node) {
-                v.push(format!("pod {} of the failed commit ran on {} outside the canary", p.name, p.node));
+                v.push(format!(
+                    "pod {} of the failed commit ran on {} outside the canary",
+                    p.name, p.node
+                ));
             }
         }
-        for p in pods.iter().filter(|p| (p.deleted || p.terminating) && p.image == previous_image) {
+        for p in pods
+            .iter()
+            .filter(|p| (p.deleted || p.terminating) && p.image == previous_image)
+        {
             if !canary.contains(&p.node) && !p.node.is_empty() {
-                v.push(format!("old pod {} on {} replaced although the canary never passed", p.name, p.node));
+                v.push(format!(
+                    "old pod {} on {} replaced although the canary never passed",
+                    p.name, p.node
+                ));
             }
         }
         let rep = replay(&all, &stage_nodes[..1], image);
         if rep.max_unavailable[0] > maxes[0] {
-            v.push(format!("canary had {} nodes down, maxUnavailable {}", rep.max_unavailable[0], maxes[0]));
+            v.push(format!(
+                "canary had {} nodes down, maxUnavailable {}",
+                rep.max_unavailable[0], maxes[0]
+            ));
         }
-        let ok_end = agent.last().is_some_and(|r| {
-            r.phase == "RolledBack" && r.failed.iter().any(|c| c == commit)
-        });
+        let ok_end = agent
+            .last()
+            .is_some_and(|r| r.phase == "RolledBack" && r.failed.iter().any(|c| c == commit));
         if !ok_end {
             v.push(format!(
                 "record did not end RolledBack with {commit} failed: {:?}",
-                agent.last().map(|r| (&r.phase, &r.rollout_phase, &r.failed))
+                agent
+                    .last()
+                    .map(|r| (&r.phase, &r.rollout_phase, &r.failed))
             ));
         }
     } else {
@@ -381,7 +431,9 @@ fn check_trial(
         if !ok_end {
             v.push(format!(
                 "record did not end Synced at {commit}: {:?}",
-                agent.last().map(|r| (&r.phase, &r.rollout_phase, &r.applied))
+                agent
+                    .last()
+                    .map(|r| (&r.phase, &r.rollout_phase, &r.applied))
             ));
         }
         // Never Synced early: when the record first says Synced at this commit,
@@ -390,11 +442,21 @@ fn check_trial(
             .iter()
             .find(|r| r.phase == "Synced" && r.applied.as_deref() == Some(commit))
         {
-            let before: Vec<PodRecord> = all.iter().filter(|p| p.initial || p.at <= first.at).cloned().collect();
+            let before: Vec<PodRecord> = all
+                .iter()
+                .filter(|p| p.initial || p.at <= first.at)
+                .cloned()
+                .collect();
             let rep = replay(&before, &stage_nodes, image);
-            let missing: Vec<&String> = nodes.keys().filter(|n| !rep.ready_new_at.contains_key(*n)).collect();
+            let missing: Vec<&String> = nodes
+                .keys()
+                .filter(|n| !rep.ready_new_at.contains_key(*n))
+                .collect();
             if !missing.is_empty() {
-                v.push(format!("record said Synced before {} nodes ran the commit: {missing:?}", missing.len()));
+                v.push(format!(
+                    "record said Synced before {} nodes ran the commit: {missing:?}",
+                    missing.len()
+                ));
             }
         }
     }
@@ -419,7 +481,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64 | 1)
+            .map_or(1, |d| (d.as_secs() << 30) ^ u64::from(d.subsec_nanos()) | 1)
     });
     let rng = Mutex::new(Rng(seed));
     let nodes: BTreeMap<String, String> = Api::<Node>::all(client.clone())
@@ -428,27 +490,41 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         .items
         .into_iter()
         .map(|n| {
-            let pool = n.labels().get("nodewave.io/pool").cloned().unwrap_or_default();
+            let pool = n
+                .labels()
+                .get("nodewave.io/pool")
+                .cloned()
+                .unwrap_or_default();
             (n.name_any(), pool)
         })
         .collect();
     let ns_api: Api<Namespace> = Api::all(client.clone());
     if ns_api.get_opt(NS).await?.is_none() {
         ns_api
-            .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": NS}}))?)
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": NS}}))?,
+            )
             .await?;
     }
     std::fs::create_dir_all(&a.cluster.work)?;
     let repo = Repo::init(&a.cluster.work.join("repo"))?;
     let mut version = 0usize;
     let mut good_image = format!("{GOOD}:v0");
-    let mut commit = repo.commit("v0", &[("agent.yaml".into(), Some(agent_yaml(&good_image)))])?;
+    let mut commit = repo.commit(
+        "v0",
+        &[("agent.yaml".into(), Some(agent_yaml(&good_image)))],
+    )?;
     let replica = |i: usize| -> anyhow::Result<Nodewave> {
         let args: Vec<String> = [
             "--repo",
             &repo.url(),
             "--state-dir",
-            &a.cluster.work.join(format!("state-{i}")).display().to_string(),
+            &a.cluster
+                .work
+                .join(format!("state-{i}"))
+                .display()
+                .to_string(),
             "--poll-interval",
             "1s",
             "--allow-namespace",
@@ -478,8 +554,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     }));
     let pods = PodWatch::start(client.clone(), NS, "app=agent").await?;
     let records = RecordWatch::start(client.clone(), NS, true);
-    records.wait("agent", "Synced", &commit, Duration::from_mins(3)).await?;
-    pods.wait_rolled_out(&good_image, nodes.len(), Duration::from_mins(3)).await?;
+    records
+        .wait("agent", "Synced", &commit, Duration::from_mins(3))
+        .await?;
+    pods.wait_rolled_out(&good_image, nodes.len(), Duration::from_mins(3))
+        .await?;
     eprintln!(
         "[chaos] {} nodes, 2 replicas with --leader-elect, seed {seed}; up to {} trials within {} min",
         nodes.len(),
@@ -512,7 +591,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         pods.forget();
         let live0 = pods.live();
         let rec_mark = records.len();
-        commit = repo.commit(&format!("v{version}"), &[("agent.yaml".into(), Some(agent_yaml(&image)))])?;
+        commit = repo.commit(
+            &format!("v{version}"),
+            &[("agent.yaml".into(), Some(agent_yaml(&image)))],
+        )?;
         let t0 = Instant::now();
 
         // One or two faults at random moments of the rollout (it takes ~10 s undisturbed).
@@ -541,7 +623,11 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             })
         };
 
-        let expected_image = if bad { previous_image.clone() } else { image.clone() };
+        let expected_image = if bad {
+            previous_image.clone()
+        } else {
+            image.clone()
+        };
         let timeout = Duration::from_secs(a.trial_timeout_secs);
         let end = async {
             if bad {
@@ -549,7 +635,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             } else {
                 records.wait("agent", "Synced", &commit, timeout).await?;
             }
-            pods.wait_rolled_out(&expected_image, nodes.len(), Duration::from_mins(2)).await
+            pods.wait_rolled_out(&expected_image, nodes.len(), Duration::from_mins(2))
+                .await
         };
         let outcome = end.await;
         let injected = injector.await.unwrap_or_default();
@@ -564,7 +651,18 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         };
         tokio::time::sleep(Duration::from_millis(300)).await;
         let pod_recs = pods.since(0);
-        v.extend(check_trial(&commit, bad, &image, &previous_image, &nodes, &live0, &pod_recs, &recs));
+        v.extend(check_trial(
+            &TrialCommit {
+                commit: &commit,
+                bad,
+                image: &image,
+                previous_image: &previous_image,
+            },
+            &nodes,
+            &live0,
+            &pod_recs,
+            &recs,
+        ));
 
         // Recovery: a fault's end → the next record write, for faults that hit an open rollout.
         let done_at = recs
@@ -582,8 +680,13 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             }
             if let Some(next) = recs.iter().find(|r| r.name == "agent" && r.at > i.ended) {
                 let rec = next.at - i.ended;
-                if sum.slowest_recovery.as_ref().is_none_or(|(d, _, _)| rec > *d) {
-                    sum.slowest_recovery = Some((rec, trial, format!("{} ({})", i.fault.name(), i.detail)));
+                if sum
+                    .slowest_recovery
+                    .as_ref()
+                    .is_none_or(|(d, _, _)| rec > *d)
+                {
+                    sum.slowest_recovery =
+                        Some((rec, trial, format!("{} ({})", i.fault.name(), i.detail)));
                 }
             }
         }
@@ -592,17 +695,33 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         if sum.slowest_trial.is_none_or(|(d, _)| took > d) {
             sum.slowest_trial = Some((took, trial));
         }
-        let faults: Vec<String> = injected.iter().map(|i| format!("{} {}", i.fault.name(), i.detail)).collect();
+        let faults: Vec<String> = injected
+            .iter()
+            .map(|i| format!("{} {}", i.fault.name(), i.detail))
+            .collect();
         eprintln!(
             "[chaos] trial {trial}: {} {} in {:.1}s; faults: {}; {}",
-            if bad { "bad commit rolled back" } else { "rolled out" },
+            if bad {
+                "bad commit rolled back"
+            } else {
+                "rolled out"
+            },
             &commit[..8],
             took.as_secs_f64(),
-            if faults.is_empty() { "-".into() } else { faults.join(", ") },
-            if v.is_empty() { "ok".to_string() } else { format!("VIOLATIONS: {}", v.join(" | ")) }
+            if faults.is_empty() {
+                "-".into()
+            } else {
+                faults.join(", ")
+            },
+            if v.is_empty() {
+                "ok".to_string()
+            } else {
+                format!("VIOLATIONS: {}", v.join(" | "))
+            }
         );
         for x in &v {
-            sum.violations.push(format!("trial {trial} ({}): {x}", &commit[..8]));
+            sum.violations
+                .push(format!("trial {trial} ({}): {x}", &commit[..8]));
         }
         if !finished {
             // Leave the cluster in a known state for the next trial: nothing held,
@@ -618,11 +737,22 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     for r in &mut replicas.lock().await.nw {
         r.stop(Duration::from_secs(5)).await;
     }
-    println!("\n== chaos: {} trials ({} with a crash-looping commit), {:.1} min ==", sum.trials, sum.bad_trials, started.elapsed().as_secs_f64() / 60.0);
+    println!(
+        "\n== chaos: {} trials ({} with a crash-looping commit), {:.1} min ==",
+        sum.trials,
+        sum.bad_trials,
+        started.elapsed().as_secs_f64() / 60.0
+    );
     println!("faults injected: {:?}", sum.faults);
-    println!("replica restarts (after a kill or a lost lease): {}", sum.restarts);
+    println!(
+        "replica restarts (after a kill or a lost lease): {}",
+        sum.restarts
+    );
     if let Some((d, t, what)) = &sum.slowest_recovery {
-        println!("slowest recovery: {:.1}s (trial {t}, {what})", d.as_secs_f64());
+        println!(
+            "slowest recovery: {:.1}s (trial {t}, {what})",
+            d.as_secs_f64()
+        );
     }
     if let Some((d, t)) = sum.slowest_trial {
         println!("slowest trial: {:.1}s (trial {t})", d.as_secs_f64());
@@ -631,11 +761,19 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     for v in &sum.violations {
         println!("  {v}");
     }
-    anyhow::ensure!(sum.violations.is_empty(), "{} invariant violations", sum.violations.len());
+    anyhow::ensure!(
+        sum.violations.is_empty(),
+        "{} invariant violations",
+        sum.violations.len()
+    );
     Ok(())
 }
 
-async fn wait_rolled_back(records: &RecordWatch, commit: &str, timeout: Duration) -> anyhow::Result<()> {
+async fn wait_rolled_back(
+    records: &RecordWatch,
+    commit: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(r) = records.latest("agent")
@@ -647,7 +785,9 @@ async fn wait_rolled_back(records: &RecordWatch, commit: &str, timeout: Duration
         anyhow::ensure!(
             Instant::now() < deadline,
             "not rolled back from {commit} within {timeout:?}: {:?}",
-            records.latest("agent").map(|r| (r.phase, r.rollout_phase, r.failed))
+            records
+                .latest("agent")
+                .map(|r| (r.phase, r.rollout_phase, r.failed))
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

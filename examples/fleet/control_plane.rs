@@ -52,12 +52,16 @@ impl ControlPlane {
     /// the command line kwokctl used, its output appended to the same log, and
     /// its new pid in the pid file (so `hack/cluster.sh down` stops it).
     pub fn restart(&self, component: &str) -> anyhow::Result<()> {
-        let cfg: Value = serde_saphyr::from_str(&std::fs::read_to_string(self.dir.join("kwok.yaml"))?)
-            .map_err(|e| anyhow::anyhow!("kwok.yaml: {e}"))?;
+        let cfg: Value =
+            serde_saphyr::from_str(&std::fs::read_to_string(self.dir.join("kwok.yaml"))?)
+                .map_err(|e| anyhow::anyhow!("kwok.yaml: {e}"))?;
         let c = cfg
             .get("components")
             .and_then(Value::as_array)
-            .and_then(|cs| cs.iter().find(|c| c.get("name").and_then(Value::as_str) == Some(component)))
+            .and_then(|cs| {
+                cs.iter()
+                    .find(|c| c.get("name").and_then(Value::as_str) == Some(component))
+            })
             .ok_or_else(|| anyhow::anyhow!("no component {component} in kwok.yaml"))?;
         let binary = c
             .get("binary")
@@ -66,7 +70,11 @@ impl ControlPlane {
         let args: Vec<String> = c
             .get("args")
             .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
         let work_dir = c
             .get("workDir")
@@ -116,7 +124,8 @@ impl ControlPlane {
 pub async fn client_for(kubeconfig: &std::path::Path) -> anyhow::Result<Client> {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig)?;
     let mut cfg =
-        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+            .await?;
     // The chaos driver keeps going through kube-apiserver restarts: fail fast, retry.
     cfg.connect_timeout = Some(Duration::from_secs(5));
     Ok(Client::try_from(cfg)?)
@@ -130,7 +139,10 @@ fn alive(pid: Pid) -> bool {
     }
     std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero()))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
         .is_some_and(|zombie| !zombie)
 }
 
@@ -139,10 +151,17 @@ pub async fn wait_api_ready(client: &Client, timeout: Duration) -> anyhow::Resul
     let t0 = Instant::now();
     loop {
         let req = http::Request::get("/readyz").body(Vec::new())?;
-        if client.request_text(req).await.is_ok_and(|t| t.trim() == "ok") {
+        if client
+            .request_text(req)
+            .await
+            .is_ok_and(|t| t.trim() == "ok")
+        {
             return Ok(t0.elapsed());
         }
-        anyhow::ensure!(t0.elapsed() < timeout, "kube-apiserver not ready within {timeout:?}");
+        anyhow::ensure!(
+            t0.elapsed() < timeout,
+            "kube-apiserver not ready within {timeout:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -166,7 +185,11 @@ fn parse_time(v: Option<&Value>) -> Option<SystemTime> {
 
 /// The requests of `user` in the audit log from byte `offset` on; returns them
 /// and the offset after the last complete line.
-pub fn read_audit(path: &std::path::Path, user: &str, offset: u64) -> anyhow::Result<(Vec<Audited>, u64)> {
+pub fn read_audit(
+    path: &std::path::Path,
+    user: &str,
+    offset: u64,
+) -> anyhow::Result<(Vec<Audited>, u64)> {
     use std::io::{BufRead as _, Seek as _};
     let mut f = std::fs::File::open(path)?;
     f.seek(std::io::SeekFrom::Start(offset))?;
@@ -187,7 +210,12 @@ pub fn read_audit(path: &std::path::Path, user: &str, offset: u64) -> anyhow::Re
         if v.pointer("/user/username").and_then(Value::as_str) != Some(user) {
             continue;
         }
-        let s = |p: &str| v.pointer(p).and_then(Value::as_str).unwrap_or_default().to_string();
+        let s = |p: &str| {
+            v.pointer(p)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
         let (Some(received), Some(completed)) = (
             parse_time(v.get("requestReceivedTimestamp")),
             parse_time(v.get("stageTimestamp")),

@@ -27,7 +27,11 @@ impl Repo {
     }
 
     /// Writes (Some) or removes (None) files and commits them on main.
-    pub fn commit(&self, message: &str, files: &[(String, Option<String>)]) -> anyhow::Result<String> {
+    pub fn commit(
+        &self,
+        message: &str,
+        files: &[(String, Option<String>)],
+    ) -> anyhow::Result<String> {
         for (path, content) in files {
             let p = self.dir.join(path);
             match content {
@@ -49,7 +53,10 @@ impl Repo {
         let tree = self.repo.find_tree(index.write_tree()?)?;
         let sig = Signature::now("nodewave fleet driver", "fleet@nodewave.invalid")?;
         let parent = match self.repo.head() {
-            Ok(h) => h.target().map(|oid| self.repo.find_commit(oid)).transpose()?,
+            Ok(h) => h
+                .target()
+                .map(|oid| self.repo.find_commit(oid))
+                .transpose()?,
             Err(_) => None,
         };
         let parents: Vec<&git2::Commit> = parent.iter().collect();

@@ -24,7 +24,9 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(about = "nodewave fleet benchmark and chaos drivers (see hack/bench-scale.sh, hack/chaos.sh)")]
+#[command(
+    about = "nodewave fleet benchmark and chaos drivers (see hack/bench-scale.sh, hack/chaos.sh)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -17,7 +17,9 @@ pub struct Nodewave {
 }
 
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 impl Nodewave {
@@ -58,9 +60,7 @@ impl Nodewave {
     }
 
     pub fn pid(&self) -> Option<i32> {
-        self.child
-            .as_ref()
-            .and_then(|c| i32::try_from(c.id()).ok())
+        self.child.as_ref().and_then(|c| i32::try_from(c.id()).ok())
     }
 
     pub fn running(&mut self) -> bool {
@@ -70,7 +70,10 @@ impl Nodewave {
     }
 
     pub fn signal(&self, sig: Signal) -> anyhow::Result<()> {
-        let pid = self.pid().and_then(Pid::from_raw).ok_or_else(|| anyhow::anyhow!("{} is not running", self.name))?;
+        let pid = self
+            .pid()
+            .and_then(Pid::from_raw)
+            .ok_or_else(|| anyhow::anyhow!("{} is not running", self.name))?;
         kill_process(pid, sig)?;
         Ok(())
     }

@@ -10,7 +10,7 @@ pub fn median(v: &[f64]) -> Option<f64> {
     }
     s.sort_by(f64::total_cmp);
     let m = s.len() / 2;
-    Some(if s.len() % 2 == 0 {
+    Some(if s.len().is_multiple_of(2) {
         f64::midpoint(s[m - 1], s[m])
     } else {
         s[m]
@@ -18,8 +18,16 @@ pub fn median(v: &[f64]) -> Option<f64> {
 }
 
 pub fn min_max(v: &[f64]) -> Option<(f64, f64)> {
-    let lo = v.iter().copied().filter(|x| x.is_finite()).min_by(f64::total_cmp)?;
-    let hi = v.iter().copied().filter(|x| x.is_finite()).max_by(f64::total_cmp)?;
+    let lo = v
+        .iter()
+        .copied()
+        .filter(|x| x.is_finite())
+        .min_by(f64::total_cmp)?;
+    let hi = v
+        .iter()
+        .copied()
+        .filter(|x| x.is_finite())
+        .max_by(f64::total_cmp)?;
     Some((lo, hi))
 }
 
@@ -37,5 +45,9 @@ pub fn spread(v: &[f64], digits: usize) -> String {
 
 /// Median of durations in milliseconds.
 pub fn median_ms(v: &[Duration]) -> Option<f64> {
-    median(&v.iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>())
+    median(
+        &v.iter()
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .collect::<Vec<_>>(),
+    )
 }

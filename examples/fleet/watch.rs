@@ -111,8 +111,12 @@ impl PodWatch {
                     Ok(Event::InitDone) => {
                         // Pods deleted while the watch was down: the relist no longer has them.
                         if let Some(seen) = relist.take() {
-                            let gone: Vec<String> =
-                                st.live.keys().filter(|u| !seen.contains(*u)).cloned().collect();
+                            let gone: Vec<String> = st
+                                .live
+                                .keys()
+                                .filter(|u| !seen.contains(*u))
+                                .cloned()
+                                .collect();
                             for uid in gone {
                                 if let Some(mut r) = st.live.remove(&uid) {
                                     r.at = Instant::now();
@@ -133,7 +137,10 @@ impl PodWatch {
         let w = Self { state, task };
         let deadline = Instant::now() + Duration::from_secs(120);
         while !lock(&w.state).synced {
-            anyhow::ensure!(Instant::now() < deadline, "pod watch {selector}: no initial list in 120 s");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "pod watch {selector}: no initial list in 120 s"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(w)
@@ -175,7 +182,12 @@ impl PodWatch {
 
     /// Waits until every one of `nodes` nodes runs a Ready pod on `image` and no
     /// other live pod is left.
-    pub async fn wait_rolled_out(&self, image: &str, nodes: usize, timeout: Duration) -> anyhow::Result<()> {
+    pub async fn wait_rolled_out(
+        &self,
+        image: &str,
+        nodes: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
             let c = self.census(image);
@@ -283,7 +295,13 @@ impl RecordWatch {
     }
 
     /// Waits until the record `name` has `phase` with `commit` applied.
-    pub async fn wait(&self, name: &str, phase: &str, commit: &str, timeout: Duration) -> anyhow::Result<Instant> {
+    pub async fn wait(
+        &self,
+        name: &str,
+        phase: &str,
+        commit: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Instant> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(r) = self.latest(name)
@@ -295,7 +313,8 @@ impl RecordWatch {
             anyhow::ensure!(
                 Instant::now() < deadline,
                 "record {name} not {phase} at {commit} within {timeout:?}: {:?}",
-                self.latest(name).map(|r| (r.phase, r.rollout_phase, r.applied))
+                self.latest(name)
+                    .map(|r| (r.phase, r.rollout_phase, r.applied))
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -308,10 +327,13 @@ impl Drop for RecordWatch {
     }
 }
 
+/// (seen at, DaemonSet, generation, observedGeneration)
+type Generation = (Instant, String, i64, i64);
+
 /// Generations of the DaemonSets in a namespace as they change.
 pub struct DsWatch {
     /// (at, name, generation, observedGeneration)
-    records: Arc<Mutex<Vec<(Instant, String, i64, i64)>>>,
+    records: Arc<Mutex<Vec<Generation>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -326,7 +348,11 @@ impl DsWatch {
             while let Some(ev) = stream.next().await {
                 if let Ok(Event::InitApply(d) | Event::Apply(d)) = ev {
                     let g = d.metadata.generation.unwrap_or(0);
-                    let o = d.status.as_ref().and_then(|s| s.observed_generation).unwrap_or(0);
+                    let o = d
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.observed_generation)
+                        .unwrap_or(0);
                     lock(&sink).push((Instant::now(), d.name_any(), g, o));
                 }
             }
@@ -336,7 +362,12 @@ impl DsWatch {
 
     /// When `name` was first seen at a generation above `above` (the template
     /// change landed), and when the controller first reported observing it.
-    pub fn bumped_after(&self, name: &str, above: i64, after: Instant) -> (Option<Instant>, Option<Instant>) {
+    pub fn bumped_after(
+        &self,
+        name: &str,
+        above: i64,
+        after: Instant,
+    ) -> (Option<Instant>, Option<Instant>) {
         let recs = lock(&self.records);
         let mut applied = None;
         let mut observed = None;

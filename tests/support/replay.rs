@@ -124,12 +124,11 @@ pub fn staged_violations(
         }
         let mut stage_ready = Some(0);
         for n in nodes {
-            match rep.ready_new_at.get(n) {
-                Some(i) => stage_ready = stage_ready.map(|r: usize| r.max(*i)),
-                None => {
-                    out.push(format!("node {n} never Ready on the new image"));
-                    stage_ready = None;
-                }
+            if let Some(i) = rep.ready_new_at.get(n) {
+                stage_ready = stage_ready.map(|r: usize| r.max(*i));
+            } else {
+                out.push(format!("node {n} never Ready on the new image"));
+                stage_ready = None;
             }
         }
         let last_created = nodes.iter().filter_map(|n| rep.new_created.get(n)).max();

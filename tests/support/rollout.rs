@@ -3,7 +3,7 @@
 //! the unavailability budget afterwards), and a tiny Prometheus query API.
 #![allow(dead_code, clippy::missing_panics_doc, clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::watcher;
 
+// Re-exported so rollout tests keep importing them from here; a test crate that
+// uses none of them would otherwise warn.
+#[allow(unused_imports)]
 pub use super::replay::{PodRecord, Replay, assert_staged, replay, staged_violations};
 use super::{OWNER_LABEL, TestEnv, pod_ready, wait_for};
 
