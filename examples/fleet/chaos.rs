@@ -471,6 +471,8 @@ struct Summary {
     violations: Vec<String>,
     slowest_recovery: Option<(Duration, usize, String)>,
     slowest_trial: Option<(Duration, usize)>,
+    /// Faults the driver could not inject (the run then did not test what it says).
+    failed_faults: Vec<String>,
     restarts: usize,
 }
 
@@ -566,13 +568,31 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         a.minutes
     );
 
-    // Keeps both replicas running between faults.
+    // Keeps both replicas running between faults, and the control-plane
+    // components that exit on their own (kube-controller-manager and
+    // kube-scheduler give up when they cannot renew their leader lease while
+    // kube-apiserver is down) started again, as the kubelet would.
+    let revived: Arc<Mutex<BTreeMap<&'static str, usize>>> = Arc::default();
     let supervisor = {
-        let replicas = replicas.clone();
+        let (replicas, cp, revived) = (replicas.clone(), cp.clone(), revived.clone());
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 replicas.lock().await.supervise();
+                for c in [
+                    "kube-controller-manager",
+                    "kube-scheduler",
+                    "kwok-controller",
+                ] {
+                    match cp.revive(c) {
+                        Ok(true) => {
+                            eprintln!("[chaos] {c} had exited; started it again");
+                            *revived.lock().await.entry(c).or_default() += 1;
+                        }
+                        Ok(false) => {}
+                        Err(e) => eprintln!("[chaos] cannot check or start {c}: {e}"),
+                    }
+                }
             }
         })
     };
@@ -612,14 +632,18 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
             tokio::spawn(async move {
                 let rng = Mutex::new(Rng(seed));
                 let mut done = Vec::new();
+                let mut failed = Vec::new();
                 for (at, f) in plan {
                     tokio::time::sleep_until(tokio::time::Instant::from_std(t0 + at)).await;
                     match inject(f, &cp, &client, &replicas, &rng).await {
                         Ok(i) => done.push(i),
-                        Err(e) => eprintln!("[chaos] fault {} failed: {e}", f.name()),
+                        Err(e) => {
+                            eprintln!("[chaos] fault {} failed: {e}", f.name());
+                            failed.push(format!("{}: {e}", f.name()));
+                        }
                     }
                 }
-                done
+                (done, failed)
             })
         };
 
@@ -639,7 +663,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
                 .await
         };
         let outcome = end.await;
-        let injected = injector.await.unwrap_or_default();
+        let (injected, failed_faults) = injector.await.unwrap_or_default();
+        for f in failed_faults {
+            sum.failed_faults.push(format!("trial {trial}: {f}"));
+        }
         let took = t0.elapsed();
         // Let the last faults' aftermath settle before judging the end state.
         wait_api_ready(&client, Duration::from_mins(2)).await?;
@@ -748,6 +775,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         "replica restarts (after a kill or a lost lease): {}",
         sum.restarts
     );
+    println!(
+        "control-plane components started again after they exited: {:?}",
+        revived.lock().await
+    );
     if let Some((d, t, what)) = &sum.slowest_recovery {
         println!(
             "slowest recovery: {:.1}s (trial {t}, {what})",
@@ -761,6 +792,20 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     for v in &sum.violations {
         println!("  {v}");
     }
+    if !sum.failed_faults.is_empty() {
+        println!(
+            "faults that could not be injected: {}",
+            sum.failed_faults.len()
+        );
+        for f in &sum.failed_faults {
+            println!("  {f}");
+        }
+    }
+    anyhow::ensure!(
+        sum.failed_faults.is_empty(),
+        "{} faults could not be injected",
+        sum.failed_faults.len()
+    );
     anyhow::ensure!(
         sum.violations.is_empty(),
         "{} invariant violations",

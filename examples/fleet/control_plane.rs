@@ -48,16 +48,47 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Stops `component` (SIGTERM, SIGKILL after 20 s) and starts it again with
-    /// the command line kwokctl used, its output appended to the same log, and
-    /// its new pid in the pid file (so `hack/cluster.sh down` stops it).
+    /// Stops `component` (SIGTERM, SIGKILL after 20 s) and starts it again (see
+    /// [`ControlPlane::start`]).
     pub fn restart(&self, component: &str) -> anyhow::Result<()> {
-        let cfg: Value =
-            serde_saphyr::from_str(&std::fs::read_to_string(self.dir.join("kwok.yaml"))?)
+        let pid = self.pid(component)?;
+        kill_process(pid, Signal::TERM)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut killed = false;
+        while alive(pid) {
+            if !killed && Instant::now() > deadline {
+                let _ = kill_process(pid, Signal::KILL);
+                killed = true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.start(component)
+    }
+
+    /// Starts `component` again if it has exited, as the kubelet restarts a
+    /// static pod: kube-controller-manager and kube-scheduler exit when they
+    /// cannot renew their leader lease, e.g. while kube-apiserver restarts.
+    /// Returns whether it had to.
+    pub fn revive(&self, component: &str) -> anyhow::Result<bool> {
+        if alive(self.pid(component)?) {
+            return Ok(false);
+        }
+        self.start(component)?;
+        Ok(true)
+    }
+
+    /// Starts `component` with the command line kwokctl used, its output
+    /// appended to the same log, and its new pid in the pid file (so
+    /// `hack/cluster.sh down` stops it).
+    fn start(&self, component: &str) -> anyhow::Result<()> {
+        // kwok.yaml holds several documents (KwokctlConfiguration, KwokConfiguration,
+        // ...); the components are in the one that has them.
+        let docs: Vec<Value> =
+            serde_saphyr::from_str_multiple(&std::fs::read_to_string(self.dir.join("kwok.yaml"))?)
                 .map_err(|e| anyhow::anyhow!("kwok.yaml: {e}"))?;
-        let c = cfg
-            .get("components")
-            .and_then(Value::as_array)
+        let c = docs
+            .iter()
+            .find_map(|d| d.get("components").and_then(Value::as_array))
             .and_then(|cs| {
                 cs.iter()
                     .find(|c| c.get("name").and_then(Value::as_str) == Some(component))
@@ -80,18 +111,6 @@ impl ControlPlane {
             .get("workDir")
             .and_then(Value::as_str)
             .map_or_else(|| self.dir.clone(), PathBuf::from);
-
-        let pid = self.pid(component)?;
-        kill_process(pid, Signal::TERM)?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut killed = false;
-        while alive(pid) {
-            if !killed && Instant::now() > deadline {
-                let _ = kill_process(pid, Signal::KILL);
-                killed = true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
