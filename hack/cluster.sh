@@ -13,6 +13,9 @@
 #   NODEWAVE_POOLS          space-separated node pool names   (default: "pool-a pool-b pool-c")
 #   NODEWAVE_NODES_PER_POOL fake nodes per pool               (default: 3)
 #   NODEWAVE_POOL_LABEL     node label naming the pool        (default: nodewave.io/pool)
+#   NODEWAVE_POD_CIDR       kwok's pod IP range                (default: 10.0.0.1/16, 65,534 pods)
+#   NODEWAVE_KUBE_AUDIT_POLICY  kube-apiserver audit policy file; the log is
+#                           <cluster dir>/logs/audit.log      (default: no audit log)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
@@ -20,6 +23,8 @@ name="${NODEWAVE_CLUSTER:-nodewave}"
 pools="${NODEWAVE_POOLS:-pool-a pool-b pool-c}"
 per_pool="${NODEWAVE_NODES_PER_POOL:-3}"
 pool_label="${NODEWAVE_POOL_LABEL:-nodewave.io/pool}"
+audit_policy="${NODEWAVE_KUBE_AUDIT_POLICY:-}"
+pod_cidr="${NODEWAVE_POD_CIDR:-10.0.0.1/16}"
 kwok_home="${KWOK_WORKDIR:-$HOME/.kwok}"
 cluster_dir="$kwok_home/clusters/$name"
 kubeconfig="$cluster_dir/kubeconfig.yaml"
@@ -53,6 +58,10 @@ options:
   quietPull: true
   disableQPSLimits: true
   nodeLeaseDurationSeconds: 40
+CFG
+    # hack/bench-scale.sh counts nodewave's own requests in the audit log.
+    [ -n "$audit_policy" ] && echo "  kubeAuditPolicy: $(cd "$(dirname "$audit_policy")" && pwd)/$(basename "$audit_policy")"
+    cat <<CFG
 componentsPatches:
 - name: kube-controller-manager
   extraArgs:
@@ -64,7 +73,8 @@ apiVersion: config.kwok.x-k8s.io/v1alpha1
 kind: KwokConfiguration
 options:
   # a /16 pod CIDR instead of kwok's /24 (254 pods) for scale tests with thousands of nodes
-  cidr: 10.0.0.1/16
+  # (NODEWAVE_POD_CIDR: wider for more than 65,534 pods)
+  cidr: $pod_cidr
   nodeLeaseDurationSeconds: 40
   # kwokctl leaves these at 0 when a KwokConfiguration is given; 0 is rejected
   podPlayStageParallelism: 8
@@ -179,5 +189,5 @@ case "${1:-}" in
   status) cmd_status ;;
   env) echo "export KUBECONFIG=$kubeconfig" ;;
   nodes) nodes_manifest ;;
-  *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

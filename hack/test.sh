@@ -9,6 +9,7 @@
 #      and tests it (hack/image-test.sh: same layout as the Containerfile, smoke
 #      test with podman against the local cluster),
 #   5. cargo test (unit, property and every cluster test, the Helm chart), promtool rule tests,
+#      a chaos smoke (hack/chaos.sh 3: three staged rollouts under faults, own cluster),
 #   6. stops the control plane, whatever happened, and exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -91,6 +92,12 @@ cargo test --no-fail-fast -- --color never || status=1
 
 step "promtool: alert rule checks and unit tests"
 hack/promtool-test.sh || status=1
+
+# A few trials of the chaos run on a cluster of its own, with the debug build
+# `cargo test` made; the full run is `hack/chaos.sh 100` (README, "Chaos run").
+step "chaos smoke (hack/chaos.sh 3: staged rollouts under faults, debug build)"
+NODEWAVE_CHAOS_PROFILE=debug NODEWAVE_CHAOS_CLUSTER="$NODEWAVE_CLUSTER-chaos" \
+  hack/chaos.sh 3 --minutes 2 || status=1
 
 if [ $status -eq 0 ]; then
   step "all tests passed"

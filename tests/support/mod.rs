@@ -358,5 +358,6 @@ pub mod gitops;
 pub mod nodewave;
 pub mod prometheus;
 pub mod record;
+pub mod replay;
 pub mod rollout;
 pub mod sshd;

@@ -3,7 +3,7 @@
 //! the unavailability budget afterwards), and a tiny Prometheus query API.
 #![allow(dead_code, clippy::missing_panics_doc, clippy::unwrap_used)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,10 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::watcher;
 
+// Re-exported so rollout tests keep importing them from here; a test crate that
+// uses none of them would otherwise warn.
+#[allow(unused_imports)]
+pub use super::replay::{PodRecord, Replay, assert_staged, replay, staged_violations};
 use super::{OWNER_LABEL, TestEnv, pod_ready, wait_for};
 
 /// A compliant DaemonSet confined to the test's nodes. `ready_delay_ms` sets the
@@ -98,22 +102,6 @@ pub async fn events(env: &TestEnv, name: &str) -> Vec<(String, String)> {
 /// A metric value, absent counted as 0.
 pub async fn metric0(nw: &super::nodewave::Nodewave, series: &str) -> f64 {
     nw.metric(series).await.unwrap_or(0.0)
-}
-
-/// One pod state seen by the watcher.
-#[derive(Debug, Clone)]
-pub struct PodRecord {
-    pub at: Instant,
-    pub deleted: bool,
-    pub name: String,
-    pub uid: String,
-    pub node: String,
-    pub image: String,
-    pub ready: bool,
-    pub terminating: bool,
-    pub created: Option<jiff::Timestamp>,
-    /// Part of the watcher's initial list (the state before the test acted).
-    pub initial: bool,
 }
 
 /// Watches the pods of one DaemonSet and records every state, in watch order.
@@ -224,133 +212,6 @@ impl PodWatcher {
         self.task.abort();
         self.records()
     }
-}
-
-/// What the recorded pod states say about a rollout to `new_image` over `stages`
-/// (node lists, in order, each with its `maxUnavailable`).
-#[derive(Debug, Default)]
-pub struct Replay {
-    /// Per stage: the most nodes without a Ready pod at any one time.
-    pub max_unavailable: Vec<usize>,
-    /// Per node: index of the record at which it first had a Ready pod on `new_image`.
-    pub ready_new_at: BTreeMap<String, usize>,
-    /// Per node: index of the first record showing an old pod going away.
-    pub first_delete_at: BTreeMap<String, usize>,
-    /// Per node: creation time of the first pod on `new_image`.
-    pub new_created: BTreeMap<String, jiff::Timestamp>,
-    /// Nodes that had unavailable nodes in more than one stage at the same time.
-    pub overlapping: Vec<String>,
-    /// Per stage: nodes on `new_image` when the first old pod of that stage went.
-    pub updated_when_stage_began: Vec<usize>,
-}
-
-pub fn replay(records: &[PodRecord], stages: &[Vec<String>], new_image: &str) -> Replay {
-    let mut live: BTreeMap<String, PodRecord> = BTreeMap::new();
-    let mut out = Replay {
-        max_unavailable: vec![0; stages.len()],
-        updated_when_stage_began: vec![usize::MAX; stages.len()],
-        ..Replay::default()
-    };
-    for (i, r) in records.iter().enumerate() {
-        if r.deleted {
-            live.remove(&r.uid);
-        } else {
-            live.insert(r.uid.clone(), r.clone());
-        }
-        if r.initial {
-            continue;
-        }
-        if (r.deleted || r.terminating) && r.image != new_image {
-            out.first_delete_at.entry(r.node.clone()).or_insert(i);
-            if let Some(s) = stages.iter().position(|s| s.contains(&r.node))
-                && out.updated_when_stage_began[s] == usize::MAX
-            {
-                let updated: BTreeSet<&str> = live
-                    .values()
-                    .filter(|p| p.image == new_image && !p.terminating)
-                    .map(|p| p.node.as_str())
-                    .collect();
-                out.updated_when_stage_began[s] = updated.len();
-            }
-        }
-        if !r.deleted && !r.terminating && r.ready && r.image == new_image {
-            out.ready_new_at.entry(r.node.clone()).or_insert(i);
-        }
-        if !r.deleted
-            && r.image == new_image
-            && let Some(c) = r.created
-        {
-            out.new_created.entry(r.node.clone()).or_insert(c);
-        }
-        let available: BTreeSet<&str> = live
-            .values()
-            .filter(|p| p.ready && !p.terminating)
-            .map(|p| p.node.as_str())
-            .collect();
-        let mut stages_with_unavailable = Vec::new();
-        for (s, nodes) in stages.iter().enumerate() {
-            let down = nodes
-                .iter()
-                .filter(|n| !available.contains(n.as_str()))
-                .count();
-            out.max_unavailable[s] = out.max_unavailable[s].max(down);
-            if down > 0 {
-                stages_with_unavailable.push(s);
-            }
-        }
-        if stages_with_unavailable.len() > 1 {
-            out.overlapping
-                .push(format!("record {i}: stages {stages_with_unavailable:?}"));
-        }
-    }
-    out
-}
-
-/// Asserts stage order and the budget from a replay: every node of stage i has a
-/// Ready pod on the new image before any old pod of a later stage goes away, and no
-/// stage ever has more than its `maxUnavailable` nodes down.
-pub fn assert_staged(rep: &Replay, stages: &[Vec<String>], max_unavailable: &[usize]) {
-    for (s, nodes) in stages.iter().enumerate() {
-        assert!(
-            rep.max_unavailable[s] <= max_unavailable[s],
-            "stage {s} had {} nodes unavailable at once, maxUnavailable {}",
-            rep.max_unavailable[s],
-            max_unavailable[s]
-        );
-        for n in nodes {
-            assert!(
-                rep.ready_new_at.contains_key(n),
-                "node {n} never Ready on the new image"
-            );
-        }
-        let stage_ready = nodes.iter().map(|n| rep.ready_new_at[n]).max().unwrap();
-        for later in &stages[s + 1..] {
-            for n in later {
-                let del = rep
-                    .first_delete_at
-                    .get(n)
-                    .unwrap_or_else(|| panic!("old pod on {n} was never deleted"));
-                assert!(
-                    stage_ready < *del,
-                    "old pod on {n} (stage > {s}) went away at record {del}, before stage {s} was Ready on the new image (record {stage_ready})"
-                );
-            }
-            // New pods of later stages were created no earlier (1 s resolution).
-            let last_created = nodes.iter().map(|n| rep.new_created[n]).max().unwrap();
-            for n in later {
-                assert!(
-                    rep.new_created[n] >= last_created,
-                    "new pod on {n} created at {} before stage {s}'s last new pod ({last_created})",
-                    rep.new_created[n]
-                );
-            }
-        }
-    }
-    assert!(
-        rep.overlapping.is_empty(),
-        "nodes of two stages unavailable at once: {:?}",
-        rep.overlapping
-    );
 }
 
 /// A tiny Prometheus HTTP API (`/api/v1/query`) answering every instant query with
