@@ -864,7 +864,13 @@ async fn fleet_phase(b: &mut Bench) -> anyhow::Result<Fleet> {
         let name = format!("fleet-{i:02}");
         (
             format!("fleet/{name}.yaml"),
-            Some(managed_ds(&name, "registry.example/fleet:1", None)),
+            // With the generous readyTimeout too: 20,000 pods created at once take
+            // longer than the default 5 minutes, which failed their first rollout.
+            Some(format!(
+                "{}\n---\n{}\n",
+                managed_ds(&name, "registry.example/fleet:1", None),
+                policy(&name, &[("all".to_string(), vec!["*".to_string()])], b.m)
+            )),
         )
     }));
     b.extra_files = files;
