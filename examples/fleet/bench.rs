@@ -616,28 +616,15 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         &Patch::Apply(native_ds("registry.example/native:0", m)),
     )
     .await?;
-    let nw_args: Vec<String> = [
-        "--repo",
+    let secret = secret_file.display().to_string();
+    let nw_args = Nodewave::run_args(
         &repo.url(),
-        "--state-dir",
-        &a.cluster.work.join("state").display().to_string(),
-        "--poll-interval",
+        &a.cluster.work.join("state"),
         "1h",
-        "--webhook-secret-file",
-        &secret_file.display().to_string(),
-        "--allow-namespace",
         NS,
-        "--kubeconfig",
-        &a.nodewave_kubeconfig.display().to_string(),
-        "--leader-elect",
-        "--leader-election-namespace",
-        NS,
-        "--log-format",
-        "json",
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .collect();
+        &a.nodewave_kubeconfig,
+        &["--webhook-secret-file", &secret],
+    );
     let mut b = Bench {
         client: client.clone(),
         repo,

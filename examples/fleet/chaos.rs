@@ -518,30 +518,14 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         &[("agent.yaml".into(), Some(agent_yaml(&good_image)))],
     )?;
     let replica = |i: usize| -> anyhow::Result<Nodewave> {
-        let args: Vec<String> = [
-            "--repo",
+        let args = Nodewave::run_args(
             &repo.url(),
-            "--state-dir",
-            &a.cluster
-                .work
-                .join(format!("state-{i}"))
-                .display()
-                .to_string(),
-            "--poll-interval",
+            &a.cluster.work.join(format!("state-{i}")),
             "1s",
-            "--allow-namespace",
             NS,
-            "--kubeconfig",
-            &cp.kubeconfig().display().to_string(),
-            "--leader-elect",
-            "--leader-election-namespace",
-            NS,
-            "--log-format",
-            "json",
-        ]
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+            &cp.kubeconfig(),
+            &[],
+        );
         Nodewave::spawn(
             &format!("replica-{i}"),
             &a.cluster.nodewave,

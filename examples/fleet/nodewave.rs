@@ -25,6 +25,42 @@ pub fn free_port() -> anyhow::Result<u16> {
 impl Nodewave {
     /// Starts `nodewave run <args> --listen 127.0.0.1:<free port>` with its log
     /// appended to `log`. Does not wait for it (see [`Nodewave::wait_healthy`]).
+    /// The `nodewave run` arguments both drivers use: one repository and state
+    /// directory, one allowed namespace (also the Lease's), leader election and
+    /// JSON logs; `extra` adds the driver's own.
+    pub fn run_args(
+        repo_url: &str,
+        state_dir: &Path,
+        poll_interval: &str,
+        namespace: &str,
+        kubeconfig: &Path,
+        extra: &[&str],
+    ) -> Vec<String> {
+        let state = state_dir.display().to_string();
+        let kubeconfig = kubeconfig.display().to_string();
+        [
+            "--repo",
+            repo_url,
+            "--state-dir",
+            &state,
+            "--poll-interval",
+            poll_interval,
+            "--allow-namespace",
+            namespace,
+            "--kubeconfig",
+            &kubeconfig,
+            "--leader-elect",
+            "--leader-election-namespace",
+            namespace,
+            "--log-format",
+            "json",
+        ]
+        .iter()
+        .chain(extra)
+        .map(ToString::to_string)
+        .collect()
+    }
+
     pub fn spawn(name: &str, bin: &Path, args: Vec<String>, log: PathBuf) -> anyhow::Result<Self> {
         let mut nw = Self {
             name: name.to_string(),
