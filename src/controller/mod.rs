@@ -176,6 +176,16 @@ impl Context {
             .collect()
     }
 
+    /// Spawns a long-running task with its panics reported (see
+    /// [`crate::service::spawn_supervised`]).
+    fn supervise(
+        &self,
+        name: &'static str,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        crate::service::spawn_supervised(name, self.status.clone(), self.metrics.clone(), task)
+    }
+
     fn owns_meta(&self, m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
         self.cfg.identity.owns_meta(m)
     }
@@ -212,12 +222,9 @@ pub async fn run(
     mut touched: mpsc::UnboundedReceiver<Touched>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let (status, metrics) = (ctx.status.clone(), ctx.metrics.clone());
-    let supervised = |name| (name, status.clone(), metrics.clone());
     let dispatcher = {
         let ctx = ctx.clone();
-        let (name, status, metrics) = supervised("watch-event dispatcher");
-        crate::service::spawn_supervised(name, status, metrics, async move {
+        ctx.clone().supervise("watch-event dispatcher", async move {
             while let Some(t) = touched.recv().await {
                 match t {
                     Touched::DaemonSet(k) => ctx.queue.touch(k),
@@ -233,35 +240,33 @@ pub async fn run(
     let desired_watch = {
         let ctx = ctx.clone();
         let mut rx = ctx.desired.clone();
-        let (name, status, metrics) = supervised("desired-state dispatcher");
-        crate::service::spawn_supervised(name, status, metrics, async move {
-            loop {
-                let keys = ctx.all_keys();
-                let has_desired = rx.borrow().is_some();
-                if has_desired {
-                    let mut g = ctx
-                        .first_round
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner);
-                    if g.is_none() {
-                        *g = Some(keys.clone());
+        ctx.clone()
+            .supervise("desired-state dispatcher", async move {
+                loop {
+                    let keys = ctx.all_keys();
+                    let has_desired = rx.borrow().is_some();
+                    if has_desired {
+                        let mut g = ctx
+                            .first_round
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner);
+                        if g.is_none() {
+                            *g = Some(keys.clone());
+                        }
+                    }
+                    if has_desired && keys.is_empty() {
+                        ctx.status.write().await.synced_once = true;
+                    }
+                    for k in keys {
+                        ctx.queue.touch(k);
+                    }
+                    if rx.changed().await.is_err() {
+                        return;
                     }
                 }
-                if has_desired && keys.is_empty() {
-                    ctx.status.write().await.synced_once = true;
-                }
-                for k in keys {
-                    ctx.queue.touch(k);
-                }
-                if rx.changed().await.is_err() {
-                    return;
-                }
-            }
-        })
+            })
     };
-    let (name, status, metrics) = supervised("companion objects");
-    let companion_task =
-        crate::service::spawn_supervised(name, status, metrics, companions::run(ctx.clone()));
+    let companion_task = ctx.supervise("companion objects", companions::run(ctx.clone()));
     let mut workers = Vec::new();
     for _ in 0..ctx.cfg.workers.max(1) {
         let ctx = ctx.clone();
@@ -323,11 +328,7 @@ async fn worker(ctx: Arc<Context>) {
                 Some(Instant::now() + delay)
             }
             Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
+                let what = crate::service::panic_message(panic.as_ref());
                 span.in_scope(|| error!(panic = %what, "reconcile panicked; nodewave reports itself unhealthy so it is restarted"));
                 ctx.metrics.reconcile_error("panic");
                 ctx.status.write().await.panicked = Some(format!("{key}: {what}"));
