@@ -35,11 +35,8 @@ MSG
   exit 1
 fi
 
-export GOTOOLCHAIN=local
-export GOMODCACHE="$cache_root/gomod"
-export GOCACHE="${GOCACHE:-$HOME/.cache/go-build}"
-export GOFLAGS="-mod=mod -buildvcs=false"
-export CGO_ENABLED=0
+# shellcheck source=go-env.sh
+source "$here/go-env.sh"
 mkdir -p "$bin" "$work"
 
 # --- Kubernetes: k8s.io/kubernetes cannot be `go install`ed (it replaces its
@@ -121,5 +118,6 @@ if [ ! -x "$bin/kwok" ] || [ ! -x "$bin/kwokctl" ]; then
 fi
 
 all_present || { log "error: some binaries are missing from $bin"; exit 1; }
+drop_go_caches
 log "all binaries ready in $bin"
 echo "$bin"

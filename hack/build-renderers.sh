@@ -32,11 +32,8 @@ MSG
   exit 1
 fi
 
-export GOTOOLCHAIN=local
-export GOMODCACHE="$cache_root/gomod"
-export GOCACHE="${GOCACHE:-$HOME/.cache/go-build}"
-export GOFLAGS="-mod=mod -buildvcs=false"
-export CGO_ENABLED=0
+# shellcheck source=go-env.sh
+source "$here/go-env.sh"
 mkdir -p "$bin" "$work"
 
 # Both modules carry no replace directives, so `go install pkg@version` works;
@@ -60,5 +57,6 @@ if [ ! -x "$bin/kustomize" ]; then
   log "kustomize built"
 fi
 
+drop_go_caches
 log "renderers ready in $bin: $("$bin/helm" version --short 2>/dev/null || echo helm), $("$bin/kustomize" version 2>/dev/null || echo kustomize)"
 echo "$bin"

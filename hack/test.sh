@@ -15,8 +15,14 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 started=$SECONDS
 step() { printf '\n==> [%4ss] %s\n' "$((SECONDS - started))" "$*"; }
+disk() { df -h --output=avail . | tail -n1 | tr -d ' '; }
+# One run from a fresh clone needs about 8 GB of disk at its peak (README,
+# "Running the tests"): Rust's target/ (about 5 GB) and, while the control
+# plane is built, Go's caches (about 6 GB, removed once the binaries exist).
+# Incremental compilation would add 2 GB to target/ and buys nothing here.
+export CARGO_INCREMENTAL=0
 
-step "prerequisites"
+step "prerequisites (disk available: $(disk))"
 command -v cargo >/dev/null || { echo "error: cargo not found: install Rust (https://rustup.rs); rust-toolchain.toml pins the version" >&2; exit 1; }
 command -v go >/dev/null || [ -d "$HOME/.cache/nodewave/bin" ] || { echo "error: Go not found: the local control plane is built from source with Go 1.26+ (Debian: golang-go)" >&2; exit 1; }
 need_apt=()
@@ -99,6 +105,7 @@ step "chaos smoke (hack/chaos.sh 3: staged rollouts under faults, debug build)"
 NODEWAVE_CHAOS_PROFILE=debug NODEWAVE_CHAOS_CLUSTER="$NODEWAVE_CLUSTER-chaos" \
   hack/chaos.sh 3 --minutes 2 || status=1
 
+echo "disk: target/ $(du -sh target 2>/dev/null | cut -f1), ~/.cache/nodewave $(du -sh "$HOME/.cache/nodewave" 2>/dev/null | cut -f1), available $(disk)"
 if [ $status -eq 0 ]; then
   step "all tests passed"
 else
