@@ -13,8 +13,8 @@
 //! exists and is not nodewave's, an apply the API server refuses) are reported
 //! on that object (`/status`, a log line, an Event,
 //! `nodewave_object_errors_total{reason}`), and the rest of the commit proceeds.
-//! A DaemonSet of a new commit waits until its companions were synced once, so
-//! its pods find their ServiceAccount and ConfigMaps.
+//! A DaemonSet of a new commit waits until its companions were applied once, so
+//! its pods find their ServiceAccount and ConfigMaps; pruning follows.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -157,10 +157,11 @@ pub async fn run(ctx: Arc<Context>) {
         for o in desired.loaded.objects.values() {
             seen_kinds.insert((o.api_version.clone(), o.reference.kind.clone()));
         }
-        match sync(&ctx, &desired, &mut kinds, &seen_kinds).await {
+        // The DaemonSets of the commit wait for the applies only: pruning what
+        // Git removed follows (as `kubectl apply --prune` does), and the
+        // objects live templates still mount are never pruned anyway.
+        let outcome = match sync(&ctx, &desired, &mut kinds).await {
             Ok(report) => {
-                failures = 0;
-                retry_at = None;
                 publish(&ctx, &desired, &report).await;
                 ensure_watches(&ctx, &desired, &kinds, &mut watches);
                 if ctx.companions.set_synced(desired.commit()) {
@@ -168,28 +169,43 @@ pub async fn run(ctx: Arc<Context>) {
                         ctx.queue.touch(key.clone());
                     }
                 }
+                prune(&ctx, &desired, &mut kinds, &seen_kinds).await
+            }
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => {
+                failures = 0;
+                retry_at = None;
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
-                let delay = match e {
-                    SyncError::NotReady(_) => Duration::from_secs(1),
-                    SyncError::Behind(_) => Duration::from_secs(2),
-                    _ => super::backoff(failures),
-                };
-                if matches!(e, SyncError::NotLeader) {
-                    info!("companion objects not synced: not the leader");
-                } else if let SyncError::Behind(why) = &e {
-                    tracing::debug!(why = %why, "companion objects not synced: this replica is behind");
-                } else {
-                    warn!(error = %e, retry_in = ?delay, "companion objects not synced; retrying");
-                    ctx.metrics.reconcile_error("companions");
-                }
+                let delay = retry_delay(&ctx, &e, failures);
                 // Kinds may have become known (a CRD established) meanwhile.
                 kinds.retain(|_, k| k.is_some());
                 retry_at = Some(Instant::now() + delay);
             }
         }
     }
+}
+
+/// Logs a failed sync (and counts it, unless this replica is merely not the
+/// leader or behind) and says when to try again.
+fn retry_delay(ctx: &Context, e: &SyncError, failures: u32) -> Duration {
+    let delay = match e {
+        SyncError::NotReady(_) => Duration::from_secs(1),
+        SyncError::Behind(_) => Duration::from_secs(2),
+        _ => super::backoff(failures),
+    };
+    if matches!(e, SyncError::NotLeader) {
+        info!("companion objects not synced: not the leader");
+    } else if let SyncError::Behind(why) = e {
+        tracing::debug!(why = %why, "companion objects not synced: this replica is behind");
+    } else {
+        warn!(error = %e, retry_in = ?delay, "companion objects not synced; retrying");
+        ctx.metrics.reconcile_error("companions");
+    }
+    delay
 }
 
 async fn served(
@@ -214,11 +230,11 @@ fn with_hash(o: &DesiredObject) -> Value {
     v
 }
 
+/// Applies the commit's companion objects in dependency order.
 async fn sync(
     ctx: &Context,
     desired: &Desired,
     kinds: &mut HashMap<(String, String), Option<ServedKind>>,
-    seen_kinds: &BTreeSet<(String, String)>,
 ) -> Result<Report, SyncError> {
     if let Some(why) = behind(ctx, desired).await {
         return Err(SyncError::Behind(why));
@@ -265,7 +281,6 @@ async fn sync(
             }
         }
     }
-    prune(ctx, desired, kinds, seen_kinds).await?;
     Ok(report)
 }
 
