@@ -477,6 +477,34 @@ pub(super) async fn lineage(
     }
 }
 
+/// Pod deletions in flight at once, per DaemonSet.
+const DELETE_CONCURRENCY: usize = 32;
+
+/// Deletes the pods of one plan, up to [`DELETE_CONCURRENCY`] at once. The
+/// record written before them justifies every one, so their order does not
+/// matter; one at a time, a wave of M pods would cost M round trips before
+/// the last of them is replaced (measured: 60 deletions per second, 16 ms
+/// each, where the native controller deletes a wave at once). The first
+/// failure ends the batch; the next reconcile sees what was deleted.
+async fn delete_pods(
+    ctx: &Context,
+    key: &ObjectKey,
+    batch: Vec<(String, String, String)>,
+) -> Result<(), ReconcileError> {
+    use futures::{StreamExt as _, TryStreamExt as _};
+    futures::stream::iter(batch)
+        .map(|(node, name, uid)| async move {
+            ctx.fence.check()?;
+            info!(node = %node, pod = %name, "replacing pod");
+            ctx.cluster.delete_pod(&key.namespace, &name, &uid).await?;
+            crate::failpoint::hit("after-pod-delete");
+            Ok::<(), ReconcileError>(())
+        })
+        .buffer_unordered(DELETE_CONCURRENCY)
+        .try_collect()
+        .await
+}
+
 /// Carries out a plan: the record write first, then the actions in order.
 async fn execute(
     ctx: &Context,
@@ -494,7 +522,8 @@ async fn execute(
         final_state = Some(state);
     }
     let uid = live.and_then(|d| d.metadata.uid.clone());
-    for act in plan.actions {
+    let mut actions = plan.actions.into_iter().peekable();
+    while let Some(act) = actions.next() {
         match act {
             Act::Apply(object) => {
                 ctx.fence.check()?;
@@ -502,10 +531,14 @@ async fn execute(
                 crate::failpoint::hit("after-apply");
             }
             Act::DeletePod { node, name, uid } => {
-                ctx.fence.check()?;
-                info!(node = %node, pod = %name, "replacing pod");
-                ctx.cluster.delete_pod(&key.namespace, &name, &uid).await?;
-                crate::failpoint::hit("after-pod-delete");
+                // The deletions that follow each other in the plan go together.
+                let mut batch = vec![(node, name, uid)];
+                while let Some(Act::DeletePod { .. }) = actions.peek() {
+                    if let Some(Act::DeletePod { node, name, uid }) = actions.next() {
+                        batch.push((node, name, uid));
+                    }
+                }
+                delete_pods(ctx, key, batch).await?;
             }
             Act::Event {
                 warning,
