@@ -17,8 +17,8 @@ started=$SECONDS
 step() { printf '\n==> [%4ss] %s\n' "$((SECONDS - started))" "$*"; }
 disk() { df -h --output=avail . | tail -n1 | tr -d ' '; }
 # One run from a fresh clone needs about 8 GB of disk at its peak (README,
-# "Running the tests"): Rust's target/ (about 5 GB) and, while the control
-# plane is built, Go's caches (about 6 GB, removed once the binaries exist).
+# "Tests", Disk): Rust's target/ (about 5 GB) and, while the control plane is
+# built, Go's caches (about 6 GB, removed once the binaries exist).
 # Incremental compilation would add 2 GB to target/ and buys nothing here.
 export CARGO_INCREMENTAL=0
 

@@ -160,19 +160,18 @@ pub async fn run(ctx: Arc<Context>) {
         // The DaemonSets of the commit wait for the applies only: pruning what
         // Git removed follows (as `kubectl apply --prune` does), and the
         // objects live templates still mount are never pruned anyway.
-        let outcome = match sync(&ctx, &desired, &mut kinds).await {
-            Ok(report) => {
-                publish(&ctx, &desired, &report).await;
-                ensure_watches(&ctx, &desired, &kinds, &mut watches);
-                if ctx.companions.set_synced(desired.commit()) {
-                    for key in desired.loaded.daemonsets.keys() {
-                        ctx.queue.touch(key.clone());
-                    }
+        let outcome = async {
+            let report = sync(&ctx, &desired, &mut kinds).await?;
+            publish(&ctx, &desired, &report).await;
+            ensure_watches(&ctx, &desired, &kinds, &mut watches);
+            if ctx.companions.set_synced(desired.commit()) {
+                for key in desired.loaded.daemonsets.keys() {
+                    ctx.queue.touch(key.clone());
                 }
-                prune(&ctx, &desired, &mut kinds, &seen_kinds).await
             }
-            Err(e) => Err(e),
-        };
+            prune(&ctx, &desired, &mut kinds, &seen_kinds).await
+        }
+        .await;
         match outcome {
             Ok(()) => {
                 failures = 0;

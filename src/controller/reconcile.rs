@@ -533,10 +533,10 @@ async fn execute(
             Act::DeletePod { node, name, uid } => {
                 // The deletions that follow each other in the plan go together.
                 let mut batch = vec![(node, name, uid)];
-                while let Some(Act::DeletePod { .. }) = actions.peek() {
-                    if let Some(Act::DeletePod { node, name, uid }) = actions.next() {
-                        batch.push((node, name, uid));
-                    }
+                while let Some(Act::DeletePod { node, name, uid }) =
+                    actions.next_if(|a| matches!(a, Act::DeletePod { .. }))
+                {
+                    batch.push((node, name, uid));
                 }
                 delete_pods(ctx, key, batch).await?;
             }
