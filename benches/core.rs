@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use nodewave::manifest::policy::{IntOrPercent, RolloutPolicySpec, StageSpec};
 use nodewave::manifest::{LoadOptions, ManifestFile};
+use nodewave::record::{RecordState, Target, Work, codec};
 use nodewave::rollout::{
     Control, HealthRules, NodeInfo, Observation, PodObservation, PromOutcome, Rollout,
     resolve_stages, step,
@@ -142,6 +143,28 @@ fn bench_planner(n: usize) {
         t.as_secs_f64() * 1e3,
         json.len(),
         json.len() * 100 / 262_144
+    );
+
+    // The same state as the DaemonSetRollout record stores it (compact JSON,
+    // gzip, base64): encoded on every record write.
+    let state = RecordState {
+        work: Work::Rolling {
+            target: Target {
+                commit: "c0ffee".into(),
+                hash: "0123456789abcdef".into(),
+            },
+            rollout: full,
+        },
+        ..RecordState::default()
+    };
+    let encoded = codec::encode(&state);
+    let t = median(9, || {
+        black_box(codec::encode(&state));
+    });
+    println!(
+        "record state encode {n:>6} nodes  {:>10.3} ms  {:>8} bytes",
+        t.as_secs_f64() * 1e3,
+        encoded.len()
     );
 }
 

@@ -85,6 +85,14 @@ fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// When a record was last written (its `observedAt`), unix ms; 0 if unreadable.
+fn written_at_ms(observed_at: &str) -> i64 {
+    jiff::Timestamp::strptime("%Y-%m-%dT%H:%M:%S%.fZ", observed_at)
+        .ok()
+        .or_else(|| observed_at.parse::<jiff::Timestamp>().ok())
+        .map_or(0, jiff::Timestamp::as_millisecond)
+}
+
 fn fingerprint(ds: &DaemonSet) -> Fingerprint {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     ds.metadata.labels.hash(&mut h);
@@ -516,8 +524,17 @@ async fn execute(
     revision: Option<&str>,
 ) -> Result<Option<i64>, ReconcileError> {
     let now = now_ms();
+    let last_write_ms = rec_obj
+        .as_ref()
+        .and_then(|r| r.status.as_ref())
+        .map(|s| written_at_ms(&s.observed_at));
     let mut final_state: Option<RecordState> = None;
     if let Some(state) = plan.write {
+        let due = last_write_ms.map_or(now, |l| l + PROGRESS_WRITE_MS);
+        if plan.write_can_wait && plan.actions.is_empty() && now < due {
+            // Bookkeeping only: one write per interval, not one per pod event.
+            return Ok(Some(plan.wake_at_ms.map_or(due, |w| w.min(due))));
+        }
         write_record(ctx, key, rec_obj, &state, pods, revision, now).await?;
         final_state = Some(state);
     }
@@ -577,12 +594,9 @@ async fn execute(
     {
         let new = {
             let nodes = ctx.stores.nodes();
-            plan::record_status(&state, pods, &nodes, revision, String::new())
+            plan::progress_columns(&state, pods, &nodes, revision)
         };
-        let last = jiff::Timestamp::strptime("%Y-%m-%dT%H:%M:%S%.fZ", &old.observed_at)
-            .ok()
-            .or_else(|| old.observed_at.parse::<jiff::Timestamp>().ok())
-            .map_or(0, jiff::Timestamp::as_millisecond);
+        let last = last_write_ms.unwrap_or(0);
         if plan::progress_changed(old, &new) {
             if now - last >= PROGRESS_WRITE_MS {
                 let state = (*state).clone();

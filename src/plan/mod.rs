@@ -43,8 +43,8 @@ use crate::rollout::{
 };
 
 pub use progress::{
-    NodeIndex, PoolProgress, eligible_nodes, pool_label, progress_by_pool, progress_changed,
-    record_status, target_revision,
+    NodeIndex, PoolProgress, ProgressColumns, eligible_nodes, pool_label, progress_by_pool,
+    progress_changed, progress_columns, record_status, target_revision,
 };
 
 /// How long a new DaemonSet may report zero scheduled nodes before nodewave
@@ -277,6 +277,12 @@ pub struct Line {
 pub struct Plan {
     /// Persisted first, conditionally; nothing below runs when it fails.
     pub write: Option<RecordState>,
+    /// The write only keeps bookkeeping current (replacements that became Ready,
+    /// adopted nodes, the last gate reading) and no action in this plan depends
+    /// on it: the next step derives the same from the record already stored and
+    /// fresh observations, so the write may wait until the progress columns are
+    /// due (the record's `observedAt` plus the progress interval).
+    pub write_can_wait: bool,
     pub actions: Vec<Act>,
     /// Look again at this time (unix ms) even without an event.
     pub wake_at_ms: Option<i64>,
@@ -835,6 +841,10 @@ impl Decider<'_, '_> {
         let mut plan = Plan::default();
         let mut st = rec.clone();
         let mut changed = d.rollout != *r;
+        // Nothing to do and still in the same stage and phase: what changed is
+        // bookkeeping `step` re-derives from the stored record every time.
+        plan.write_can_wait =
+            d.actions.is_empty() && d.rollout.stage == r.stage && d.rollout.phase == r.phase;
         for action in d.actions {
             match action {
                 Action::DeletePod { node, name, uid } => {

@@ -111,12 +111,14 @@ pub fn progress_by_pool(
     nodes: &NodeIndex,
     pool_label: Option<&str>,
 ) -> BTreeMap<String, PoolProgress> {
-    let mut out: BTreeMap<String, PoolProgress> = BTreeMap::new();
+    // Keyed by borrowed names while counting: one allocation per pool, not per pod
+    // (this runs on every reconcile of an open rollout).
+    let mut out: BTreeMap<&str, PoolProgress> = BTreeMap::new();
     for p in pods.iter().filter(|p| !p.terminating) {
         let pool = pool_label
             .and_then(|l| nodes.label(&p.node, l))
             .unwrap_or("(none)");
-        let e = out.entry(pool.to_string()).or_default();
+        let e = out.entry(pool).or_default();
         e.total += 1;
         if p.revision == target_revision {
             e.updated += 1;
@@ -125,7 +127,48 @@ pub fn progress_by_pool(
             }
         }
     }
-    out
+    out.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// The progress columns of a record: pods updated, Ready and in all, per pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgressColumns {
+    pub updated: i64,
+    pub ready: i64,
+    pub total: i64,
+    pub pools: Vec<PoolStatus>,
+}
+
+/// The progress columns for `state` and the pods; `current_revision` as for
+/// [`record_status`].
+pub fn progress_columns(
+    state: &RecordState,
+    pods: &[PodObservation],
+    nodes: &NodeIndex,
+    current_revision: Option<&str>,
+) -> ProgressColumns {
+    let revision = target_revision(state).or(current_revision).unwrap_or("");
+    let pools = progress_by_pool(revision, pods, nodes, state.pool_label.as_deref());
+    let (mut updated, mut ready, mut total) = (0, 0, 0);
+    for p in pools.values() {
+        updated += p.updated;
+        ready += p.ready;
+        total += p.total;
+    }
+    ProgressColumns {
+        updated: count(updated),
+        ready: count(ready),
+        total: count(total),
+        pools: pools
+            .into_iter()
+            .map(|(name, p)| PoolStatus {
+                name,
+                updated: count(p.updated),
+                ready: count(p.ready),
+                total: count(p.total),
+            })
+            .collect(),
+    }
 }
 
 fn count(n: usize) -> i64 {
@@ -148,14 +191,7 @@ pub fn record_status(
     observed_at: String,
 ) -> RecordStatus {
     let summary = record::stage_summary(&state.work);
-    let revision = target_revision(state).or(current_revision).unwrap_or("");
-    let pools = progress_by_pool(revision, pods, nodes, state.pool_label.as_deref());
-    let (mut updated, mut ready, mut total) = (0, 0, 0);
-    for p in pools.values() {
-        updated += p.updated;
-        ready += p.ready;
-        total += p.total;
-    }
+    let progress = progress_columns(state, pods, nodes, current_revision);
     let commit = match &state.work {
         Work::Applying { target, .. } | Work::Rolling { target, .. } => {
             Some(target.commit.as_str())
@@ -173,18 +209,10 @@ pub fn record_status(
         stage: summary.stage,
         rollout_phase: summary.phase,
         rollout_kind: summary.kind,
-        updated: count(updated),
-        ready: count(ready),
-        total: count(total),
-        pools: pools
-            .into_iter()
-            .map(|(name, p)| PoolStatus {
-                name,
-                updated: count(p.updated),
-                ready: count(p.ready),
-                total: count(p.total),
-            })
-            .collect(),
+        updated: progress.updated,
+        ready: progress.ready,
+        total: progress.total,
+        pools: progress.pools,
         failed_commits: state.failed.clone(),
         pool_label: state.pool_label.clone(),
         observed_at,
@@ -192,9 +220,9 @@ pub fn record_status(
     }
 }
 
-/// Whether only the progress columns changed: worth a write at most every few
-/// seconds while a rollout runs, never when nothing is open.
-pub fn progress_changed(old: &RecordStatus, new: &RecordStatus) -> bool {
+/// Whether the progress columns differ from the record's: worth a write at most
+/// every few seconds while a rollout runs, never when nothing is open.
+pub fn progress_changed(old: &RecordStatus, new: &ProgressColumns) -> bool {
     (old.updated, old.ready, old.total) != (new.updated, new.ready, new.total)
         || old.pools != new.pools
 }

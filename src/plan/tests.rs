@@ -847,3 +847,38 @@ fn deadlines_wake_an_open_rollout_without_events() {
         120 + OPEN_WORK_RESYNC_MS
     );
 }
+
+#[test]
+fn bookkeeping_alone_may_wait_but_a_deletion_or_a_new_stage_never_does() {
+    let mut s = rolling_scenario();
+    let p = s.plan();
+    assert_eq!(deletes(&p), ["a1"]);
+    assert!(
+        !p.write_can_wait,
+        "the record that justifies a deletion is written before it"
+    );
+    s.persist(&p);
+
+    // The deleted pod is gone and the other node of stage a lost its pod too
+    // (evicted): nodewave tracks it, with nothing to delete (the budget of 1 is
+    // spent). Only bookkeeping changed, so the write may wait.
+    s.pods.retain(|p| !p.node.starts_with('a'));
+    let p = s.plan();
+    assert!(deletes(&p).is_empty());
+    assert!(p.actions.is_empty(), "{:?}", p.actions);
+    let w = p.write.as_ref().expect("the missing pod is tracked");
+    assert!(matches!(&w.work, Work::Rolling { rollout, .. } if rollout.replacing.len() == 2));
+    assert!(p.write_can_wait);
+
+    // That write never happened (it waited, then the process died). The next step
+    // derives the same from the stored record: both replacements Ready pass stage
+    // a, and stage b starts with a deletion, which is never deferred.
+    s.pods.push(pod("a1", "r2"));
+    s.pods.push(pod("a2", "r2"));
+    let p = s.plan();
+    assert_eq!(deletes(&p), ["b1"]);
+    assert!(!p.write_can_wait);
+    let w = p.write.as_ref().expect("stage b is recorded first");
+    assert!(matches!(&w.work, Work::Rolling { rollout, .. }
+        if rollout.stage == 1 && rollout.updated.contains("a1") && rollout.updated.contains("a2")));
+}

@@ -1,6 +1,6 @@
 //! Health gates: deciding from one observation whether the updated pods are healthy.
 
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
@@ -138,7 +138,7 @@ pub(crate) fn evaluate(
     with_prometheus: bool,
 ) -> Verdict {
     let last = rollout.stage.min(rollout.stages.len().saturating_sub(1));
-    let scope: BTreeSet<&str> = rollout
+    let scope: HashSet<&str> = rollout
         .stages
         .iter()
         .take(last + 1)

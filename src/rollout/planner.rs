@@ -1,6 +1,6 @@
 //! The state machine: `Rollout::start`, `Rollout::rollback` and `step`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::manifest::policy::IntOrPercent;
 
@@ -14,14 +14,16 @@ use super::{
 pub const REISSUE_AFTER_MS: i64 = 5_000;
 
 /// The observation's pods grouped by node, restricted to nodes that exist.
+/// Hashed: it is rebuilt and queried per node on every step, and node names
+/// share long prefixes that make ordered lookups compare many bytes.
 struct View<'a> {
     target: &'a str,
-    by_node: BTreeMap<&'a str, Vec<&'a PodObservation>>,
+    by_node: HashMap<&'a str, Vec<&'a PodObservation>>,
 }
 
 impl<'a> View<'a> {
     fn new(obs: &'a Observation, target: &'a str) -> Self {
-        let mut by_node: BTreeMap<&str, Vec<&PodObservation>> = BTreeMap::new();
+        let mut by_node: HashMap<&str, Vec<&PodObservation>> = HashMap::new();
         for p in &obs.pods {
             if obs.nodes.contains(&p.node) {
                 by_node.entry(p.node.as_str()).or_default().push(p);
