@@ -524,16 +524,18 @@ async fn execute(
     revision: Option<&str>,
 ) -> Result<Option<i64>, ReconcileError> {
     let now = now_ms();
-    let last_write_ms = rec_obj
+    // Writes that may wait (bookkeeping, progress columns) are due one interval
+    // after the record's last write.
+    let due = rec_obj
         .as_ref()
         .and_then(|r| r.status.as_ref())
-        .map(|s| written_at_ms(&s.observed_at));
+        .map_or(now, |s| written_at_ms(&s.observed_at) + PROGRESS_WRITE_MS);
+    let wake_by_due = |wake: Option<i64>| Some(wake.map_or(due, |w| w.min(due)));
     let mut final_state: Option<RecordState> = None;
     if let Some(state) = plan.write {
-        let due = last_write_ms.map_or(now, |l| l + PROGRESS_WRITE_MS);
         if plan.write_can_wait && plan.actions.is_empty() && now < due {
             // Bookkeeping only: one write per interval, not one per pod event.
-            return Ok(Some(plan.wake_at_ms.map_or(due, |w| w.min(due))));
+            return Ok(wake_by_due(plan.wake_at_ms));
         }
         write_record(ctx, key, rec_obj, &state, pods, revision, now).await?;
         final_state = Some(state);
@@ -596,17 +598,12 @@ async fn execute(
             let nodes = ctx.stores.nodes();
             plan::progress_columns(&state, pods, &nodes, revision)
         };
-        let last = last_write_ms.unwrap_or(0);
         if plan::progress_changed(old, &new) {
-            if now - last >= PROGRESS_WRITE_MS {
+            if now >= due {
                 let state = (*state).clone();
                 write_record(ctx, key, rec_obj, &state, pods, revision, now).await?;
             } else {
-                return Ok(Some(
-                    plan.wake_at_ms.map_or(last + PROGRESS_WRITE_MS, |w| {
-                        w.min(last + PROGRESS_WRITE_MS)
-                    }),
-                ));
+                return Ok(wake_by_due(plan.wake_at_ms));
             }
         }
         publish(ctx, key, &state).await;
