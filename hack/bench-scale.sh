@@ -55,6 +55,10 @@ YAML
 export NODEWAVE_KUBE_AUDIT_POLICY="$work/audit-policy.yaml"
 # 20 DaemonSets on every node need more pod IPs than the default /16.
 [ $((nodes * 22)) -gt 60000 ] && export NODEWAVE_POD_CIDR=10.0.0.1/12
+# kwok renews node leases a few at a time; past about 1,000 nodes a 40 s lease
+# lapses while thousands of pods are created and nodes go NotReady (measured at
+# 5,000 nodes). The lease grows with the fleet: 500 s at 5,000 nodes.
+[ "$nodes" -gt 1000 ] && export NODEWAVE_NODE_LEASE_SECONDS=$((nodes / 10))
 
 echo "building nodewave and the benchmark driver (release)"
 cargo build --release --quiet --bin nodewave --example fleet

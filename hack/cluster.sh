@@ -16,6 +16,11 @@
 #   NODEWAVE_POD_CIDR       kwok's pod IP range                (default: 10.0.0.1/16, 65,534 pods)
 #   NODEWAVE_KUBE_AUDIT_POLICY  kube-apiserver audit policy file; the log is
 #                           <cluster dir>/logs/audit.log      (default: no audit log)
+#   NODEWAVE_NODE_LEASE_SECONDS  kwok's node lease duration; when set, the
+#                           controller-manager's node-monitor-grace-period is
+#                           twice it, so thousands of fake nodes whose leases
+#                           kwok renews slowly stay Ready (default: 40, and the
+#                           controller-manager's own grace period)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
@@ -25,6 +30,7 @@ per_pool="${NODEWAVE_NODES_PER_POOL:-3}"
 pool_label="${NODEWAVE_POOL_LABEL:-nodewave.io/pool}"
 audit_policy="${NODEWAVE_KUBE_AUDIT_POLICY:-}"
 pod_cidr="${NODEWAVE_POD_CIDR:-10.0.0.1/16}"
+node_lease="${NODEWAVE_NODE_LEASE_SECONDS:-}"
 kwok_home="${KWOK_WORKDIR:-$HOME/.kwok}"
 cluster_dir="$kwok_home/clusters/$name"
 kubeconfig="$cluster_dir/kubeconfig.yaml"
@@ -57,7 +63,7 @@ options:
   kwokVersion: $(. "$here/versions.env"; echo "$KWOK_VERSION")
   quietPull: true
   disableQPSLimits: true
-  nodeLeaseDurationSeconds: 40
+  nodeLeaseDurationSeconds: ${node_lease:-40}
 CFG
     # hack/bench-scale.sh counts nodewave's own requests in the audit log.
     [ -n "$audit_policy" ] && echo "  kubeAuditPolicy: $(cd "$(dirname "$audit_policy")" && pwd)/$(basename "$audit_policy")"
@@ -68,6 +74,14 @@ componentsPatches:
   # DaemonSet pods are created and deleted at once, without the default rate limits
   - key: concurrent-daemonset-syncs
     value: "10"
+CFG
+    # kwok renews a few leases at a time: at 5,000 nodes a 40 s lease lapses
+    # while pods are created, and the node controller marks nodes NotReady.
+    [ -n "$node_lease" ] && cat <<CFG
+  - key: node-monitor-grace-period
+    value: "$((node_lease * 2))s"
+CFG
+    cat <<CFG
 ---
 apiVersion: config.kwok.x-k8s.io/v1alpha1
 kind: KwokConfiguration
@@ -75,7 +89,7 @@ options:
   # a /16 pod CIDR instead of kwok's /24 (254 pods) for scale tests with thousands of nodes
   # (NODEWAVE_POD_CIDR: wider for more than 65,534 pods)
   cidr: $pod_cidr
-  nodeLeaseDurationSeconds: 40
+  nodeLeaseDurationSeconds: ${node_lease:-40}
   # kwokctl leaves these at 0 when a KwokConfiguration is given; 0 is rejected
   podPlayStageParallelism: 8
   nodePlayStageParallelism: 4

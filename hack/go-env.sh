@@ -12,6 +12,16 @@ export GOCACHE="$cache_root/go-build"
 export GOFLAGS="-mod=mod -buildvcs=false"
 export CGO_ENABLED=0
 
+# Both builds share these caches, and each removes them when it is done: a
+# build started while the other runs waits for it (measured: a concurrent
+# renderer build removed the module cache under the Kubernetes build).
+mkdir -p "$cache_root"
+exec 9>"$cache_root/go-build.lock"
+if ! flock -n 9; then
+  log "waiting for another build of the local binaries to finish ($cache_root/go-build.lock)"
+  flock 9
+fi
+
 drop_go_caches() {
   [ "${NODEWAVE_KEEP_GO_CACHE:-0}" = 1 ] && return 0
   # the module cache is read-only by design
