@@ -16,7 +16,7 @@
 #   hack/bench-scale.sh [NODES] [fleet bench flags...]     (default 1000 nodes)
 #   e.g. hack/bench-scale.sh 5000 --runs 3 --fleet-daemonsets 20
 #
-# nodewave is a release build (cargo build --release). The cluster is
+# nodewave is a release build with symbols stripped, as in the image (hack/image.sh). The cluster is
 # NODEWAVE_BENCH_CLUSTER (default nw-bench), started and stopped here; output
 # (table, JSON, nodewave's log) is kept in NODEWAVE_BENCH_OUT (default
 # target/bench-scale). See `target/release/examples/fleet bench --help`.
@@ -61,7 +61,10 @@ export NODEWAVE_KUBE_AUDIT_POLICY="$work/audit-policy.yaml"
 [ "$nodes" -gt 1000 ] && export NODEWAVE_NODE_LEASE_SECONDS=$((nodes / 10))
 
 echo "building nodewave and the benchmark driver (release)"
-cargo build --release --quiet --bin nodewave --example fleet
+# Symbols stripped, as hack/image.sh builds the image's binary: the benchmark
+# measures what users run, and the two share one build.
+CARGO_PROFILE_RELEASE_STRIP="${CARGO_PROFILE_RELEASE_STRIP:-symbols}" \
+  cargo build --release --quiet --bin nodewave --example fleet
 
 t0=$SECONDS
 cluster_up=1

@@ -43,7 +43,9 @@ cleanup() {
 trap cleanup EXIT
 
 if [ "$profile" = release ]; then
-  cargo build --release --quiet --bin nodewave --example fleet
+  # symbols stripped, as hack/image.sh builds it: the two share one build
+  CARGO_PROFILE_RELEASE_STRIP="${CARGO_PROFILE_RELEASE_STRIP:-symbols}" \
+    cargo build --release --quiet --bin nodewave --example fleet
 else
   cargo build --quiet --bin nodewave --example fleet
 fi
