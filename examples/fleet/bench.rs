@@ -319,7 +319,9 @@ impl Bench {
         count: usize,
         timeout: Duration,
     ) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut next_progress = started + Duration::from_mins(1);
         loop {
             let synced = self
                 .records
@@ -329,6 +331,16 @@ impl Bench {
                 .count();
             if synced >= count {
                 return Ok(());
+            }
+            if Instant::now() >= next_progress {
+                next_progress += Duration::from_mins(1);
+                eprintln!(
+                    "[bench] after {:.0}s: {synced} of {count} {prefix}* records Synced; nodewave peak RSS {}",
+                    started.elapsed().as_secs_f64(),
+                    self.nw
+                        .memory_kib()
+                        .map_or_else(|| "-".into(), |(peak, _)| mib(peak))
+                );
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
@@ -346,9 +358,26 @@ impl Bench {
         timeout: Duration,
     ) -> anyhow::Result<()> {
         let api: Api<DaemonSet> = Api::namespaced(self.client.clone(), NS);
-        let deadline = Instant::now() + timeout;
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let mut next_progress = started + Duration::from_mins(1);
         loop {
             let list = api.list(&ListParams::default()).await?;
+            if Instant::now() >= next_progress {
+                next_progress += Duration::from_mins(1);
+                let (ready, desired) = list.items.iter().fold((0, 0), |(r, d), ds| {
+                    let s = ds.status.clone().unwrap_or_default();
+                    (r + s.number_ready, d + s.desired_number_scheduled)
+                });
+                eprintln!(
+                    "[bench] after {:.0}s: {ready} of {desired} pods Ready in {} DaemonSets; nodewave peak RSS {}",
+                    started.elapsed().as_secs_f64(),
+                    list.items.len(),
+                    self.nw
+                        .memory_kib()
+                        .map_or_else(|| "-".into(), |(peak, _)| mib(peak))
+                );
+            }
             let pending: Vec<String> = list
                 .items
                 .iter()
@@ -693,34 +722,39 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
     let idle = idle_phase(&mut b).await?;
     let mem_after_idle = b.nw.memory_kib();
 
-    // (d) many DaemonSets on every node
+    let report = |b: &Bench, fleet: Option<&Fleet>| -> anyhow::Result<String> {
+        if let Some(path) = &b.a.json {
+            let doc = json!({
+                "nodes": b.nodes.len(),
+                "max_unavailable": b.m,
+                "runs": runs,
+                "idle": idle,
+                "fleet": fleet,
+                "memory_kib_after_rollouts": mem_after_rollouts,
+                "memory_kib_after_idle": mem_after_idle,
+            });
+            std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
+        }
+        Ok(render(
+            b,
+            &runs,
+            &idle,
+            fleet,
+            mem_after_rollouts,
+            mem_after_idle,
+        ))
+    };
+
+    // (d) many DaemonSets on every node: the longest phase by far at fleet
+    // scale, so what is measured already is printed (and written) first, and
+    // a run stopped during it keeps (a), (b), (c) and (e).
     let fleet = if b.a.fleet_daemonsets > 0 {
+        eprintln!("[bench] before the fleet phase:\n{}", report(&b, None)?);
         Some(fleet_phase(&mut b).await?)
     } else {
         None
     };
-
-    let report = render(
-        &b,
-        &runs,
-        &idle,
-        fleet.as_ref(),
-        mem_after_rollouts,
-        mem_after_idle,
-    );
-    println!("{report}");
-    if let Some(path) = &b.a.json {
-        let doc = json!({
-            "nodes": b.nodes.len(),
-            "max_unavailable": b.m,
-            "runs": runs,
-            "idle": idle,
-            "fleet": fleet,
-            "memory_kib_after_rollouts": mem_after_rollouts,
-            "memory_kib_after_idle": mem_after_idle,
-        });
-        std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
-    }
+    println!("{}", report(&b, fleet.as_ref())?);
     b.nw.stop(Duration::from_secs(10)).await;
     Ok(())
 }
@@ -871,12 +905,13 @@ async fn fleet_phase(b: &mut Bench) -> anyhow::Result<Fleet> {
     b.wait_all_daemonsets_ready(count + 2, Duration::from_mins(90))
         .await?;
     let load_s = t.elapsed().as_secs_f64();
-    eprintln!(
-        "[bench] {} nodewave DaemonSets on every node ({} pods) after {load_s:.0}s",
-        count + 1,
-        (count + 2) * b.nodes.len()
-    );
     let memory_kib_loaded = b.nw.memory_kib();
+    eprintln!(
+        "[bench] {} nodewave DaemonSets on every node ({} pods) after {load_s:.0}s; nodewave peak RSS {}",
+        count + 1,
+        (count + 2) * b.nodes.len(),
+        memory_kib_loaded.map_or_else(|| "-".into(), |(peak, _)| mib(peak))
+    );
     let native = b.native_run("all").await.ok();
     let rollout = b.nodewave_run("all").await.ok();
     Ok(Fleet {
