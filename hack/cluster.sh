@@ -19,8 +19,8 @@
 #   NODEWAVE_NODE_LEASE_SECONDS  kwok's node lease duration; when set, the
 #                           controller-manager's node-monitor-grace-period is
 #                           twice it, so thousands of fake nodes whose leases
-#                           kwok renews slowly stay Ready (default: 40, and the
-#                           controller-manager's own grace period)
+#                           kwok renews slowly stay Ready (default: 40, and
+#                           kwokctl's grace period, 200 s)
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
