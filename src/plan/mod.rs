@@ -23,8 +23,10 @@
 //! * not in Git → (write `Pruning`) → delete the DaemonSet, then the record
 
 pub mod config;
+mod lineage;
 pub mod objects;
 mod progress;
+mod rolling;
 #[cfg(test)]
 mod tests;
 
@@ -36,16 +38,15 @@ use crate::diff::Difference;
 use crate::keys;
 use crate::manifest::ObjectKey;
 use crate::manifest::policy::RolloutPolicySpec;
-use crate::record::{self, ApplyMode, FailedCommit, RecordState, SyncStatus, Target, Work, short};
-use crate::rollout::{
-    self, Action, Control, Gate, HealthRules, Observation, Phase, PodObservation, PromOutcome,
-    Rollout, RolloutEvent, RolloutKind,
-};
+use crate::record::{ApplyMode, RecordState, SyncStatus, Target, Work, short};
+use crate::rollout::{self, Control, Gate, PodObservation, PromOutcome, Rollout};
 
+pub use lineage::Lineage;
 pub use progress::{
     NodeIndex, PoolProgress, ProgressColumns, eligible_nodes, pool_label, progress_by_pool,
     progress_changed, progress_columns, record_status, target_revision,
 };
+pub use rolling::{control_for, next_deadline};
 
 /// How long a new DaemonSet may report zero scheduled nodes before nodewave
 /// believes it (the controller counts nodes right after creation).
@@ -165,24 +166,6 @@ pub struct Inputs<'a> {
     pub lineage: Option<Lineage>,
     /// The commit this replica's desired state comes from.
     pub snapshot_commit: &'a str,
-}
-
-/// How the commit the record names (what the cluster was last given) relates to
-/// the commit this replica's desired state comes from. Replicas fetch on their
-/// own schedule, so one may still hold an older commit than the one another
-/// replica (or this one before a restart) applied; acting on it would move the
-/// cluster back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lineage {
-    /// The recorded commit is the snapshot's commit or one of its ancestors: Git
-    /// moved forward, act on the snapshot.
-    Ancestor,
-    /// This replica is behind: its clone does not have the recorded commit yet,
-    /// or its desired state was not yet loaded from the head it fetched. Wait.
-    Ahead,
-    /// The recorded commit is not in the history this replica fetched after it
-    /// saw the record: the branch was rewritten (a force push). Git wins.
-    Rewritten,
 }
 
 /// An input [`decide`] needs before it can decide.
@@ -430,38 +413,6 @@ impl Decider<'_, '_> {
         }
     }
 
-    /// A plan to wait, when this replica's desired state may be older than the
-    /// commit the record names: it then decides nothing, so it never moves the
-    /// cluster back (see [`Lineage`]). A replica that has not fetched since it
-    /// started also waits on a rewritten history, and says why in the record.
-    fn behind(&self, rec: &RecordState) -> Step<Option<Plan>> {
-        let Some(applied) = &rec.applied else {
-            return Ok(None);
-        };
-        let snapshot = self.i.snapshot_commit;
-        if applied.commit == snapshot {
-            return Ok(None);
-        }
-        let lineage = self.i.lineage.ok_or_else(|| Need::Lineage {
-            recorded: applied.commit.clone(),
-            snapshot: snapshot.to_string(),
-        })?;
-        match (lineage, self.i.fresh) {
-            (Lineage::Ancestor, _) | (Lineage::Rewritten, true) => Ok(None),
-            (Lineage::Ahead, true) => {
-                Ok(Some(Plan::default().wake(self.i.now_ms + BEHIND_RETRY_MS)))
-            }
-            (_, false) => {
-                let why = format!(
-                    "the cluster runs commit {} which this replica's clone does not have before {}; waiting for a successful fetch before applying anything",
-                    short(&applied.commit),
-                    short(snapshot)
-                );
-                Ok(Some(Self::set_status(rec, SyncStatus::OutOfSync, &why)))
-            }
-        }
-    }
-
     fn idle(&self, rec: &RecordState, desired: &DesiredDs) -> Step<Plan> {
         if let Some(live) = self.i.live
             && !live.ours()
@@ -593,15 +544,6 @@ impl Decider<'_, '_> {
             .log(format!("applying commit {}: {why}", short(&desired.commit)))
             .act(Act::Apply(desired.object.clone()))
             .wake(self.i.now_ms + 5_000)
-    }
-
-    fn rollback_target(&self, commit: &str) -> Step<&DesiredDs> {
-        match self.i.rollback_target {
-            Some(t) if t.commit == commit => Ok(t),
-            _ => Err(Need::RollbackTarget {
-                commit: commit.to_string(),
-            }),
-        }
     }
 
     fn applying(
@@ -764,259 +706,6 @@ impl Decider<'_, '_> {
         Ok(plan.wake(now))
     }
 
-    fn observation(&self, prometheus: Option<(PromOutcome, usize)>) -> Observation {
-        Observation {
-            now_ms: self.i.now_ms,
-            nodes: self.i.nodes.names(),
-            pods: self.i.pods.to_vec(),
-            control: self.i.control.clone(),
-            prometheus_stage: prometheus.as_ref().map(|(_, s)| *s),
-            prometheus: prometheus.map_or(PromOutcome::NotConfigured, |(p, _)| p),
-        }
-    }
-
-    fn wants_prometheus(r: &Rollout, policy: &RolloutPolicySpec) -> bool {
-        policy.health.prometheus.is_some()
-            && matches!(r.kind, RolloutKind::Forward)
-            && r.stage < r.stages.len()
-            && matches!(
-                r.phase,
-                Phase::Pending | Phase::Updating | Phase::Baking { .. }
-            )
-    }
-
-    fn rolling(
-        &self,
-        rec: &RecordState,
-        desired: &DesiredDs,
-        target: &Target,
-        r: &Rollout,
-    ) -> Step<Plan> {
-        if !r.is_rollback() && desired.hash != target.hash {
-            return Ok(self.idle(rec, desired)?.log(format!(
-                "commit {} supersedes the rollout of {} in progress",
-                short(&desired.commit),
-                short(&r.commit)
-            )));
-        }
-        let object = if r.is_rollback() {
-            self.rollback_target(&target.commit)?
-        } else {
-            desired
-        };
-        let now = self.i.now_ms;
-        // Drift during a rollout (an edited template, updateStrategy switched to
-        // RollingUpdate) is undone before anything else: no pod is deleted while
-        // the live template is not the one this rollout is about.
-        if self.i.live.is_some() && !matches!(r.phase, Phase::Succeeded | Phase::Failed { .. }) {
-            let diff = self.diff_of(&target.hash)?;
-            if !diff.is_empty() {
-                let msg = format!(
-                    "live DaemonSet changed during the {} of {}: {}; re-applying it at once",
-                    if r.is_rollback() {
-                        "rollback"
-                    } else {
-                        "rollout"
-                    },
-                    short(&r.commit),
-                    diff.paths.join(", ")
-                );
-                return Ok(Plan::default()
-                    .act(Act::Count(Count::Drift))
-                    .warn(msg.clone())
-                    .event(true, "DriftDetected", msg)
-                    .act(Act::Apply(object.object.clone()))
-                    .wake(now + 5_000));
-            }
-        }
-        let policy = &object.policy;
-        let prometheus = if Self::wants_prometheus(r, policy) {
-            Some(self.i.prometheus.clone().ok_or(Need::Prometheus)?)
-        } else {
-            None
-        };
-        let rules = HealthRules::from(&policy.health);
-        let obs = self.observation(prometheus);
-        let d = rollout::step(r, &obs, &rules);
-        let mut plan = Plan::default();
-        let mut st = rec.clone();
-        let mut changed = d.rollout != *r;
-        // Nothing to do and still in the same stage and phase: what changed is
-        // bookkeeping `step` re-derives from the stored record every time.
-        plan.write_can_wait =
-            d.actions.is_empty() && d.rollout.stage == r.stage && d.rollout.phase == r.phase;
-        for action in d.actions {
-            match action {
-                Action::DeletePod { node, name, uid } => {
-                    plan = plan.act(Act::DeletePod { node, name, uid });
-                }
-                Action::Event(ev) => {
-                    let message = ev.message();
-                    plan = plan
-                        .act(Act::Log(Line {
-                            warning: ev.is_warning(),
-                            message: message.clone(),
-                            reason: Some(ev.reason()),
-                            stage: ev.stage_name().map(String::from),
-                            gate: None,
-                        }))
-                        .event(ev.is_warning(), ev.reason(), message);
-                    if let RolloutEvent::GateFailed(f) = &ev {
-                        plan = plan.act(Act::Count(Count::GateFailed(f.gate)));
-                    }
-                }
-                Action::Complete => return Ok(self.complete(rec, target, &d.rollout, plan)),
-                Action::RollBack(failure) => {
-                    if matches!(r.phase, Phase::Failed { .. }) {
-                        return self.start_rollback(rec, target, r, &failure, policy);
-                    }
-                    // Just failed: record it (and the failed content) first.
-                    st.record_failure(FailedCommit {
-                        commit: r.commit.clone(),
-                        hash: target.hash.clone(),
-                        reason: failure.message.clone(),
-                        at: timestamp(now),
-                    });
-                    plan = plan
-                        .act(Act::Log(Line {
-                            warning: true,
-                            message: format!("gate failed: {}", failure.message),
-                            gate: Some(failure.gate.metric_label()),
-                            ..Line::default()
-                        }))
-                        .wake(now);
-                    changed = true;
-                }
-            }
-        }
-        if changed {
-            st.status = match d.rollout.phase {
-                Phase::Paused { .. } => SyncStatus::Paused,
-                _ => SyncStatus::Progressing,
-            };
-            st.message.clear();
-            st.work = Work::Rolling {
-                target: target.clone(),
-                rollout: d.rollout.clone(),
-            };
-            plan.write = Some(st);
-        }
-        let wake = next_deadline(&d.rollout, &rules, policy, now);
-        Ok(plan.wake(wake))
-    }
-
-    fn complete(&self, rec: &RecordState, target: &Target, r: &Rollout, mut plan: Plan) -> Plan {
-        let mut st = rec.clone();
-        let secs = secs_between(r.started_at_ms, self.i.now_ms);
-        st.work = Work::Idle;
-        match &r.kind {
-            RolloutKind::Forward => {
-                st.last_good = Some(r.commit.clone());
-                st.applied = Some(target.clone());
-                st.status = SyncStatus::Synced;
-                st.message.clear();
-                let msg = format!(
-                    "commit {} rolled out to every stage in {secs:.0}s",
-                    short(&r.commit)
-                );
-                plan = plan
-                    .log("rollout succeeded")
-                    .log(msg.clone())
-                    .event(false, "RolloutSucceeded", msg)
-                    .act(Act::Count(Count::RolloutFinished {
-                        outcome: Outcome::Succeeded,
-                        secs,
-                    }));
-            }
-            RolloutKind::Rollback {
-                failed_commit,
-                reason,
-            } => {
-                st.applied = Some(target.clone());
-                st.status = SyncStatus::RolledBack;
-                st.message = format!(
-                    "rolled back to {} after commit {} failed: {reason}",
-                    short(&r.commit),
-                    short(failed_commit)
-                );
-                plan = plan
-                    .log(st.message.clone())
-                    .act(Act::Count(Count::RollbackFinished { secs }));
-            }
-        }
-        plan.write = Some(st);
-        plan
-    }
-
-    fn start_rollback(
-        &self,
-        rec: &RecordState,
-        target: &Target,
-        failed: &Rollout,
-        failure: &rollout::GateFailure,
-        policy: &RolloutPolicySpec,
-    ) -> Step<Plan> {
-        let aborted = failure.gate == Gate::Aborted;
-        let secs = secs_between(failed.started_at_ms, self.i.now_ms);
-        let last_good = rec.last_good.clone().filter(|c| c != &failed.commit);
-        let allowed = policy.rollback.automatic || aborted;
-        let (Some(good), true) = (last_good.as_ref(), allowed) else {
-            let why = if allowed {
-                "there is no last good commit to roll back to (first rollout of this DaemonSet)"
-            } else {
-                "automatic rollback is disabled by the policy"
-            };
-            let msg = format!(
-                "rollout of {} failed: {}; {why}. Rollout paused: fix forward with a new commit or revert in Git",
-                short(&failed.commit),
-                failure.message
-            );
-            let mut st = rec.clone();
-            st.status = SyncStatus::Degraded;
-            st.message.clone_from(&msg);
-            st.work = Work::Idle;
-            return Ok(Plan::write(st)
-                .warn(msg.clone())
-                .event(true, "RolloutDegraded", msg)
-                .act(Act::Count(Count::RolloutFinished {
-                    outcome: Outcome::Failed,
-                    secs,
-                })));
-        };
-        let good_ds = self.rollback_target(good)?;
-        let mut st = rec.clone();
-        st.applied = Some(good_ds.target());
-        st.status = SyncStatus::Progressing;
-        st.message.clear();
-        st.work = Work::Applying {
-            target: good_ds.target(),
-            mode: ApplyMode::Rollback {
-                from: Box::new(failed.clone()),
-                failed_commit: failed.commit.clone(),
-                reason: failure.message.clone(),
-            },
-            since_ms: self.i.now_ms,
-        };
-        let _ = target;
-        Ok(Plan::write(st)
-            .warn(format!(
-                "rolling back from {} to last good commit {}: {}",
-                short(&failed.commit),
-                short(good),
-                failure.message
-            ))
-            .act(Act::Count(Count::RolloutFinished {
-                outcome: if aborted {
-                    Outcome::Aborted
-                } else {
-                    Outcome::RolledBack
-                },
-                secs,
-            }))
-            .act(Act::Apply(good_ds.object.clone()))
-            .wake(self.i.now_ms + 5_000))
-    }
-
     fn not_in_git(&self, rec: &RecordState) -> Plan {
         let has_record = !matches!(self.i.record, RecordView::Missing);
         let Some(live) = self.i.live else {
@@ -1056,57 +745,5 @@ impl Decider<'_, '_> {
             .log("DaemonSet removed from Git: pruning")
             .act(Act::DeleteDaemonSet)
             .act(Act::DeleteRecord)
-    }
-}
-
-/// When an open rollout must be looked at again without any event: the end of a
-/// bake, the earliest ready timeout of a replacement, the next Prometheus
-/// evaluation; at most [`OPEN_WORK_RESYNC_MS`] away.
-pub fn next_deadline(
-    r: &Rollout,
-    rules: &HealthRules,
-    policy: &RolloutPolicySpec,
-    now_ms: i64,
-) -> i64 {
-    let mut at = now_ms + OPEN_WORK_RESYNC_MS;
-    let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-    let ready_timeout = i64::try_from(rules.ready_timeout_ms).unwrap_or(i64::MAX);
-    match &r.phase {
-        Phase::Succeeded | Phase::Failed { .. } => return now_ms,
-        Phase::Paused { .. } | Phase::AwaitingApproval => return at,
-        Phase::Baking { since_ms } => {
-            if let Some(s) = r.current_stage() {
-                let bake = i64::try_from(s.bake_ms).unwrap_or(i64::MAX);
-                at = at.min(since_ms.saturating_add(bake).saturating_add(1));
-            }
-        }
-        Phase::Pending | Phase::Updating => {}
-    }
-    for rep in r.replacing.values() {
-        at = at.min(
-            rep.deleted_at_ms
-                .saturating_add(ready_timeout)
-                .saturating_add(1),
-        );
-    }
-    if let Some(p) = &policy.health.prometheus
-        && matches!(r.kind, RolloutKind::Forward)
-    {
-        at = at.min(now_ms.saturating_add(ms(p.interval).max(1)));
-    }
-    at.max(now_ms)
-}
-
-/// The controls a user set on the record, as the planner sees them for `r`.
-pub fn control_for(spec: &record::RecordSpec, r: Option<&Rollout>) -> Control {
-    let commit = r.map(|r| r.commit.as_str());
-    Control {
-        paused: spec.paused,
-        abort: commit.is_some() && spec.abort_commit.as_deref() == commit,
-        approved_stage: spec
-            .approved_stage
-            .as_ref()
-            .filter(|a| Some(a.commit.as_str()) == commit)
-            .and_then(|a| usize::try_from(a.stage).ok()),
     }
 }

@@ -9,7 +9,7 @@ use serde_json::json;
 use super::*;
 use crate::manifest::policy::{HealthSpec, IntOrPercent, RollbackSpec, StageSpec};
 use crate::record::{ApplyMode, FailedCommit, RecordState, SyncStatus, Work};
-use crate::rollout::{Control, Phase, PodObservation, Rollout, RolloutKind};
+use crate::rollout::{Control, HealthRules, Phase, PodObservation, Rollout, RolloutKind};
 
 const POOL: &str = "nodewave.io/pool";
 
