@@ -61,10 +61,9 @@ export NODEWAVE_KUBE_AUDIT_POLICY="$work/audit-policy.yaml"
 [ "$nodes" -gt 1000 ] && export NODEWAVE_NODE_LEASE_SECONDS=$((nodes / 10))
 
 echo "building nodewave and the benchmark driver (release)"
-# Symbols stripped, as hack/image.sh builds the image's binary: the benchmark
-# measures what users run, and the two share one build.
-CARGO_PROFILE_RELEASE_STRIP="${CARGO_PROFILE_RELEASE_STRIP:-symbols}" \
-  cargo build --release --quiet --bin nodewave --example fleet
+# shellcheck source=lib/release-build.sh
+source hack/lib/release-build.sh
+cargo_release --quiet --bin nodewave --example fleet
 
 t0=$SECONDS
 cluster_up=1

@@ -43,9 +43,9 @@ cleanup() {
 trap cleanup EXIT
 
 if [ "$profile" = release ]; then
-  # symbols stripped, as hack/image.sh builds it: the two share one build
-  CARGO_PROFILE_RELEASE_STRIP="${CARGO_PROFILE_RELEASE_STRIP:-symbols}" \
-    cargo build --release --quiet --bin nodewave --example fleet
+  # shellcheck source=lib/release-build.sh
+  source hack/lib/release-build.sh
+  cargo_release --quiet --bin nodewave --example fleet
 else
   cargo build --quiet --bin nodewave --example fleet
 fi

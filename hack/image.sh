@@ -51,9 +51,11 @@ log "container tools (podman, buildah, runc)"
 ensure_container_tools
 
 log "cargo build --release (nodewave)"
-# Stripped: the image carries no debug symbols (about a third of the binary).
+# Stripped (hack/lib/release-build.sh): the image carries no debug symbols.
 # Progress: one line per 25 crates compiled, and every line that is not "Compiling".
-CARGO_PROFILE_RELEASE_STRIP=symbols cargo build --release --locked --bin nodewave 2>&1 \
+# shellcheck source=lib/release-build.sh
+source "$here/lib/release-build.sh"
+cargo_release --locked --bin nodewave 2>&1 \
   | awk '/^ *Compiling / {n++; if (n % 25 == 0) {printf "  compiled %d crates (now %s)\n", n, $2; fflush()} next}
          {print; fflush()}' >&2 \
   || { log "error: cargo build --release failed (output above)"; exit 1; }

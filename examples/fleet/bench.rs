@@ -319,9 +319,8 @@ impl Bench {
         count: usize,
         timeout: Duration,
     ) -> anyhow::Result<()> {
-        let started = Instant::now();
-        let deadline = started + timeout;
-        let mut next_progress = started + Duration::from_mins(1);
+        let mut progress = Progress::start();
+        let deadline = progress.started + timeout;
         loop {
             let synced = self
                 .records
@@ -332,14 +331,11 @@ impl Bench {
             if synced >= count {
                 return Ok(());
             }
-            if Instant::now() >= next_progress {
-                next_progress += Duration::from_mins(1);
+            if progress.due() {
                 eprintln!(
                     "[bench] after {:.0}s: {synced} of {count} {prefix}* records Synced; nodewave peak RSS {}",
-                    started.elapsed().as_secs_f64(),
-                    self.nw
-                        .memory_kib()
-                        .map_or_else(|| "-".into(), |(peak, _)| mib(peak))
+                    progress.elapsed_s(),
+                    peak_mib(self.nw.memory_kib())
                 );
             }
             anyhow::ensure!(
@@ -358,24 +354,20 @@ impl Bench {
         timeout: Duration,
     ) -> anyhow::Result<()> {
         let api: Api<DaemonSet> = Api::namespaced(self.client.clone(), NS);
-        let started = Instant::now();
-        let deadline = started + timeout;
-        let mut next_progress = started + Duration::from_mins(1);
+        let mut progress = Progress::start();
+        let deadline = progress.started + timeout;
         loop {
             let list = api.list(&ListParams::default()).await?;
-            if Instant::now() >= next_progress {
-                next_progress += Duration::from_mins(1);
+            if progress.due() {
                 let (ready, desired) = list.items.iter().fold((0, 0), |(r, d), ds| {
                     let s = ds.status.clone().unwrap_or_default();
                     (r + s.number_ready, d + s.desired_number_scheduled)
                 });
                 eprintln!(
                     "[bench] after {:.0}s: {ready} of {desired} pods Ready in {} DaemonSets; nodewave peak RSS {}",
-                    started.elapsed().as_secs_f64(),
+                    progress.elapsed_s(),
                     list.items.len(),
-                    self.nw
-                        .memory_kib()
-                        .map_or_else(|| "-".into(), |(peak, _)| mib(peak))
+                    peak_mib(self.nw.memory_kib())
                 );
             }
             let pending: Vec<String> = list
@@ -910,7 +902,7 @@ async fn fleet_phase(b: &mut Bench) -> anyhow::Result<Fleet> {
         "[bench] {} nodewave DaemonSets on every node ({} pods) after {load_s:.0}s; nodewave peak RSS {}",
         count + 1,
         (count + 2) * b.nodes.len(),
-        memory_kib_loaded.map_or_else(|| "-".into(), |(peak, _)| mib(peak))
+        peak_mib(memory_kib_loaded)
     );
     let native = b.native_run("all").await.ok();
     let rollout = b.nodewave_run("all").await.ok();
@@ -923,6 +915,40 @@ async fn fleet_phase(b: &mut Bench) -> anyhow::Result<Fleet> {
         native,
         memory_kib_after_rollout: b.nw.memory_kib(),
     })
+}
+
+/// One progress line a minute during a long wait.
+struct Progress {
+    started: Instant,
+    next: Instant,
+}
+
+impl Progress {
+    fn start() -> Self {
+        let started = Instant::now();
+        Self {
+            started,
+            next: started + Duration::from_mins(1),
+        }
+    }
+
+    /// Whether the next line is due (then the one after is a minute away).
+    fn due(&mut self) -> bool {
+        let due = Instant::now() >= self.next;
+        if due {
+            self.next += Duration::from_mins(1);
+        }
+        due
+    }
+
+    fn elapsed_s(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+}
+
+/// The peak of a `(VmHWM, VmRSS)` sample in KiB, or "-" when there is none.
+fn peak_mib(memory_kib: Option<(u64, u64)>) -> String {
+    memory_kib.map_or_else(|| "-".into(), |(peak, _)| mib(peak))
 }
 
 fn mib(kib: u64) -> String {
