@@ -1,5 +1,6 @@
 //! Speed and size of nodewave's pure core at fleet scale: stage resolution, one
-//! planner step, the persisted rollout state, manifest validation and diffing.
+//! planner step, the persisted rollout state, manifest validation and diffing,
+//! and the memory of the pod index the watches feed.
 //!
 //! Run: `cargo bench --bench core` (optimised build). Prints one line per case:
 //! the median of several timed runs, and sizes where they matter (the rollout
@@ -76,9 +77,9 @@ fn observation(nodes: &[NodeInfo], revision_of: impl Fn(usize) -> &'static str) 
             .iter()
             .enumerate()
             .map(|(i, n)| PodObservation {
-                node: n.name.clone(),
-                name: format!("agent-{i}"),
-                uid: format!("uid-{i}"),
+                node: n.name.as_str().into(),
+                name: format!("agent-{i}").into(),
+                uid: format!("uid-{i}").into(),
                 revision: revision_of(i).into(),
                 ready: true,
                 restarts: 0,
@@ -255,4 +256,121 @@ fn main() {
     }
     bench_manifests(if quick { 10 } else { 200 });
     bench_diff();
+    if quick {
+        bench_pod_index(2, 100);
+    } else {
+        bench_pod_index(21, 5_001);
+    }
+}
+
+/// Resident memory of this process now (VmRSS), in KiB.
+fn vm_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A DaemonSet pod as a watch delivers it from kwok: owner reference, node
+/// affinity and name, revision label, conditions and one container status.
+fn daemon_pod(
+    ds: usize,
+    node: usize,
+    revision: &str,
+    ready: bool,
+) -> k8s_openapi::api::core::v1::Pod {
+    let node_name = format!("kwok-node-pool-{}-{node:05}", node % 3);
+    let status = if ready { "True" } else { "False" };
+    let json = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": format!("fleet-{ds:02}-{:05x}", node * 7919 % 1_048_576),
+            "namespace": "fleet",
+            "uid": format!("{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}", ds * 100_003 + node, ds, node % 4096, ds % 4096, node * 31 + ds),
+            "resourceVersion": format!("{}", 1_000_000 + ds * 10_000 + node),
+            "labels": {
+                "app": format!("fleet-{ds:02}"),
+                "controller-revision-hash": revision,
+                "pod-template-generation": "2",
+            },
+            "ownerReferences": [{
+                "apiVersion": "apps/v1",
+                "kind": "DaemonSet",
+                "name": format!("fleet-{ds:02}"),
+                "uid": format!("{ds:08x}-0000-4000-8000-00000000d5d5"),
+                "controller": true,
+                "blockOwnerDeletion": true,
+            }],
+        },
+        "spec": {
+            "nodeName": node_name,
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": [node_name]}]}],
+            }}},
+            "containers": [{"name": "agent", "image": "registry.example/agent:2.0"}],
+        },
+        "status": {
+            "phase": "Running",
+            "conditions": [
+                {"type": "Initialized", "status": "True"},
+                {"type": "Ready", "status": status},
+                {"type": "ContainersReady", "status": status},
+                {"type": "PodScheduled", "status": "True"},
+            ],
+            "containerStatuses": [{
+                "name": "agent",
+                "image": "registry.example/agent:2.0",
+                "imageID": "",
+                "ready": ready,
+                "restartCount": 0,
+                "state": {"running": {"startedAt": "2026-12-02T10:00:00Z"}},
+            }],
+        },
+    });
+    serde_json::from_value(json).unwrap_or_else(|e| panic!("the bench pod does not parse: {e}"))
+}
+
+/// Memory of the pod index at fleet scale, fed the way the pod watch feeds it
+/// (one deserialized `Pod` per event, dropped after), and the cost of the copy
+/// a reconcile takes of one DaemonSet's pods.
+fn bench_pod_index(daemonsets: usize, nodes: usize) {
+    let stores = nodewave::store::Stores::default();
+    let before = vm_rss_kb();
+    for ds in 0..daemonsets {
+        for node in 0..nodes {
+            black_box(stores.observed_pod(&daemon_pod(ds, node, "6b9f7c5d4f", false)));
+        }
+    }
+    let created = vm_rss_kb();
+    // Every pod becomes Ready: one more event each, as in the fleet phase.
+    for ds in 0..daemonsets {
+        for node in 0..nodes {
+            black_box(stores.observed_pod(&daemon_pod(ds, node, "6b9f7c5d4f", true)));
+        }
+    }
+    let ready = vm_rss_kb();
+    let pods = stores.pod_count();
+    // KiB counts and pod counts stay far below 2^52: the casts are exact.
+    #[allow(clippy::cast_precision_loss)]
+    let mib = |kb: u64| kb.saturating_sub(before) as f64 / 1024.0;
+    #[allow(clippy::cast_precision_loss)]
+    let per_pod = |kb: u64| mib(kb) * 1024.0 * 1024.0 / pods.max(1) as f64;
+    println!(
+        "pod index     {pods:>7} pods  RSS +{:.1} MiB created ({:.0} B/pod), +{:.1} MiB after all Ready ({:.0} B/pod)",
+        mib(created),
+        per_pod(created),
+        mib(ready),
+        per_pod(ready),
+    );
+    let owner = format!("{:08x}-0000-4000-8000-00000000d5d5", 0);
+    let t = median(21, || {
+        black_box(stores.pods_of(&owner));
+    });
+    println!(
+        "pods_of       {nodes:>7} pods  {:>10.3} ms (the copy one reconcile takes)",
+        t.as_secs_f64() * 1e3
+    );
 }

@@ -86,10 +86,10 @@ fn plan_for(state: &RecordState, input: &Input<'_>) {
         );
         let revision = if usize::from(input.new_pods) > i { "new" } else { "old" };
         pods.push(PodObservation {
-            node: node.clone(),
-            name: format!("agent-{node}"),
-            uid: format!("uid-{node}-{revision}"),
-            revision: revision.to_string(),
+            node: node.as_str().into(),
+            name: format!("agent-{node}").into(),
+            uid: format!("uid-{node}-{revision}").into(),
+            revision: revision.into(),
             ready: i % 3 != 2,
             restarts: 0,
             reason: None,

@@ -609,7 +609,7 @@ impl Decider<'_, '_> {
             .pods
             .iter()
             .filter(|p| !p.terminating)
-            .map(|p| p.node.as_str())
+            .map(|p| &*p.node)
             .collect::<std::collections::BTreeSet<_>>()
             .len();
         let waited = now - since_ms;
@@ -671,7 +671,7 @@ impl Decider<'_, '_> {
                     .i
                     .pods
                     .iter()
-                    .map(|p| (p.node.clone(), p.restarts))
+                    .map(|p| ((*p.node).to_owned(), p.restarts))
                     .collect();
                 let stages = rollout::resolve_stages(policy, &eligible, &restarts);
                 let r = Rollout::start(target.commit.clone(), revision.to_string(), stages, &obs);

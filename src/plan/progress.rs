@@ -71,7 +71,7 @@ pub fn pool_label(
     if let Some(l) = policy_label.or(configured) {
         return Some(l.to_string());
     }
-    let running: BTreeSet<&str> = pods.iter().map(|p| p.node.as_str()).collect();
+    let running: BTreeSet<&str> = pods.iter().map(|p| &*p.node).collect();
     WELL_KNOWN_POOL_LABELS
         .iter()
         .find(|l| running.iter().any(|n| nodes.has_label(n, l)))
@@ -84,7 +84,7 @@ pub fn eligible_nodes(
     pods: &[PodObservation],
     pool_label: Option<&str>,
 ) -> Vec<NodeInfo> {
-    let running: BTreeSet<&str> = pods.iter().map(|p| p.node.as_str()).collect();
+    let running: BTreeSet<&str> = pods.iter().map(|p| &*p.node).collect();
     running
         .into_iter()
         .filter(|n| nodes.contains(n))
@@ -120,7 +120,7 @@ pub fn progress_by_pool(
             .unwrap_or("(none)");
         let e = out.entry(pool).or_default();
         e.total += 1;
-        if p.revision == target_revision {
+        if *p.revision == *target_revision {
             e.updated += 1;
             if p.ready {
                 e.ready += 1;
@@ -234,8 +234,8 @@ mod tests {
     fn pod(node: &str, rev: &str, ready: bool) -> PodObservation {
         PodObservation {
             node: node.into(),
-            name: format!("p-{node}"),
-            uid: format!("u-{node}"),
+            name: format!("p-{node}").into(),
+            uid: format!("u-{node}").into(),
             revision: rev.into(),
             ready,
             restarts: 0,

@@ -70,8 +70,8 @@ fn live(generation: i64, observed: i64) -> LiveDs {
 fn pod(node: &str, rev: &str) -> PodObservation {
     PodObservation {
         node: node.into(),
-        name: format!("agent-{node}-{rev}"),
-        uid: format!("uid-{node}-{rev}"),
+        name: format!("agent-{node}-{rev}").into(),
+        uid: format!("uid-{node}-{rev}").into(),
         revision: rev.into(),
         ready: true,
         restarts: 0,
@@ -493,7 +493,7 @@ fn a_failed_gate_is_recorded_then_rolled_back_to_the_last_good_commit() {
     let p = s.plan();
     s.persist(&p);
     let victim = deletes(&p)[0].clone();
-    s.pods.retain(|p| p.node != victim);
+    s.pods.retain(|p| *p.node != *victim);
     let mut bad = pod(&victim, "r2");
     bad.ready = false;
     bad.reason = Some("CrashLoopBackOff".into());
@@ -551,7 +551,7 @@ fn a_failed_gate_is_recorded_then_rolled_back_to_the_last_good_commit() {
     s.persist(&p);
 
     // The failed content is never re-applied by itself, even after the rollback.
-    s.pods.retain(|p| p.node != victim);
+    s.pods.retain(|p| *p.node != *victim);
     s.pods.push(pod(&victim, "r1"));
     let p = s.plan();
     s.persist(&p);

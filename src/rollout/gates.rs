@@ -154,9 +154,7 @@ pub(crate) fn evaluate(
         .pods
         .iter()
         .filter(|p| {
-            p.revision == rollout.target_revision
-                && !p.terminating
-                && scope.contains(p.node.as_str())
+            *p.revision == *rollout.target_revision && !p.terminating && scope.contains(&*p.node)
         })
         .collect();
     pods.sort_by(|a, b| (&a.node, &a.name).cmp(&(&b.node, &b.name)));
@@ -167,7 +165,7 @@ pub(crate) fn evaluate(
         .filter(|p| {
             p.reason
                 .as_ref()
-                .is_some_and(|r| rules.fatal_reasons.iter().any(|f| f == r))
+                .is_some_and(|r| rules.fatal_reasons.iter().any(|f| **f == **r))
         })
         .collect();
     if !fatal.is_empty() {
@@ -216,8 +214,8 @@ pub(crate) fn evaluate(
     if !late.is_empty() {
         let late_pods: Vec<String> = pods
             .iter()
-            .filter(|p| late.contains(&p.node.as_str()))
-            .map(|p| p.name.clone())
+            .filter(|p| late.contains(&&*p.node))
+            .map(|p| (*p.name).to_owned())
             .collect();
         return Verdict::Fail(GateFailure {
             gate: Gate::ReadyTimeout,
@@ -263,13 +261,13 @@ fn summarize(items: impl Iterator<Item = String>) -> String {
 }
 
 fn pod_failure(gate: Gate, message: String, pods: &[&PodObservation]) -> GateFailure {
-    let mut nodes: Vec<String> = pods.iter().map(|p| p.node.clone()).collect();
+    let mut nodes: Vec<String> = pods.iter().map(|p| (*p.node).to_owned()).collect();
     nodes.dedup();
     GateFailure {
         gate,
         message,
         nodes,
-        pods: pods.iter().map(|p| p.name.clone()).collect(),
+        pods: pods.iter().map(|p| (*p.name).to_owned()).collect(),
     }
 }
 

@@ -30,6 +30,7 @@ mod proptests;
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -149,16 +150,16 @@ impl Rollout {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodObservation {
-    pub node: String,
-    pub name: String,
-    pub uid: String,
+    pub node: Arc<str>,
+    pub name: Arc<str>,
+    pub uid: Arc<str>,
     /// `controller-revision-hash` label.
-    pub revision: String,
+    pub revision: Arc<str>,
     pub ready: bool,
     /// Sum over the pod's containers.
     pub restarts: u32,
     /// Current waiting reason or last terminated reason of any container.
-    pub reason: Option<String>,
+    pub reason: Option<Arc<str>>,
     /// Has a deletion timestamp.
     pub terminating: bool,
 }

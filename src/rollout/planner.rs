@@ -25,8 +25,8 @@ impl<'a> View<'a> {
     fn new(obs: &'a Observation, target: &'a str) -> Self {
         let mut by_node: HashMap<&str, Vec<&PodObservation>> = HashMap::new();
         for p in &obs.pods {
-            if obs.nodes.contains(&p.node) {
-                by_node.entry(p.node.as_str()).or_default().push(p);
+            if obs.nodes.contains(&*p.node) {
+                by_node.entry(&*p.node).or_default().push(p);
             }
         }
         for pods in by_node.values_mut() {
@@ -53,18 +53,18 @@ impl<'a> View<'a> {
 
     fn target_ready(&self, node: &str) -> bool {
         self.live(node)
-            .any(|p| p.ready && p.revision == self.target)
+            .any(|p| p.ready && *p.revision == *self.target)
     }
 
     /// Live pods on another revision: the ones that still need deleting.
     fn old_live(&self, node: &str) -> Vec<&'a PodObservation> {
         self.live(node)
-            .filter(|p| p.revision != self.target)
+            .filter(|p| *p.revision != *self.target)
             .collect()
     }
 
     fn has_old(&self, node: &str) -> bool {
-        self.pods(node).iter().any(|p| p.revision != self.target)
+        self.pods(node).iter().any(|p| *p.revision != *self.target)
     }
 
     /// Nodes with at least one pod that were not available.
@@ -459,7 +459,7 @@ impl Planner<'_> {
                 && self.r.baseline_unready.contains(node)
                 && self.view.old_live(node).is_empty()
                 && self.obs.pods.iter().any(|p| {
-                    p.node == node && !p.terminating && p.revision == self.r.target_revision
+                    *p.node == *node && !p.terminating && *p.revision == *self.r.target_revision
                 }))
     }
 
@@ -485,9 +485,9 @@ impl Planner<'_> {
             let olds = self.view.old_live(&n);
             if let Some(rep) = self.r.replacing.get_mut(&n) {
                 if let Some(first) = olds.first()
-                    && !olds.iter().any(|p| p.uid == rep.old_pod_uid)
+                    && !olds.iter().any(|p| *p.uid == *rep.old_pod_uid)
                 {
-                    rep.old_pod_uid.clone_from(&first.uid);
+                    (*first.uid).clone_into(&mut rep.old_pod_uid);
                 }
                 // The old pod is still running. Right after the deletion that is
                 // normal (it takes a moment to show as terminating); past
@@ -548,7 +548,7 @@ impl Planner<'_> {
             self.r.replacing.insert(
                 n,
                 Replacement {
-                    old_pod_uid: first.uid.clone(),
+                    old_pod_uid: (*first.uid).to_owned(),
                     deleted_at_ms: now,
                 },
             );
@@ -637,8 +637,8 @@ impl Planner<'_> {
 
 fn delete(p: &PodObservation) -> Action {
     Action::DeletePod {
-        node: p.node.clone(),
-        name: p.name.clone(),
-        uid: p.uid.clone(),
+        node: (*p.node).to_owned(),
+        name: (*p.name).to_owned(),
+        uid: (*p.uid).to_owned(),
     }
 }

@@ -285,13 +285,13 @@ impl Sim {
                     _ => (0, None),
                 };
                 PodObservation {
-                    node: p.node.clone(),
-                    name: format!("ds-{}", p.uid),
-                    uid: p.uid.to_string(),
-                    revision: p.revision.clone(),
+                    node: p.node.as_str().into(),
+                    name: format!("ds-{}", p.uid).into(),
+                    uid: p.uid.to_string().into(),
+                    revision: p.revision.as_str().into(),
                     ready: self.is_ready(p),
                     restarts,
-                    reason,
+                    reason: reason.map(Into::into),
                     terminating: p.terminating.is_some(),
                 }
             })
@@ -448,13 +448,12 @@ fn run(sc: &Scenario) -> Result<Outcome, TestCaseError> {
             for s in rollout.stage..d.rollout.stage.min(d.rollout.stages.len()) {
                 for n in &d.rollout.stages[s].nodes {
                     // Gone nodes and nodes without any pod need nothing.
-                    if !obs.nodes.contains(n) || !obs.pods.iter().any(|p| &p.node == n) {
+                    if !obs.nodes.contains(n) || !obs.pods.iter().any(|p| *p.node == **n) {
                         continue;
                     }
-                    let ok = obs
-                        .pods
-                        .iter()
-                        .any(|p| &p.node == n && p.revision == NEW && p.ready && !p.terminating);
+                    let ok = obs.pods.iter().any(|p| {
+                        *p.node == **n && &*p.revision == NEW && p.ready && !p.terminating
+                    });
                     prop_assert!(ok, "stage {s} passed without {n} Ready on target");
                 }
             }

@@ -9,10 +9,10 @@ const NEW: &str = "new";
 
 fn pod(node: &str, rev: &str, ready: bool) -> PodObservation {
     PodObservation {
-        node: node.to_string(),
-        name: format!("ds-{node}-{rev}"),
-        uid: format!("uid-{node}-{rev}"),
-        revision: rev.to_string(),
+        node: node.into(),
+        name: format!("ds-{node}-{rev}").into(),
+        uid: format!("uid-{node}-{rev}").into(),
+        revision: rev.into(),
         ready,
         restarts: 0,
         reason: None,
@@ -23,7 +23,7 @@ fn pod(node: &str, rev: &str, ready: bool) -> PodObservation {
 fn obs(now_ms: i64, pods: Vec<PodObservation>) -> Observation {
     Observation {
         now_ms,
-        nodes: pods.iter().map(|p| p.node.clone()).collect(),
+        nodes: pods.iter().map(|p| (*p.node).to_owned()).collect(),
         pods,
         control: Control::default(),
         prometheus: PromOutcome::NotConfigured,
@@ -85,7 +85,7 @@ fn failure(actions: &[Action]) -> Option<Gate> {
 
 /// Replaces the pod on `node` with a pod of `rev`.
 fn set(pods: &mut Vec<PodObservation>, node: &str, rev: &str, ready: bool) {
-    pods.retain(|p| p.node != node);
+    pods.retain(|p| *p.node != *node);
     pods.push(pod(node, rev, ready));
 }
 
@@ -247,7 +247,7 @@ fn deletes_at_most_max_unavailable_in_name_order() {
 
     // Deletions in flight: old pods terminating, nothing more may go.
     for p in &mut pods {
-        if p.node == "n1" || p.node == "n2" {
+        if &*p.node == "n1" || &*p.node == "n2" {
             p.terminating = true;
         }
     }
@@ -256,7 +256,7 @@ fn deletes_at_most_max_unavailable_in_name_order() {
 
     // n1 replaced and Ready: one slot frees up.
     set(&mut pods, "n1", NEW, true);
-    pods.retain(|p| p.node != "n2");
+    pods.retain(|p| &*p.node != "n2");
     let mut o = obs(2000, pods.clone());
     o.nodes.insert("n2".into());
     let d = step(&d.rollout, &o, &rules());

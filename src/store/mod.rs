@@ -4,17 +4,17 @@
 //! on costs no request.
 //!
 //! Every watch reports what it touched through a [`Touched`] callback, which the
-//! controller turns into work-queue entries. Pods are stored as
-//! [`PodObservation`]s (a few hundred bytes) rather than full `Pod` objects, and
-//! nodes as labels only, so memory grows with the fleet by bytes, not kilobytes,
-//! per pod.
+//! controller turns into work-queue entries. Pods are stored as the few fields
+//! the planner reads, with shared strings stored once (`pods`), rather than
+//! full `Pod` objects, and nodes as labels only, so memory grows with the fleet
+//! by a few hundred bytes per pod, not kilobytes.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Node, Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
@@ -27,6 +27,10 @@ use crate::manifest::ObjectKey;
 use crate::plan::NodeIndex;
 use crate::record::DaemonSetRollout;
 use crate::rollout::PodObservation;
+
+mod pods;
+pub use pods::PodIndex;
+use pods::observe_pod;
 
 /// What a watch event touched, for the work queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,63 +92,6 @@ impl DaemonSetIndex {
     }
 }
 
-/// Pods of DaemonSets by owner UID, as the planner observes them.
-#[derive(Debug, Default)]
-pub struct PodIndex {
-    by_owner: HashMap<String, BTreeMap<String, PodObservation>>,
-    owner_of: HashMap<String, String>,
-}
-
-impl PodIndex {
-    /// The pods of the DaemonSet with this UID, in a stable order.
-    pub fn of(&self, owner_uid: &str) -> Vec<PodObservation> {
-        self.by_owner
-            .get(owner_uid)
-            .map(|m| m.values().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    pub fn len(&self) -> usize {
-        self.owner_of.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.owner_of.is_empty()
-    }
-
-    /// Returns whether the stored observation changed.
-    fn upsert(&mut self, owner: String, pod: PodObservation) -> bool {
-        let uid = pod.uid.clone();
-        if let Some(prev) = self.owner_of.insert(uid.clone(), owner.clone())
-            && prev != owner
-            && let Some(m) = self.by_owner.get_mut(&prev)
-        {
-            m.remove(&uid);
-        }
-        let m = self.by_owner.entry(owner).or_default();
-        if m.get(&uid) == Some(&pod) {
-            return false;
-        }
-        m.insert(uid, pod);
-        true
-    }
-
-    fn remove(&mut self, uid: &str) -> Option<String> {
-        let owner = self.owner_of.remove(uid)?;
-        if let Some(m) = self.by_owner.get_mut(&owner) {
-            m.remove(uid);
-            if m.is_empty() {
-                self.by_owner.remove(&owner);
-            }
-        }
-        Some(owner)
-    }
-
-    fn uids(&self) -> Vec<String> {
-        self.owner_of.keys().cloned().collect()
-    }
-}
-
 /// The shared indexes.
 #[derive(Default)]
 pub struct Stores {
@@ -196,6 +143,18 @@ impl Stores {
 
     pub fn pod_count(&self) -> usize {
         read(&self.pods).len()
+    }
+
+    /// Keeps what the planner reads of a pod from a watch event. Returns the UID
+    /// of the owning DaemonSet when its observed pods changed.
+    pub fn observed_pod(&self, p: &Pod) -> Option<String> {
+        let (owner, obs) = observe_pod(p)?;
+        write(&self.pods).upsert(&owner, obs).then_some(owner)
+    }
+
+    /// Forgets a deleted pod. Returns the UID of the DaemonSet that owned it.
+    pub fn pod_deleted(&self, uid: &str) -> Option<String> {
+        write(&self.pods).remove(uid)
     }
 
     pub fn nodes(&self) -> RwLockReadGuard<'_, NodeIndex> {
@@ -254,87 +213,6 @@ impl Stores {
 fn slim_daemonset(mut ds: DaemonSet) -> DaemonSet {
     ds.metadata.managed_fields = None;
     ds
-}
-
-/// The pod as the planner observes it, and the UID of the DaemonSet owning it.
-/// `None` for pods not owned by a DaemonSet or not pinned to a node.
-pub fn observe_pod(p: &Pod) -> Option<(String, PodObservation)> {
-    let owner = p
-        .metadata
-        .owner_references
-        .as_ref()?
-        .iter()
-        .find(|o| o.kind == "DaemonSet" && o.controller == Some(true))?
-        .uid
-        .clone();
-    let spec = p.spec.as_ref()?;
-    let node = spec
-        .node_name
-        .clone()
-        .or_else(|| daemon_pod_target_node(spec))?;
-    let status = p.status.as_ref();
-    let ready = status
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-    let statuses = status
-        .and_then(|s| s.container_statuses.as_deref())
-        .unwrap_or_default();
-    let restarts = statuses
-        .iter()
-        .map(|c| u32::try_from(c.restart_count).unwrap_or(0))
-        .fold(0u32, u32::saturating_add);
-    let reason = statuses
-        .iter()
-        .find_map(|c| {
-            let st = c.state.as_ref()?;
-            st.waiting
-                .as_ref()
-                .and_then(|w| w.reason.clone())
-                .or_else(|| st.terminated.as_ref().and_then(|t| t.reason.clone()))
-        })
-        .or_else(|| {
-            statuses.iter().find_map(|c| {
-                let t = c.last_state.as_ref()?.terminated.as_ref()?;
-                (t.reason.as_deref() == Some("OOMKilled")).then(|| "OOMKilled".to_string())
-            })
-        });
-    Some((
-        owner,
-        PodObservation {
-            node,
-            name: p.name_any(),
-            uid: p.metadata.uid.clone().unwrap_or_default(),
-            revision: p
-                .labels()
-                .get(keys::REVISION_HASH_LABEL)
-                .cloned()
-                .unwrap_or_default(),
-            ready,
-            restarts,
-            reason,
-            terminating: p.metadata.deletion_timestamp.is_some(),
-        },
-    ))
-}
-
-/// The node a DaemonSet pod is meant for before the scheduler has bound it: the
-/// DaemonSet controller pins each pod with a `metadata.name` node-affinity field.
-fn daemon_pod_target_node(spec: &PodSpec) -> Option<String> {
-    let terms = &spec
-        .affinity
-        .as_ref()?
-        .node_affinity
-        .as_ref()?
-        .required_during_scheduling_ignored_during_execution
-        .as_ref()?
-        .node_selector_terms;
-    terms.iter().find_map(|t| {
-        t.match_fields.as_ref()?.iter().find_map(|f| {
-            (f.key == "metadata.name" && f.operator == "In")
-                .then(|| f.values.as_ref()?.first().cloned())
-                .flatten()
-        })
-    })
 }
 
 /// Readiness of the watches: each one counts once its first list completed.
@@ -563,11 +441,8 @@ async fn watch_pods(
                 if let Some(uid) = &p.metadata.uid {
                     relist.saw(uid.clone());
                 }
-                if let Some((owner, obs)) = observe_pod(&p) {
-                    let changed = write(&stores.pods).upsert(owner.clone(), obs);
-                    if changed {
-                        touch_owner(&owner);
-                    }
+                if let Some(owner) = stores.observed_pod(&p) {
+                    touch_owner(&owner);
                 }
             }
             Ok(Event::Delete(p)) => {
@@ -575,7 +450,7 @@ async fn watch_pods(
                     .metadata
                     .uid
                     .as_deref()
-                    .and_then(|uid| write(&stores.pods).remove(uid));
+                    .and_then(|uid| stores.pod_deleted(uid));
                 if let Some(owner) = owner {
                     touch_owner(&owner);
                 }
