@@ -72,12 +72,28 @@ pub struct Args {
     /// nodewave-managed DaemonSets on every node for the memory measurement (d); 0 skips it.
     #[arg(long, default_value_t = 20)]
     pub fleet_daemonsets: usize,
+    /// How far the fleet phase (d) goes: `ready` waits for every pod Ready and
+    /// every record Synced, then measures one more rollout; `created` measures
+    /// once every pod exists (kwok makes pods Ready far more slowly than the
+    /// controller-manager creates them: hours for 100,000 pods on 2 cores).
+    #[arg(long, value_enum, default_value_t = FleetUntil::Ready)]
+    pub fleet_until: FleetUntil,
     /// Longest a single rollout may take.
     #[arg(long, default_value_t = 1800)]
     pub rollout_timeout_secs: u64,
     /// Also write the results as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+}
+
+/// How far the fleet phase goes before nodewave's memory is sampled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FleetUntil {
+    /// Every pod exists (on its node), Ready or not.
+    Created,
+    /// Every pod Ready, every record Synced; then one more rollout each way.
+    Ready,
 }
 
 /// What one rollout's pod states say about where its time went.
@@ -346,11 +362,15 @@ impl Bench {
         }
     }
 
-    /// Waits until every DaemonSet in the namespace has a Ready, updated pod on
-    /// every node it should run on.
-    async fn wait_all_daemonsets_ready(
+    /// Waits until at least `expect` DaemonSets exist, `prefix`-named ones
+    /// among them at least `expect - 2` (the rest are `agent` and `native`),
+    /// and every one has an updated pod on every node it should run on: Ready
+    /// too, unless `until` is `Created`.
+    async fn wait_all_daemonsets(
         &self,
+        prefix: &str,
         expect: usize,
+        until: FleetUntil,
         timeout: Duration,
     ) -> anyhow::Result<()> {
         let api: Api<DaemonSet> = Api::namespaced(self.client.clone(), NS);
@@ -359,12 +379,17 @@ impl Bench {
         loop {
             let list = api.list(&ListParams::default()).await?;
             if progress.due() {
-                let (ready, desired) = list.items.iter().fold((0, 0), |(r, d), ds| {
-                    let s = ds.status.clone().unwrap_or_default();
-                    (r + s.number_ready, d + s.desired_number_scheduled)
-                });
+                let (ready, created, desired) =
+                    list.items.iter().fold((0, 0, 0), |(r, c, d), ds| {
+                        let s = ds.status.clone().unwrap_or_default();
+                        (
+                            r + s.number_ready,
+                            c + s.current_number_scheduled,
+                            d + s.desired_number_scheduled,
+                        )
+                    });
                 eprintln!(
-                    "[bench] after {:.0}s: {ready} of {desired} pods Ready in {} DaemonSets; nodewave peak RSS {}",
+                    "[bench] after {:.0}s: {created} of {desired} pods created, {ready} Ready, in {} DaemonSets; nodewave peak RSS {}",
                     progress.elapsed_s(),
                     list.items.len(),
                     peak_mib(self.nw.memory_kib())
@@ -375,13 +400,21 @@ impl Bench {
                 .iter()
                 .filter(|d| {
                     let s = d.status.clone().unwrap_or_default();
+                    let waiting_ready =
+                        until == FleetUntil::Ready && s.number_ready < s.desired_number_scheduled;
                     s.desired_number_scheduled == 0
-                        || s.number_ready < s.desired_number_scheduled
+                        || waiting_ready
+                        || s.current_number_scheduled < s.desired_number_scheduled
                         || s.updated_number_scheduled.unwrap_or(0) < s.desired_number_scheduled
                 })
                 .map(kube::ResourceExt::name_any)
                 .collect();
-            if list.items.len() >= expect && pending.is_empty() {
+            let named = list
+                .items
+                .iter()
+                .filter(|d| d.name_any().starts_with(prefix))
+                .count();
+            if list.items.len() >= expect && named + 2 >= expect && pending.is_empty() {
                 return Ok(());
             }
             anyhow::ensure!(
@@ -795,8 +828,13 @@ async fn idle_phase(b: &mut Bench) -> anyhow::Result<Idle> {
     b.webhook(&commit).await?;
     b.wait_records_synced("idle-", count, Duration::from_mins(20))
         .await?;
-    b.wait_all_daemonsets_ready(count + 2, Duration::from_mins(20))
-        .await?;
+    b.wait_all_daemonsets(
+        "idle-",
+        count + 2,
+        FleetUntil::Ready,
+        Duration::from_mins(20),
+    )
+    .await?;
     eprintln!(
         "[bench] {} DaemonSets in sync; settling 20 s, then counting for {} s",
         count + 1,
@@ -859,6 +897,7 @@ async fn idle_phase(b: &mut Bench) -> anyhow::Result<Idle> {
 struct Fleet {
     daemonsets: usize,
     pods: usize,
+    until: Option<FleetUntil>,
     load_s: f64,
     memory_kib_loaded: Option<(u64, u64)>,
     rollout: Option<Run>,
@@ -892,23 +931,38 @@ async fn fleet_phase(b: &mut Bench) -> anyhow::Result<Fleet> {
     b.extra_files.retain(|(_, c)| c.is_some());
     let t = Instant::now();
     b.webhook(&commit).await?;
-    b.wait_records_synced("fleet-", count, Duration::from_mins(90))
-        .await?;
-    b.wait_all_daemonsets_ready(count + 2, Duration::from_mins(90))
+    let until = b.a.fleet_until;
+    if until == FleetUntil::Ready {
+        b.wait_records_synced("fleet-", count, Duration::from_mins(90))
+            .await?;
+    }
+    b.wait_all_daemonsets("fleet-", count + 2, until, Duration::from_mins(90))
         .await?;
     let load_s = t.elapsed().as_secs_f64();
+    if until == FleetUntil::Created {
+        // The pod watch delivers the last creations within seconds; a minute
+        // more lets nodewave's reconciles of the open rollouts settle.
+        tokio::time::sleep(Duration::from_mins(1)).await;
+    }
     let memory_kib_loaded = b.nw.memory_kib();
     eprintln!(
-        "[bench] {} nodewave DaemonSets on every node ({} pods) after {load_s:.0}s; nodewave peak RSS {}",
+        "[bench] {} nodewave DaemonSets on every node ({} pods, {until:?}) after {load_s:.0}s; nodewave peak RSS {}",
         count + 1,
         (count + 2) * b.nodes.len(),
         peak_mib(memory_kib_loaded)
     );
-    let native = b.native_run("all").await.ok();
-    let rollout = b.nodewave_run("all").await.ok();
+    let (native, rollout) = if until == FleetUntil::Ready {
+        (
+            b.native_run("all").await.ok(),
+            b.nodewave_run("all").await.ok(),
+        )
+    } else {
+        (None, None)
+    };
     Ok(Fleet {
         daemonsets: count + 1,
         pods: (count + 2) * b.nodes.len(),
+        until: Some(until),
         load_s,
         memory_kib_loaded,
         rollout,
@@ -1055,9 +1109,14 @@ fn render(
         if let Some((hwm, rss)) = f.memory_kib_loaded {
             let _ = writeln!(
                 o,
-                "| (d) peak RSS with {} managed DaemonSets on every node ({} pods), loaded in {:.0} s / RSS now | | {} / {} | |",
+                "| (d) peak RSS with {} managed DaemonSets on every node ({} pods {}), loaded in {:.0} s / RSS now | | {} / {} | |",
                 f.daemonsets,
                 f.pods,
+                if f.until == Some(FleetUntil::Created) {
+                    "created, not all Ready"
+                } else {
+                    "Ready"
+                },
                 f.load_s,
                 mib(hwm),
                 mib(rss)
