@@ -7,6 +7,9 @@
 //! state is stored in an annotation, and Kubernetes caps all annotations of an
 //! object at 256 KiB together).
 
+#[path = "support/proc_status.rs"]
+mod proc_status;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -263,16 +266,6 @@ fn main() {
     }
 }
 
-/// Resident memory of this process now (VmRSS), in KiB.
-fn vm_rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// A DaemonSet pod as a watch delivers it from kwok: owner reference, node
 /// affinity and name, revision label, conditions and one container status.
 fn daemon_pod(
@@ -338,20 +331,20 @@ fn daemon_pod(
 /// a reconcile takes of one DaemonSet's pods.
 fn bench_pod_index(daemonsets: usize, nodes: usize) {
     let stores = nodewave::store::Stores::default();
-    let before = vm_rss_kb();
+    let before = proc_status::kib("VmRSS");
     for ds in 0..daemonsets {
         for node in 0..nodes {
             black_box(stores.observed_pod(&daemon_pod(ds, node, "6b9f7c5d4f", false)));
         }
     }
-    let created = vm_rss_kb();
+    let created = proc_status::kib("VmRSS");
     // Every pod becomes Ready: one more event each, as in the fleet phase.
     for ds in 0..daemonsets {
         for node in 0..nodes {
             black_box(stores.observed_pod(&daemon_pod(ds, node, "6b9f7c5d4f", true)));
         }
     }
-    let ready = vm_rss_kb();
+    let ready = proc_status::kib("VmRSS");
     let pods = stores.pod_count();
     // KiB counts and pod counts stay far below 2^52: the casts are exact.
     #[allow(clippy::cast_precision_loss)]

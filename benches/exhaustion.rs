@@ -15,6 +15,9 @@
 // A failed setup step should just fail the benchmark.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/proc_status.rs"]
+mod proc_status;
+
 use std::io::Write as _;
 use std::path::Path;
 use std::process::Command;
@@ -109,15 +112,6 @@ fn human(bytes: u64) -> String {
     }
 }
 
-fn vm_hwm_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn reset_hwm() {
     // "5" resets the peak RSS (Linux >= 4.0).
     let _ = std::fs::write("/proc/self/clear_refs", "5");
@@ -183,11 +177,11 @@ fn files_at(name: &str, files: &[(String, BlobSpec)]) {
     .unwrap();
     let head = source.fetch().unwrap().head;
     reset_hwm();
-    let before = vm_hwm_kb();
+    let before = proc_status::kib("VmHWM");
     let start = Instant::now();
     let result = source.files_at(&head);
     let elapsed = start.elapsed();
-    let peak = vm_hwm_kb();
+    let peak = proc_status::kib("VmHWM");
     let outcome = match &result {
         Ok(files) => format!("ok, {} files", files.len()),
         Err(e) => e.metric_label().to_string(),
