@@ -259,6 +259,7 @@ fn main() {
     }
     bench_manifests(if quick { 10 } else { 200 });
     bench_diff();
+    bench_pod_decode();
     if quick {
         bench_pod_index(2, 100);
     } else {
@@ -365,5 +366,30 @@ fn bench_pod_index(daemonsets: usize, nodes: usize) {
     println!(
         "pods_of       {nodes:>7} pods  {:>10.3} ms (the copy one reconcile takes)",
         t.as_secs_f64() * 1e3
+    );
+}
+
+/// Decoding one pod watch event: a pod as a kwok cluster served it (managed
+/// fields and all, `benches/fixtures/kwok-pod.json`), as the full `Pod` and as
+/// the lean one the pod watch decodes.
+fn bench_pod_decode() {
+    let json = include_str!("fixtures/kwok-pod.json");
+    let full = median(201, || {
+        black_box(
+            serde_json::from_str::<k8s_openapi::api::core::v1::Pod>(json)
+                .unwrap_or_else(|e| panic!("the fixture does not parse: {e}")),
+        );
+    });
+    let lean = median(201, || {
+        black_box(
+            serde_json::from_str::<nodewave::store::LeanPod>(json)
+                .unwrap_or_else(|e| panic!("the fixture does not parse: {e}")),
+        );
+    });
+    println!(
+        "pod decode    {} bytes  Pod {:>7.1} us  LeanPod {:>7.1} us",
+        json.len(),
+        full.as_secs_f64() * 1e6,
+        lean.as_secs_f64() * 1e6
     );
 }

@@ -14,9 +14,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
-use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
@@ -28,7 +27,9 @@ use crate::plan::NodeIndex;
 use crate::record::DaemonSetRollout;
 use crate::rollout::PodObservation;
 
+mod lean;
 mod pods;
+pub use lean::{LeanNode, LeanPod};
 pub use pods::PodIndex;
 use pods::observe_pod;
 
@@ -262,7 +263,7 @@ impl Watches {
             )));
             // Every DaemonSet pod carries the revision label; StatefulSet pods do
             // too and are dropped by the owner check.
-            let pod_api: Api<Pod> = api(client, ns.as_deref());
+            let pod_api: Api<LeanPod> = api(client, ns.as_deref());
             tasks.push(tokio::spawn(watch_pods(
                 watcher(
                     pod_api,
@@ -281,8 +282,8 @@ impl Watches {
             )));
         }
         // Metadata only: a Node's status (images, conditions) is most of its size
-        // and never read here.
-        let node_api: Api<PartialObjectMeta<Node>> = Api::all(client.clone());
+        // and never read here; its managed fields are skipped while decoding.
+        let node_api: Api<LeanNode> = Api::all(client.clone());
         tasks.push(tokio::spawn(watch_nodes(
             watcher(node_api, watcher::Config::default()),
             stores.clone(),
@@ -420,7 +421,7 @@ async fn watch_daemonsets(
 }
 
 async fn watch_pods(
-    stream: impl Stream<Item = watcher::Result<Event<Pod>>>,
+    stream: impl Stream<Item = watcher::Result<Event<LeanPod>>>,
     stores: Arc<Stores>,
     on_touch: OnTouch,
     readiness: Readiness,
@@ -437,7 +438,7 @@ async fn watch_pods(
     while let Some(ev) = stream.next().await {
         match ev {
             Ok(Event::Init) => relist.begin(),
-            Ok(Event::Apply(p) | Event::InitApply(p)) => {
+            Ok(Event::Apply(LeanPod(p)) | Event::InitApply(LeanPod(p))) => {
                 if let Some(uid) = &p.metadata.uid {
                     relist.saw(uid.clone());
                 }
@@ -445,7 +446,7 @@ async fn watch_pods(
                     touch_owner(&owner);
                 }
             }
-            Ok(Event::Delete(p)) => {
+            Ok(Event::Delete(LeanPod(p))) => {
                 let owner = p
                     .metadata
                     .uid
@@ -476,7 +477,7 @@ async fn watch_pods(
 }
 
 async fn watch_nodes(
-    stream: impl Stream<Item = watcher::Result<Event<PartialObjectMeta<Node>>>>,
+    stream: impl Stream<Item = watcher::Result<Event<LeanNode>>>,
     stores: Arc<Stores>,
     on_touch: OnTouch,
     readiness: Readiness,
@@ -490,7 +491,7 @@ async fn watch_nodes(
             Ok(Event::Apply(n) | Event::InitApply(n)) => {
                 let name = n.name_any();
                 relist.saw(name.clone());
-                let labels = n.metadata.labels.unwrap_or_default();
+                let labels = n.0.labels.unwrap_or_default();
                 // Heartbeats change a node's resourceVersion every few seconds;
                 // only existence and labels matter here.
                 if write(&stores.nodes).upsert(&name, labels) && synced {
