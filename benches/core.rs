@@ -72,10 +72,12 @@ fn policy() -> RolloutPolicySpec {
 fn observation(nodes: &[NodeInfo], revision_of: impl Fn(usize) -> &'static str) -> Observation {
     Observation {
         now_ms: 1_000_000,
-        nodes: nodes
-            .iter()
-            .map(|n| n.name.clone())
-            .collect::<BTreeSet<_>>(),
+        nodes: std::sync::Arc::new(
+            nodes
+                .iter()
+                .map(|n| n.name.clone())
+                .collect::<BTreeSet<_>>(),
+        ),
         pods: nodes
             .iter()
             .enumerate()

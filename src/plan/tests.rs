@@ -2,7 +2,7 @@
 //! reconcile would gather and checks the decision, then replays the persisted
 //! state where a crash could happen.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde_json::json;
 
@@ -608,7 +608,7 @@ fn a_first_rollout_that_fails_is_degraded_not_rolled_back() {
 fn observation() -> crate::rollout::Observation {
     crate::rollout::Observation {
         now_ms: 0,
-        nodes: BTreeSet::new(),
+        nodes: std::sync::Arc::default(),
         pods: Vec::new(),
         control: Control::default(),
         prometheus: PromOutcome::NotConfigured,

@@ -183,8 +183,8 @@ pub struct Observation {
     /// Nodes that exist now. Best: only those the DaemonSet can run on (selector,
     /// affinity, taints), since a node leaving this set is treated like a removed
     /// one, while a node of the current stage that keeps having no pod fails the
-    /// ready timeout.
-    pub nodes: BTreeSet<String>,
+    /// ready timeout. Shared with the node index (`plan::NodeIndex::names`).
+    pub nodes: Arc<BTreeSet<String>>,
     /// This DaemonSet's pods, any order.
     pub pods: Vec<PodObservation>,
     pub control: Control,

@@ -298,7 +298,7 @@ impl Sim {
             .collect();
         Observation {
             now_ms: i64::try_from(self.tick).unwrap_or(i64::MAX) * TICK_MS,
-            nodes: self.nodes.iter().cloned().collect(),
+            nodes: std::sync::Arc::new(self.nodes.iter().cloned().collect()),
             pods,
             control: control.clone(),
             prometheus: PromOutcome::NotConfigured,

@@ -23,7 +23,7 @@ fn pod(node: &str, rev: &str, ready: bool) -> PodObservation {
 fn obs(now_ms: i64, pods: Vec<PodObservation>) -> Observation {
     Observation {
         now_ms,
-        nodes: pods.iter().map(|p| (*p.node).to_owned()).collect(),
+        nodes: std::sync::Arc::new(pods.iter().map(|p| (*p.node).to_owned()).collect()),
         pods,
         control: Control::default(),
         prometheus: PromOutcome::NotConfigured,
@@ -258,7 +258,7 @@ fn deletes_at_most_max_unavailable_in_name_order() {
     set(&mut pods, "n1", NEW, true);
     pods.retain(|p| &*p.node != "n2");
     let mut o = obs(2000, pods.clone());
-    o.nodes.insert("n2".into());
+    std::sync::Arc::make_mut(&mut o.nodes).insert("n2".into());
     let d = step(&d.rollout, &o, &rules());
     assert_eq!(deleted(&d.actions), vec!["n3"]);
     assert!(d.rollout.updated.contains("n1"));
@@ -585,7 +585,7 @@ fn replacement_never_created_times_out() {
     let r = Rollout::start("c1", NEW, vec![stage("s", &nodes, 1)], &o);
     let d = step(&r, &o, &rules());
     let mut later = obs(60_001, vec![pod("b", OLD, true)]);
-    later.nodes.insert("a".into());
+    std::sync::Arc::make_mut(&mut later.nodes).insert("a".into());
     let d = step(&d.rollout, &later, &rules());
     assert_eq!(failure(&d.actions), Some(Gate::ReadyTimeout));
 }
@@ -735,7 +735,7 @@ fn evicted_pod_is_waited_for_with_a_deadline() {
     let r = Rollout::start("c1", NEW, stages, &o);
     // b's old pod was evicted by someone else and is not recreated yet.
     let mut now = obs(0, vec![pod("a", NEW, true), pod("c", OLD, true)]);
-    now.nodes.insert("b".into());
+    std::sync::Arc::make_mut(&mut now.nodes).insert("b".into());
     let first = step(&r, &now, &rules());
     let d = first.clone();
     assert_eq!(
@@ -875,7 +875,7 @@ fn rollback_waits_for_pending_replacements() {
     let d = step(&forward, &o, &rules());
     // a's old pod is gone, no replacement yet.
     let mut o = obs(1000, vec![pod("b", OLD, true)]);
-    o.nodes.insert("a".into());
+    std::sync::Arc::make_mut(&mut o.nodes).insert("a".into());
     let rb = Rollout::rollback(
         &d.rollout,
         "good",

@@ -506,8 +506,9 @@ async fn watch_nodes(
             Ok(Event::InitDone) => {
                 let removed = {
                     let mut idx = write(&stores.nodes);
-                    let names: Vec<String> = idx.names().into_iter().collect();
+                    let names = idx.names();
                     let gone = relist.done(names.iter());
+                    drop(names);
                     for n in &gone {
                         idx.remove(n);
                     }
