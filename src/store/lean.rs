@@ -97,29 +97,44 @@ impl<'de> Deserialize<'de> for LeanPod {
     }
 }
 
-impl Resource for LeanPod {
-    type DynamicType = ();
-    type Scope = k8s_openapi::NamespaceResourceScope;
+/// `kube::Resource` for a lean type: the kind, group, version and plural of the
+/// object it stands for; `$meta` reaches its metadata.
+macro_rules! resource_as {
+    ($lean:ty, $full:ty, $scope:ty, |$s:ident| $meta:expr) => {
+        impl Resource for $lean {
+            type DynamicType = ();
+            type Scope = $scope;
 
-    fn kind((): &()) -> Cow<'_, str> {
-        Pod::kind(&())
-    }
-    fn group((): &()) -> Cow<'_, str> {
-        Pod::group(&())
-    }
-    fn version((): &()) -> Cow<'_, str> {
-        Pod::version(&())
-    }
-    fn plural((): &()) -> Cow<'_, str> {
-        Pod::plural(&())
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.0.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.0.metadata
-    }
+            fn kind((): &()) -> Cow<'_, str> {
+                <$full>::kind(&())
+            }
+            fn group((): &()) -> Cow<'_, str> {
+                <$full>::group(&())
+            }
+            fn version((): &()) -> Cow<'_, str> {
+                <$full>::version(&())
+            }
+            fn plural((): &()) -> Cow<'_, str> {
+                <$full>::plural(&())
+            }
+            fn metadata_api() -> bool {
+                <$full>::metadata_api()
+            }
+            fn meta(&self) -> &ObjectMeta {
+                let $s = self;
+                &$meta
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                let $s = self;
+                &mut $meta
+            }
+        }
+    };
 }
+
+resource_as!(LeanPod, Pod, k8s_openapi::NamespaceResourceScope, |p| p
+    .0
+    .metadata);
 
 #[derive(Deserialize)]
 struct WireNode {
@@ -141,32 +156,13 @@ impl<'de> Deserialize<'de> for LeanNode {
     }
 }
 
-impl Resource for LeanNode {
-    type DynamicType = ();
-    type Scope = k8s_openapi::ClusterResourceScope;
-
-    fn kind((): &()) -> Cow<'_, str> {
-        Node::kind(&())
-    }
-    fn group((): &()) -> Cow<'_, str> {
-        Node::group(&())
-    }
-    fn version((): &()) -> Cow<'_, str> {
-        Node::version(&())
-    }
-    fn plural((): &()) -> Cow<'_, str> {
-        Node::plural(&())
-    }
-    fn metadata_api() -> bool {
-        PartialObjectMeta::<Node>::metadata_api()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.0
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.0
-    }
-}
+// Requested metadata-only, as `PartialObjectMeta<Node>` is.
+resource_as!(
+    LeanNode,
+    PartialObjectMeta<Node>,
+    k8s_openapi::ClusterResourceScope,
+    |n| n.0
+);
 
 #[cfg(test)]
 mod tests {
