@@ -531,13 +531,14 @@ async fn execute(
         .and_then(|r| r.status.as_ref())
         .map_or(now, |s| written_at_ms(&s.observed_at) + PROGRESS_WRITE_MS);
     let wake_by_due = |wake: Option<i64>| Some(wake.map_or(due, |w| w.min(due)));
-    let mut final_state: Option<RecordState> = None;
+    let mut final_state: Option<Arc<RecordState>> = None;
     if let Some(state) = plan.write {
+        let state = Arc::new(state);
         if plan.write_can_wait && plan.actions.is_empty() && now < due {
             // Bookkeeping only: one write per interval, not one per pod event.
             return Ok(wake_by_due(plan.wake_at_ms));
         }
-        write_record(ctx, key, rec_obj, &state, pods, revision, now).await?;
+        write_record(ctx, key, rec_obj, Arc::clone(&state), pods, revision, now).await?;
         final_state = Some(state);
     }
     let uid = live.and_then(|d| d.metadata.uid.clone());
@@ -600,8 +601,7 @@ async fn execute(
         };
         if plan::progress_changed(old, &new) {
             if now >= due {
-                let state = (*state).clone();
-                write_record(ctx, key, rec_obj, &state, pods, revision, now).await?;
+                write_record(ctx, key, rec_obj, Arc::clone(&state), pods, revision, now).await?;
             } else {
                 return Ok(wake_by_due(plan.wake_at_ms));
             }
@@ -619,7 +619,7 @@ async fn write_record(
     ctx: &Context,
     key: &ObjectKey,
     rec_obj: &mut Option<Arc<DaemonSetRollout>>,
-    state: &RecordState,
+    state: Arc<RecordState>,
     pods: &[PodObservation],
     revision: Option<&str>,
     now: i64,
@@ -627,8 +627,8 @@ async fn write_record(
     ctx.fence.check()?;
     let status = {
         let nodes = ctx.stores.nodes();
-        let rev = plan::target_revision(state).or(revision);
-        plan::record_status(state, pods, &nodes, rev, rfc3339(now))
+        let rev = plan::target_revision(&state).or(revision);
+        plan::record_status(&state, pods, &nodes, rev, rfc3339(now))
     };
     let base = if let Some(r) = rec_obj.as_ref() {
         r.clone()
@@ -641,9 +641,7 @@ async fn write_record(
         .resource_version
         .clone()
         .unwrap_or_default();
-    ctx.caches()
-        .decoded
-        .insert(key.clone(), (rv, Ok(Arc::new(state.clone()))));
+    ctx.caches().decoded.insert(key.clone(), (rv, Ok(state)));
     ctx.stores.wrote_record(written.clone());
     *rec_obj = Some(Arc::new(written));
     crate::failpoint::hit("after-record-write");
@@ -722,7 +720,7 @@ async fn migrate(ctx: &Context, key: &ObjectKey, ds: &DaemonSet) -> Result<(), R
     })?;
     info!("migrating the rollout state from DaemonSet annotations to a DaemonSetRollout record");
     let mut rec = None;
-    write_record(ctx, key, &mut rec, &state, &[], None, now_ms()).await?;
+    write_record(ctx, key, &mut rec, Arc::new(state), &[], None, now_ms()).await?;
     ctx.fence.check()?;
     ctx.cluster
         .remove_annotations(key, &legacy::ANNOTATIONS)

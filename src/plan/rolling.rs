@@ -99,7 +99,8 @@ impl Decider<'_, '_> {
         let obs = self.observation(prometheus);
         let d = rollout::step(r, &obs, &rules);
         let mut plan = Plan::default();
-        let mut st = rec.clone();
+        // The failure a gate just reported, recorded with the new state.
+        let mut failure_record = None;
         let mut changed = d.rollout != *r;
         // Nothing to do and still in the same stage and phase: what changed is
         // bookkeeping `step` re-derives from the stored record every time.
@@ -131,7 +132,7 @@ impl Decider<'_, '_> {
                         return self.start_rollback(rec, target, r, &failure, policy);
                     }
                     // Just failed: record it (and the failed content) first.
-                    st.record_failure(FailedCommit {
+                    failure_record = Some(FailedCommit {
                         commit: r.commit.clone(),
                         hash: target.hash.clone(),
                         reason: failure.message.clone(),
@@ -149,19 +150,24 @@ impl Decider<'_, '_> {
                 }
             }
         }
+        let wake = next_deadline(&d.rollout, &rules, policy, now);
         if changed {
-            st.status = match d.rollout.phase {
+            let status = match d.rollout.phase {
                 Phase::Paused { .. } => SyncStatus::Paused,
                 _ => SyncStatus::Progressing,
             };
-            st.message.clear();
-            st.work = Work::Rolling {
+            // The new rollout state moves into the record; the old one is not copied.
+            let mut st = rec.with_work(Work::Rolling {
                 target: target.clone(),
-                rollout: d.rollout.clone(),
-            };
+                rollout: d.rollout,
+            });
+            if let Some(f) = failure_record {
+                st.record_failure(f);
+            }
+            st.status = status;
+            st.message.clear();
             plan.write = Some(st);
         }
-        let wake = next_deadline(&d.rollout, &rules, policy, now);
         Ok(plan.wake(wake))
     }
 

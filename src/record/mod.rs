@@ -158,6 +158,21 @@ pub struct RecordState {
 }
 
 impl RecordState {
+    /// A copy with `work` in place of this record's work, which is not copied (a
+    /// rollout's state holds every node of every stage).
+    #[must_use]
+    pub fn with_work(&self, work: Work) -> RecordState {
+        RecordState {
+            status: self.status,
+            message: self.message.clone(),
+            applied: self.applied.clone(),
+            last_good: self.last_good.clone(),
+            failed: self.failed.clone(),
+            pool_label: self.pool_label.clone(),
+            work,
+        }
+    }
+
     /// The recorded status when it is one of the "stay put" ones, else `default`.
     pub fn status_or(&self, default: SyncStatus) -> SyncStatus {
         match self.status {

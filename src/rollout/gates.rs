@@ -215,7 +215,7 @@ pub(crate) fn evaluate(
         let late_pods: Vec<String> = pods
             .iter()
             .filter(|p| late.contains(&&*p.node))
-            .map(|p| (*p.name).to_owned())
+            .map(|p| p.name.to_string())
             .collect();
         return Verdict::Fail(GateFailure {
             gate: Gate::ReadyTimeout,
@@ -267,7 +267,7 @@ fn pod_failure(gate: Gate, message: String, pods: &[&PodObservation]) -> GateFai
         gate,
         message,
         nodes,
-        pods: pods.iter().map(|p| (*p.name).to_owned()).collect(),
+        pods: pods.iter().map(|p| p.name.to_string()).collect(),
     }
 }
 

@@ -22,6 +22,7 @@
 
 mod gates;
 mod planner;
+mod pod_id;
 mod stages;
 
 #[cfg(test)]
@@ -36,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 pub use gates::{CheckValue, Gate, GateFailure, GateResult, HealthRules, PromOutcome};
 pub use planner::{REISSUE_AFTER_MS, step};
+pub use pod_id::{PodName, PodUid};
 pub use stages::{ALL_POOLS, NodeInfo, REMAINING_STAGE, Stage, resolve_stages};
 
 /// Name of the single stage of a rollback.
@@ -151,8 +153,8 @@ impl Rollout {
 #[serde(rename_all = "camelCase")]
 pub struct PodObservation {
     pub node: Arc<str>,
-    pub name: Arc<str>,
-    pub uid: Arc<str>,
+    pub name: PodName,
+    pub uid: PodUid,
     /// `controller-revision-hash` label.
     pub revision: Arc<str>,
     pub ready: bool,

@@ -485,9 +485,9 @@ impl Planner<'_> {
             let olds = self.view.old_live(&n);
             if let Some(rep) = self.r.replacing.get_mut(&n) {
                 if let Some(first) = olds.first()
-                    && !olds.iter().any(|p| *p.uid == *rep.old_pod_uid)
+                    && !olds.iter().any(|p| p.uid == *rep.old_pod_uid)
                 {
-                    (*first.uid).clone_into(&mut rep.old_pod_uid);
+                    rep.old_pod_uid = first.uid.to_string();
                 }
                 // The old pod is still running. Right after the deletion that is
                 // normal (it takes a moment to show as terminating); past
@@ -548,7 +548,7 @@ impl Planner<'_> {
             self.r.replacing.insert(
                 n,
                 Replacement {
-                    old_pod_uid: (*first.uid).to_owned(),
+                    old_pod_uid: first.uid.to_string(),
                     deleted_at_ms: now,
                 },
             );
@@ -638,7 +638,7 @@ impl Planner<'_> {
 fn delete(p: &PodObservation) -> Action {
     Action::DeletePod {
         node: (*p.node).to_owned(),
-        name: (*p.name).to_owned(),
-        uid: (*p.uid).to_owned(),
+        name: p.name.to_string(),
+        uid: p.uid.to_string(),
     }
 }

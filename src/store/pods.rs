@@ -8,14 +8,15 @@
 //! strings are reference-counted, so the copy a reconcile takes of a
 //! DaemonSet's pods allocates nothing per pod.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::borrow::Borrow;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
 use kube::ResourceExt;
 
 use crate::keys;
-use crate::rollout::PodObservation;
+use crate::rollout::{PodObservation, PodUid};
 
 /// Strings many pods share, each stored once. Strings no pod refers to any more
 /// (a node gone, a revision replaced) are dropped whenever the table has doubled
@@ -56,13 +57,43 @@ impl Interner {
     }
 }
 
+/// A stored pod, ordered and found by its UID (so the UID is not kept twice).
+#[derive(Debug)]
+struct ByUid(PodObservation);
+
+impl PartialEq for ByUid {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.uid == other.0.uid
+    }
+}
+
+impl Eq for ByUid {}
+
+impl Ord for ByUid {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.uid.cmp(&other.0.uid)
+    }
+}
+
+impl PartialOrd for ByUid {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Borrow<PodUid> for ByUid {
+    fn borrow(&self) -> &PodUid {
+        &self.0.uid
+    }
+}
+
 /// Pods of DaemonSets by owner UID, as the planner observes them.
 #[derive(Debug, Default)]
 pub struct PodIndex {
-    /// Owner UID → pod UID → pod; ordered by pod UID so reconciles see a stable order.
-    by_owner: HashMap<Arc<str>, BTreeMap<Arc<str>, PodObservation>>,
-    /// Pod UID → owner UID; the key is the pod's own `uid`, one allocation for both maps.
-    owner_of: HashMap<Arc<str>, Arc<str>>,
+    /// Owner UID → its pods, ordered by pod UID so reconciles see a stable order.
+    by_owner: HashMap<Arc<str>, BTreeSet<ByUid>>,
+    /// Pod UID → owner UID.
+    owner_of: HashMap<PodUid, Arc<str>>,
     strings: Interner,
 }
 
@@ -71,7 +102,7 @@ impl PodIndex {
     pub fn of(&self, owner_uid: &str) -> Vec<PodObservation> {
         self.by_owner
             .get(owner_uid)
-            .map(|m| m.values().cloned().collect())
+            .map(|m| m.iter().map(|p| p.0.clone()).collect())
             .unwrap_or_default()
     }
 
@@ -85,43 +116,36 @@ impl PodIndex {
 
     /// Returns whether the stored observation changed.
     pub(super) fn upsert(&mut self, owner: &str, mut pod: PodObservation) -> bool {
-        let known = self
-            .owner_of
-            .get_key_value(&*pod.uid)
-            .map(|(uid, prev)| (Arc::clone(uid), Arc::clone(prev)));
-        if let Some((uid, prev)) = known {
+        if let Some(prev) = self.owner_of.get(&pod.uid).map(Arc::clone) {
             if *prev == *owner {
-                let stored = self.by_owner.get(owner).and_then(|m| m.get(&uid));
-                if stored == Some(&pod) {
+                let stored = self.by_owner.get(owner).and_then(|m| m.get(&pod.uid));
+                if stored.is_some_and(|s| s.0 == pod) {
                     return false;
                 }
             } else {
                 // The pod changed owners (an adopted orphan): move it.
-                self.detach(&prev, &uid);
+                self.detach(&prev, &pod.uid);
             }
-            pod.uid = uid;
         }
         pod.node = self.strings.share(pod.node);
         pod.revision = self.strings.share(pod.revision);
         pod.reason = pod.reason.map(|r| self.strings.share(r));
+        let stem = self.strings.share(Arc::clone(pod.name.stem()));
+        pod.name = pod.name.with_stem(stem);
         let owner = self.strings.get(owner);
-        self.owner_of
-            .insert(Arc::clone(&pod.uid), Arc::clone(&owner));
-        self.by_owner
-            .entry(owner)
-            .or_default()
-            .insert(Arc::clone(&pod.uid), pod);
+        self.owner_of.insert(pod.uid.clone(), Arc::clone(&owner));
+        self.by_owner.entry(owner).or_default().replace(ByUid(pod));
         true
     }
 
     /// Forgets a pod; returns the UID of its owner.
-    pub(super) fn remove(&mut self, uid: &str) -> Option<String> {
+    pub(super) fn remove(&mut self, uid: &PodUid) -> Option<String> {
         let owner = self.owner_of.remove(uid)?;
         self.detach(&owner, uid);
         Some(owner.as_ref().to_owned())
     }
 
-    fn detach(&mut self, owner: &str, uid: &str) {
+    fn detach(&mut self, owner: &str, uid: &PodUid) {
         if let Some(m) = self.by_owner.get_mut(owner) {
             m.remove(uid);
             if m.is_empty() {
@@ -130,16 +154,11 @@ impl PodIndex {
         }
     }
 
-    pub(super) fn uids(&self) -> Vec<String> {
-        self.owner_of
-            .keys()
-            .map(|k| k.as_ref().to_owned())
-            .collect()
+    pub(super) fn uids(&self) -> Vec<PodUid> {
+        self.owner_of.keys().cloned().collect()
     }
 }
 
-/// The pod as the planner observes it, and the UID of the DaemonSet owning it.
-/// `None` for pods not owned by a DaemonSet or not pinned to a node.
 pub(super) fn observe_pod(p: &Pod) -> Option<(String, PodObservation)> {
     let owner = p
         .metadata
@@ -272,7 +291,7 @@ mod tests {
         assert!(idx.upsert("ds-2", pod("u1", "n1", "r1", true)));
         assert!(idx.of("ds-1").is_empty());
         assert_eq!(idx.of("ds-2").len(), 1);
-        assert_eq!(idx.remove("u1").as_deref(), Some("ds-2"));
+        assert_eq!(idx.remove(&"u1".into()).as_deref(), Some("ds-2"));
         assert!(idx.is_empty());
         assert!(
             idx.by_owner.is_empty(),
@@ -285,9 +304,9 @@ mod tests {
         let mut idx = PodIndex::default();
         idx.upsert("ds-1", pod("u1", "n1", "r1", true));
         idx.upsert("ds-1", pod("u2", "n2", "r1", true));
-        assert_eq!(idx.remove("u1").as_deref(), Some("ds-1"));
-        assert_eq!(idx.remove("u1"), None);
-        assert_eq!(idx.uids(), vec!["u2".to_string()]);
+        assert_eq!(idx.remove(&"u1".into()).as_deref(), Some("ds-1"));
+        assert_eq!(idx.remove(&"u1".into()), None);
+        assert_eq!(idx.uids(), vec![PodUid::from("u2")]);
         assert_eq!(idx.of("ds-1"), vec![pod("u2", "n2", "r1", true)]);
     }
 
@@ -298,11 +317,17 @@ mod tests {
             idx.upsert("ds-1", pod(&format!("a{i}"), &format!("n{i}"), "r1", true));
             idx.upsert("ds-2", pod(&format!("b{i}"), &format!("n{i}"), "r2", true));
         }
-        // 100 node names, 2 revisions, 2 owners.
-        assert_eq!(idx.strings.strings.len(), 104);
-        let a = &idx.by_owner["ds-1"][&Arc::<str>::from("a7")];
-        let b = &idx.by_owner["ds-2"][&Arc::<str>::from("b7")];
+        // 100 node names, 2 revisions, 2 owners, 1 name stem ("agent-").
+        assert_eq!(idx.strings.strings.len(), 105);
+        let stored = |owner: &str, uid: &str| {
+            &idx.by_owner[owner]
+                .get(&PodUid::from(uid))
+                .unwrap_or_else(|| panic!("{uid} is stored"))
+                .0
+        };
+        let (a, b) = (stored("ds-1", "a7"), stored("ds-2", "b7"));
         assert!(Arc::ptr_eq(&a.node, &b.node));
+        assert!(Arc::ptr_eq(a.name.stem(), b.name.stem()));
     }
 
     #[test]
@@ -323,8 +348,8 @@ mod tests {
             idx.strings.strings.len()
         );
         idx.strings.sweep();
-        // 10 node names, 1 revision, 1 owner.
-        assert_eq!(idx.strings.strings.len(), 12);
+        // 10 node names, 1 revision, 1 owner, 1 name stem.
+        assert_eq!(idx.strings.strings.len(), 13);
         assert!(idx.of("ds-1").iter().all(|p| &*p.revision == "r2999"));
     }
 }
