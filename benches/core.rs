@@ -75,7 +75,7 @@ fn observation(nodes: &[NodeInfo], revision_of: impl Fn(usize) -> &'static str) 
         nodes: std::sync::Arc::new(
             nodes
                 .iter()
-                .map(|n| n.name.clone())
+                .map(|n| std::sync::Arc::from(n.name.as_str()))
                 .collect::<BTreeSet<_>>(),
         ),
         pods: nodes
@@ -139,7 +139,7 @@ fn bench_planner(n: usize) {
 
     // Worst case for the annotation: every node of the fleet listed as updated.
     let mut full = rollout.clone();
-    full.updated = nodes.iter().map(|n| n.name.clone()).collect();
+    full.updated = nodes.iter().map(|n| n.name.as_str().into()).collect();
     let json = serde_json::to_string(&full).unwrap_or_default();
     let t = median(9, || {
         black_box(serde_json::to_string(&full).unwrap_or_default());

@@ -296,7 +296,10 @@ fn recorded_stages(obs: &[RecordObs], commit: &str) -> Option<Vec<(String, Vec<S
                     rollout
                         .stages
                         .iter()
-                        .map(|s| (s.name.clone(), s.nodes.clone(), s.max_unavailable))
+                        .map(|s| {
+                            let nodes = s.nodes.iter().map(ToString::to_string).collect();
+                            (s.name.clone(), nodes, s.max_unavailable)
+                        })
                         .collect(),
                 )
             }

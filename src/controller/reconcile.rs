@@ -137,7 +137,10 @@ fn decoded(
     let result = match r.status.as_ref().map(|s| s.state.as_str()) {
         None | Some("") => Ok(Arc::new(RecordState::default())),
         Some(s) => record::codec::decode(s)
-            .map(Arc::new)
+            .map(|mut state| {
+                state.share_node_names(&ctx.stores.nodes().names());
+                Arc::new(state)
+            })
             .map_err(|e| e.to_string()),
     };
     ctx.caches()
@@ -415,7 +418,7 @@ async fn supply(
                 .ok_or_else(|| ReconcileError::Invalid("no Prometheus checks".into()))?;
             let nodes = r
                 .current_stage()
-                .map(|s| s.nodes.clone())
+                .map(|s| s.nodes.iter().map(ToString::to_string).collect::<Vec<_>>())
                 .unwrap_or_default();
             let outcome = ctx.prom.evaluate(key, r, spec, &nodes, now_ms()).await;
             f.prometheus = Some((outcome, r.stage));
@@ -532,12 +535,14 @@ async fn execute(
         .map_or(now, |s| written_at_ms(&s.observed_at) + PROGRESS_WRITE_MS);
     let wake_by_due = |wake: Option<i64>| Some(wake.map_or(due, |w| w.min(due)));
     let mut final_state: Option<Arc<RecordState>> = None;
-    if let Some(state) = plan.write {
-        let state = Arc::new(state);
+    if let Some(mut state) = plan.write {
         if plan.write_can_wait && plan.actions.is_empty() && now < due {
             // Bookkeeping only: one write per interval, not one per pod event.
             return Ok(wake_by_due(plan.wake_at_ms));
         }
+        // A new rollout's stages hold names of their own: share the node index's.
+        state.share_node_names(&ctx.stores.nodes().names());
+        let state = Arc::new(state);
         write_record(ctx, key, rec_obj, Arc::clone(&state), pods, revision, now).await?;
         final_state = Some(state);
     }

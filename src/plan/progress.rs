@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::manifest::policy::WELL_KNOWN_POOL_LABELS;
 use crate::record::{self, PoolStatus, RecordState, RecordStatus, Work};
-use crate::rollout::{NodeInfo, PodObservation};
+use crate::rollout::{NodeInfo, NodeName, PodObservation};
 
 /// Every node's labels, by node name (kept current by a metadata watch).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -15,7 +15,7 @@ pub struct NodeIndex {
     nodes: BTreeMap<String, BTreeMap<String, String>>,
     /// The same names, shared: every planner step hands them to the rollout
     /// state machine, which at 5,000 nodes was a 5,000-string copy per step.
-    names: Arc<BTreeSet<String>>,
+    names: Arc<BTreeSet<NodeName>>,
 }
 
 impl NodeIndex {
@@ -26,7 +26,7 @@ impl NodeIndex {
             Some(old) if *old == labels => false,
             _ => {
                 if self.nodes.insert(name.to_string(), labels).is_none() {
-                    Arc::make_mut(&mut self.names).insert(name.to_string());
+                    Arc::make_mut(&mut self.names).insert(NodeName::from(name));
                 }
                 true
             }
@@ -59,7 +59,7 @@ impl NodeIndex {
     }
 
     /// Every node's name; shared, not copied.
-    pub fn names(&self) -> Arc<BTreeSet<String>> {
+    pub fn names(&self) -> Arc<BTreeSet<NodeName>> {
         Arc::clone(&self.names)
     }
 
@@ -286,7 +286,7 @@ mod tests {
         i.upsert("b", BTreeMap::from([("k".into(), "v".into())]));
         i.upsert("c", BTreeMap::new());
         i.remove("a");
-        let names = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>();
+        let names = |s: &BTreeSet<NodeName>| s.iter().map(ToString::to_string).collect::<Vec<_>>();
         assert_eq!(names(&before), ["a", "b"]);
         assert_eq!(names(&i.names()), ["b", "c"]);
         // Relabelling alone shares the same set (no copy per label change).

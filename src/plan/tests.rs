@@ -9,7 +9,7 @@ use serde_json::json;
 use super::*;
 use crate::manifest::policy::{HealthSpec, IntOrPercent, RollbackSpec, StageSpec};
 use crate::record::{ApplyMode, FailedCommit, RecordState, SyncStatus, Work};
-use crate::rollout::{Control, HealthRules, Phase, PodObservation, Rollout, RolloutKind};
+use crate::rollout::{Control, HealthRules, NodeName, Phase, PodObservation, Rollout, RolloutKind};
 
 const POOL: &str = "nodewave.io/pool";
 
@@ -547,7 +547,10 @@ fn a_failed_gate_is_recorded_then_rolled_back_to_the_last_good_commit() {
     };
     assert!(matches!(rollout.kind, RolloutKind::Rollback { .. }));
     assert_eq!(rollout.stages.len(), 1);
-    assert_eq!(rollout.stages[0].nodes, vec![victim.clone()]);
+    assert_eq!(
+        rollout.stages[0].nodes,
+        vec![NodeName::from(victim.as_str())]
+    );
     s.persist(&p);
 
     // The failed content is never re-applied by itself, even after the rollback.

@@ -19,7 +19,7 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
 use super::{ApplyMode, FailedCommit, RecordState, SyncStatus, Target, Work};
-use crate::rollout::{GateResult, Phase, Replacement, Rollout, RolloutKind, Stage};
+use crate::rollout::{GateResult, NodeName, Phase, Replacement, Rollout, RolloutKind, Stage};
 
 const PREFIX: &str = "v1.";
 
@@ -116,8 +116,9 @@ enum EncodedMode {
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct CompactRollout {
-    /// Sorted, unique node names; everything else refers to them by index.
-    nodes: Vec<String>,
+    /// Sorted, unique node names; everything else refers to them by index (and,
+    /// decoded, shares them).
+    nodes: Vec<NodeName>,
     commit: String,
     target_revision: String,
     kind: RolloutKind,
@@ -230,7 +231,7 @@ impl EncodedState {
 
 /// Index lookup into the sorted node table.
 struct Table<'a> {
-    names: &'a [String],
+    names: &'a [NodeName],
 }
 
 impl Table<'_> {
@@ -238,13 +239,13 @@ impl Table<'_> {
         // Every name was put into the table before indexing; a miss cannot happen,
         // but must not panic: map it past the end, which decoding rejects.
         self.names
-            .binary_search_by(|n| n.as_str().cmp(name))
+            .binary_search_by(|n| (**n).cmp(name))
             .ok()
             .and_then(|i| u32::try_from(i).ok())
             .unwrap_or(u32::MAX)
     }
 
-    fn ascending<'n>(&self, names: impl Iterator<Item = &'n String>) -> Vec<u32> {
+    fn ascending<'n>(&self, names: impl Iterator<Item = &'n NodeName>) -> Vec<u32> {
         let mut idx: Vec<u32> = names.map(|n| self.index(n)).collect();
         idx.sort_unstable();
         let mut prev = 0u32;
@@ -260,14 +261,14 @@ impl Table<'_> {
 
 impl From<&Rollout> for CompactRollout {
     fn from(r: &Rollout) -> Self {
-        let mut all: BTreeSet<&String> = BTreeSet::new();
+        let mut all: BTreeSet<&NodeName> = BTreeSet::new();
         for s in &r.stages {
             all.extend(s.nodes.iter());
         }
         all.extend(r.replacing.keys());
         all.extend(r.updated.iter());
         all.extend(r.baseline_unready.iter());
-        let nodes: Vec<String> = all.into_iter().cloned().collect();
+        let nodes: Vec<NodeName> = all.into_iter().cloned().collect();
         let t = Table { names: &nodes };
         let stages = r
             .stages
@@ -308,13 +309,13 @@ impl From<&Rollout> for CompactRollout {
 impl CompactRollout {
     fn into_rollout(self) -> Result<Rollout, DecodeError> {
         let nodes = self.nodes;
-        let name = |i: u32| -> Result<String, DecodeError> {
+        let name = |i: u32| -> Result<NodeName, DecodeError> {
             nodes
                 .get(i as usize)
                 .cloned()
                 .ok_or_else(|| DecodeError(format!("node index {i} out of range")))
         };
-        let undelta = |d: &[u32]| -> Result<Vec<String>, DecodeError> {
+        let undelta = |d: &[u32]| -> Result<Vec<NodeName>, DecodeError> {
             let mut at = 0u32;
             let mut out = Vec::with_capacity(d.len());
             for (k, step) in d.iter().enumerate() {
@@ -391,7 +392,7 @@ mod tests {
     }
 
     fn big_rollout(names: &[String]) -> Rollout {
-        let mut sorted = names.to_vec();
+        let mut sorted: Vec<NodeName> = names.iter().map(|n| NodeName::from(n.as_str())).collect();
         sorted.sort();
         let per = sorted.len() / 3;
         let stages = vec![
@@ -523,7 +524,7 @@ mod tests {
     fn big_rollout_small(names: &[String]) -> Rollout {
         let mut r = big_rollout(&long_names(6000));
         // Replace with a small consistent rollout over `names`.
-        let mut sorted = names.to_vec();
+        let mut sorted: Vec<NodeName> = names.iter().map(|n| NodeName::from(n.as_str())).collect();
         sorted.sort();
         r.stages.truncate(1);
         r.stages[0].nodes.clone_from(&sorted);

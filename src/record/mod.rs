@@ -17,9 +17,11 @@ pub mod codec;
 pub mod legacy;
 mod resource;
 
+use std::collections::BTreeSet;
+
 use serde::{Deserialize, Serialize};
 
-use crate::rollout::{Phase, Rollout, RolloutKind};
+use crate::rollout::{NodeName, Phase, Rollout, RolloutKind};
 
 pub use resource::{
     API_GROUP, API_VERSION, DaemonSetRollout, KIND, PLURAL, PoolStatus, RecordSpec, RecordStatus,
@@ -158,6 +160,14 @@ pub struct RecordState {
 }
 
 impl RecordState {
+    /// Points the node names of an open rollout at the copies `known` holds
+    /// ([`Rollout::share_node_names`]).
+    pub fn share_node_names(&mut self, known: &BTreeSet<NodeName>) {
+        if let Work::Rolling { rollout, .. } = &mut self.work {
+            rollout.share_node_names(known);
+        }
+    }
+
     /// A copy with `work` in place of this record's work, which is not copied (a
     /// rollout's state holds every node of every stage).
     #[must_use]

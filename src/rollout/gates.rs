@@ -142,7 +142,7 @@ pub(crate) fn evaluate(
         .stages
         .iter()
         .take(last + 1)
-        .flat_map(|s| s.nodes.iter().map(String::as_str))
+        .flat_map(|s| s.nodes.iter().map(|n| &**n))
         .filter(|n| obs.nodes.contains(*n))
         .filter(|n| {
             !rollout.baseline_unready.contains(*n)
@@ -207,9 +207,9 @@ pub(crate) fn evaluate(
         .replacing
         .iter()
         .filter(|(n, r)| {
-            scope.contains(n.as_str()) && obs.now_ms.saturating_sub(r.deleted_at_ms) > timeout
+            scope.contains(&***n) && obs.now_ms.saturating_sub(r.deleted_at_ms) > timeout
         })
-        .map(|(n, _)| n.as_str())
+        .map(|(n, _)| &**n)
         .collect();
     if !late.is_empty() {
         let late_pods: Vec<String> = pods
@@ -281,7 +281,7 @@ fn prometheus_verdict(
         rollout
             .stages
             .get(rollout.stage)
-            .map(|s| s.nodes.clone())
+            .map(|s| s.nodes.iter().map(ToString::to_string).collect())
             .unwrap_or_default()
     };
     match &obs.prometheus {

@@ -6,7 +6,7 @@ use crate::manifest::policy::IntOrPercent;
 
 use super::gates::{self, Verdict};
 use super::{
-    Action, Decision, Gate, GateFailure, GateResult, HealthRules, Observation, Phase,
+    Action, Decision, Gate, GateFailure, GateResult, HealthRules, NodeName, Observation, Phase,
     PodObservation, ROLLBACK_STAGE, Replacement, Rollout, RolloutEvent, RolloutKind, Stage,
 };
 
@@ -68,10 +68,10 @@ impl<'a> View<'a> {
     }
 
     /// Nodes with at least one pod that were not available.
-    fn unready_nodes<'s>(&self, nodes: impl Iterator<Item = &'s str>) -> BTreeSet<String> {
+    fn unready_nodes<'s>(&self, nodes: impl Iterator<Item = &'s NodeName>) -> BTreeSet<NodeName> {
         nodes
             .filter(|n| self.has_pods(n) && !self.available(n))
-            .map(String::from)
+            .cloned()
             .collect()
     }
 }
@@ -88,11 +88,7 @@ impl Rollout {
     ) -> Rollout {
         let target_revision = target_revision.into();
         let view = View::new(obs, &target_revision);
-        let baseline_unready = view.unready_nodes(
-            stages
-                .iter()
-                .flat_map(|s| s.nodes.iter().map(String::as_str)),
-        );
+        let baseline_unready = view.unready_nodes(stages.iter().flat_map(|s| s.nodes.iter()));
         Rollout {
             commit: commit.into(),
             kind: RolloutKind::Forward,
@@ -126,7 +122,7 @@ impl Rollout {
     ) -> Rollout {
         let target_revision = target_revision.into();
         let view = View::new(obs, &target_revision);
-        let nodes: Vec<String> = obs
+        let nodes: Vec<NodeName> = obs
             .nodes
             .iter()
             .filter(|n| {
@@ -136,7 +132,7 @@ impl Rollout {
             })
             .cloned()
             .collect();
-        let baseline_unready = view.unready_nodes(nodes.iter().map(String::as_str));
+        let baseline_unready = view.unready_nodes(nodes.iter());
         let stages = if nodes.is_empty() {
             Vec::new()
         } else {
@@ -318,7 +314,7 @@ impl Planner<'_> {
     /// not yet recreated) still counts: passing a stage needs a Ready target pod on
     /// every node, or a canary could pass without a single pod of the new revision
     /// having been seen healthy.
-    fn counted_nodes(&self) -> Vec<String> {
+    fn counted_nodes(&self) -> Vec<NodeName> {
         let Some(stage) = self.r.current_stage() else {
             return Vec::new();
         };
@@ -526,7 +522,7 @@ impl Planner<'_> {
         let counted = self.counted_nodes();
         let unavailable = counted.iter().filter(|n| self.is_unavailable(n)).count();
         let mut budget = max.saturating_sub(unavailable);
-        let mut candidates: Vec<(bool, String)> = counted
+        let mut candidates: Vec<(bool, NodeName)> = counted
             .into_iter()
             .filter(|n| !self.r.replacing.contains_key(n) && !self.view.target_ready(n))
             .filter(|n| !self.view.old_live(n).is_empty())

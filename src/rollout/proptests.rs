@@ -298,7 +298,12 @@ impl Sim {
             .collect();
         Observation {
             now_ms: i64::try_from(self.tick).unwrap_or(i64::MAX) * TICK_MS,
-            nodes: std::sync::Arc::new(self.nodes.iter().cloned().collect()),
+            nodes: std::sync::Arc::new(
+                self.nodes
+                    .iter()
+                    .map(|n| NodeName::from(n.as_str()))
+                    .collect(),
+            ),
             pods,
             control: control.clone(),
             prometheus: PromOutcome::NotConfigured,
@@ -485,7 +490,7 @@ fn run(sc: &Scenario) -> Result<Outcome, TestCaseError> {
             match a {
                 Action::DeletePod { node, uid, .. } => {
                     if !rolled_back {
-                        let st = if let Some(st) = stage_of.get(node) {
+                        let st = if let Some(st) = stage_of.get(node.as_str()) {
                             Some(*st)
                         } else {
                             // Adopted: only ever into the last stage.
@@ -530,10 +535,12 @@ fn run(sc: &Scenario) -> Result<Outcome, TestCaseError> {
         // Budget: nodes of the current stage down because of nodewave.
         if let Some(stage) = rollout.current_stage() {
             let down = sim.unavailable();
-            let ours: Vec<&String> = stage
+            let ours: Vec<&NodeName> = stage
                 .nodes
                 .iter()
-                .filter(|n| down.contains(*n) && !excused.contains(*n) && !evicted.contains(*n))
+                .filter(|n| {
+                    down.contains(&***n) && !excused.contains(&***n) && !evicted.contains(&***n)
+                })
                 .collect();
             prop_assert!(
                 ours.len() <= stage.max_unavailable,

@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::NodeName;
 use crate::manifest::policy::{Approval, RolloutPolicySpec};
 
 /// Name of the implicit last stage that takes every node no explicit stage claimed.
@@ -35,7 +36,7 @@ impl NodeInfo {
 pub struct Stage {
     pub name: String,
     /// Sorted, no duplicates.
-    pub nodes: Vec<String>,
+    pub nodes: Vec<NodeName>,
     /// Already resolved against the stage's node count; at least 1.
     pub max_unavailable: usize,
     pub bake_ms: u64,
@@ -44,15 +45,13 @@ pub struct Stage {
 
 impl Stage {
     pub fn contains(&self, node: &str) -> bool {
-        self.nodes
-            .binary_search_by(|n| n.as_str().cmp(node))
-            .is_ok()
+        self.nodes.binary_search_by(|n| (**n).cmp(node)).is_ok()
     }
 
     /// Keeps `nodes` sorted so `contains` can binary-search.
     pub(crate) fn insert_node(&mut self, node: &str) {
-        if let Err(at) = self.nodes.binary_search_by(|n| n.as_str().cmp(node)) {
-            self.nodes.insert(at, node.to_string());
+        if let Err(at) = self.nodes.binary_search_by(|n| (**n).cmp(node)) {
+            self.nodes.insert(at, NodeName::from(node));
         }
     }
 }
@@ -190,7 +189,7 @@ fn make_stage(
     bake_ms: u64,
     manual_approval: bool,
 ) -> Stage {
-    let mut nodes: Vec<String> = nodes.into_iter().map(String::from).collect();
+    let mut nodes: Vec<NodeName> = nodes.into_iter().map(NodeName::from).collect();
     nodes.sort();
     nodes.dedup();
     Stage {

@@ -23,7 +23,7 @@ fn pod(node: &str, rev: &str, ready: bool) -> PodObservation {
 fn obs(now_ms: i64, pods: Vec<PodObservation>) -> Observation {
     Observation {
         now_ms,
-        nodes: std::sync::Arc::new(pods.iter().map(|p| (*p.node).to_owned()).collect()),
+        nodes: std::sync::Arc::new(pods.iter().map(|p| p.node.clone()).collect()),
         pods,
         control: Control::default(),
         prometheus: PromOutcome::NotConfigured,
@@ -36,7 +36,7 @@ fn all_old(nodes: &[&str]) -> Vec<PodObservation> {
 }
 
 fn stage(name: &str, nodes: &[&str], max: usize) -> Stage {
-    let mut nodes: Vec<String> = nodes.iter().map(|n| (*n).to_string()).collect();
+    let mut nodes: Vec<NodeName> = nodes.iter().map(|n| NodeName::from(*n)).collect();
     nodes.sort();
     Stage {
         name: name.to_string(),
@@ -112,7 +112,7 @@ fn with_stages(stages: Vec<StageSpec>) -> RolloutPolicySpec {
 }
 
 fn names(s: &Stage) -> Vec<&str> {
-    s.nodes.iter().map(String::as_str).collect()
+    s.nodes.iter().map(|n| &**n).collect()
 }
 
 // ---------------------------------------------------------------- stages
@@ -286,7 +286,7 @@ fn baseline_unready_nodes_do_not_consume_budget() {
     pods[1].ready = false;
     let o = obs(0, pods);
     let r = Rollout::start("c1", NEW, vec![stage("s", &nodes, 1)], &o);
-    assert_eq!(r.baseline_unready, BTreeSet::from(["n2".to_string()]));
+    assert_eq!(r.baseline_unready, BTreeSet::from([NodeName::from("n2")]));
     let d = step(&r, &o, &rules());
     assert_eq!(
         deleted(&d.actions),
@@ -333,7 +333,11 @@ fn crash_restart_reissues_only_missing_deletes() {
     );
     assert_eq!(deleted(&d4.actions), vec!["n2"]);
     assert_eq!(
-        d4.rollout.replacing.keys().collect::<Vec<_>>(),
+        d4.rollout
+            .replacing
+            .keys()
+            .map(|n| &**n)
+            .collect::<Vec<_>>(),
         vec!["n1", "n2"]
     );
 }
@@ -830,7 +834,7 @@ fn rollback_replaces_bad_pods_and_never_fails() {
     assert_eq!(rb.commit, "good");
     assert_eq!(names(&rb.stages[0]), vec!["a", "b", "c"]);
     assert_eq!(rb.stages[0].max_unavailable, 1);
-    assert_eq!(rb.baseline_unready, BTreeSet::from(["a".to_string()]));
+    assert_eq!(rb.baseline_unready, BTreeSet::from([NodeName::from("a")]));
 
     let d = step(&rb, &o, &rules());
     assert_eq!(events(&d.actions), vec!["RollbackStarted"]);
@@ -1191,4 +1195,38 @@ fn a_stage_with_prometheus_checks_passes_only_on_its_own_values() {
     o.prometheus_stage = Some(1);
     let done = step(&d.rollout, &o, &rules());
     assert_eq!(done.rollout.phase, Phase::Succeeded);
+}
+
+#[test]
+fn a_rollout_shares_the_node_names_it_is_given_and_keeps_the_rest() {
+    let nodes = ["n1", "n2", "n3"];
+    let mut pods = all_old(&nodes);
+    pods[2].ready = false;
+    let o = obs(0, pods);
+    let mut r = Rollout::start("c1", NEW, vec![stage("s", &nodes, 1)], &o);
+    r.updated.insert("n1".into());
+    r.replacing.insert(
+        "gone".into(),
+        Replacement {
+            old_pod_uid: String::new(),
+            deleted_at_ms: 0,
+        },
+    );
+    let before = r.clone();
+    let known: BTreeSet<NodeName> = ["n1", "n2", "n3", "n4"]
+        .into_iter()
+        .map(NodeName::from)
+        .collect();
+    r.share_node_names(&known);
+    assert_eq!(r, before, "only where the names live changes");
+    let shared = |n: &NodeName| known.get(&**n).is_some_and(|k| Arc::ptr_eq(k, n));
+    assert!(r.stages[0].nodes.iter().all(shared));
+    assert!(r.updated.iter().all(shared));
+    assert!(r.baseline_unready.iter().all(shared));
+    let gone = r.replacing.keys().next().unwrap();
+    assert_eq!(&**gone, "gone");
+    assert!(
+        !shared(gone),
+        "a name the index does not know keeps its own copy"
+    );
 }

@@ -25,7 +25,7 @@ use crate::keys;
 use crate::manifest::ObjectKey;
 use crate::plan::NodeIndex;
 use crate::record::DaemonSetRollout;
-use crate::rollout::{PodObservation, PodUid};
+use crate::rollout::{NodeName, PodObservation, PodUid};
 
 mod lean;
 mod pods;
@@ -502,7 +502,7 @@ async fn watch_nodes(
             Ok(Event::Init) => relist.begin(),
             Ok(Event::Apply(n) | Event::InitApply(n)) => {
                 let name = n.name_any();
-                relist.saw(name.clone());
+                relist.saw(NodeName::from(name.as_str()));
                 let labels = n.0.labels.unwrap_or_default();
                 // Heartbeats change a node's resourceVersion every few seconds;
                 // only existence and labels matter here.
