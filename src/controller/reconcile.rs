@@ -221,7 +221,7 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Option<i64>, Re
         return Ok(None);
     }
     let live_view = live.as_ref().map(|d| live_view(ctx, d));
-    let pods: Vec<PodObservation> = live
+    let pods: Arc<[PodObservation]> = live
         .as_ref()
         .and_then(|d| d.metadata.uid.as_deref())
         .map(|uid| ctx.stores.pods_of(uid))
@@ -322,6 +322,7 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Option<i64>, Re
 
 fn inputs_for_invalid<'a>(ctx: &'a Context, key: &'a ObjectKey, e: &'a str) -> Inputs<'a> {
     static EMPTY: std::sync::OnceLock<plan::NodeIndex> = std::sync::OnceLock::new();
+    static NO_PODS: std::sync::OnceLock<Arc<[PodObservation]>> = std::sync::OnceLock::new();
     Inputs {
         key,
         now_ms: now_ms(),
@@ -331,7 +332,7 @@ fn inputs_for_invalid<'a>(ctx: &'a Context, key: &'a ObjectKey, e: &'a str) -> I
         prune_allowed: false,
         live: None,
         record: RecordView::Invalid(e),
-        pods: &[],
+        pods: NO_PODS.get_or_init(Arc::default),
         nodes: EMPTY.get_or_init(plan::NodeIndex::default),
         control: crate::rollout::Control::default(),
         diff: None,

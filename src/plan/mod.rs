@@ -31,6 +31,7 @@ mod rolling;
 mod tests;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -150,7 +151,7 @@ pub struct Inputs<'a> {
     pub prune_allowed: bool,
     pub live: Option<&'a LiveDs>,
     pub record: RecordView<'a>,
-    pub pods: &'a [PodObservation],
+    pub pods: &'a Arc<[PodObservation]>,
     pub nodes: &'a NodeIndex,
     pub control: Control,
     // Inputs supplied on request (see `Need`).

@@ -3,6 +3,8 @@
 //! good commit when a gate fails. Also when an open rollout must be looked at
 //! again, and the user's controls as the planner sees them.
 
+use std::sync::Arc;
+
 use super::{
     Act, Count, Decider, DesiredDs, Line, Need, OPEN_WORK_RESYNC_MS, Outcome, Plan, Step,
     secs_between, timestamp,
@@ -28,7 +30,7 @@ impl Decider<'_, '_> {
         Observation {
             now_ms: self.i.now_ms,
             nodes: self.i.nodes.names(),
-            pods: self.i.pods.to_vec(),
+            pods: Arc::clone(self.i.pods),
             control: self.i.control.clone(),
             prometheus_stage: prometheus.as_ref().map(|(_, s)| *s),
             prometheus: prometheus.map_or(PromOutcome::NotConfigured, |(p, _)| p),

@@ -161,6 +161,7 @@ impl S {
     }
 
     fn decide(&self) -> Decision {
+        let pods: std::sync::Arc<[PodObservation]> = self.pods.clone().into();
         let inputs = Inputs {
             key: &self.key,
             now_ms: self.now,
@@ -174,7 +175,7 @@ impl S {
                 (None, Some(r)) => RecordView::Valid(r),
                 (None, None) => RecordView::Missing,
             },
-            pods: &self.pods,
+            pods: &pods,
             nodes: &self.nodes,
             control: self.control.clone(),
             diff: self.diff.as_ref().map(|(h, d)| (h.as_str(), d)),
@@ -612,7 +613,7 @@ fn observation() -> crate::rollout::Observation {
     crate::rollout::Observation {
         now_ms: 0,
         nodes: std::sync::Arc::default(),
-        pods: Vec::new(),
+        pods: std::sync::Arc::default(),
         control: Control::default(),
         prometheus: PromOutcome::NotConfigured,
         prometheus_stage: None,

@@ -231,8 +231,10 @@ pub struct Observation {
     /// one, while a node of the current stage that keeps having no pod fails the
     /// ready timeout. Shared with the node index (`plan::NodeIndex::names`).
     pub nodes: Arc<BTreeSet<NodeName>>,
-    /// This DaemonSet's pods, any order.
-    pub pods: Vec<PodObservation>,
+    /// This DaemonSet's pods, any order; shared with the reconcile that observed
+    /// them (at 5,000 nodes a copy is 0.5 MB, and up to `--workers` reconciles run
+    /// at once).
+    pub pods: Arc<[PodObservation]>,
     pub control: Control,
     pub prometheus: PromOutcome,
     /// The stage `prometheus` was evaluated for. `None` means the current one.

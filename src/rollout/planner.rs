@@ -24,7 +24,7 @@ struct View<'a> {
 impl<'a> View<'a> {
     fn new(obs: &'a Observation, target: &'a str) -> Self {
         let mut by_node: HashMap<&str, Vec<&PodObservation>> = HashMap::new();
-        for p in &obs.pods {
+        for p in obs.pods.iter() {
             if obs.nodes.contains(&*p.node) {
                 by_node.entry(&*p.node).or_default().push(p);
             }

@@ -24,7 +24,7 @@ fn obs(now_ms: i64, pods: Vec<PodObservation>) -> Observation {
     Observation {
         now_ms,
         nodes: std::sync::Arc::new(pods.iter().map(|p| p.node.clone()).collect()),
-        pods,
+        pods: pods.into(),
         control: Control::default(),
         prometheus: PromOutcome::NotConfigured,
         prometheus_stage: None,

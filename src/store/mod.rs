@@ -138,7 +138,7 @@ impl Stores {
         read(&self.daemonsets).get(key)
     }
 
-    pub fn pods_of(&self, owner_uid: &str) -> Vec<PodObservation> {
+    pub fn pods_of(&self, owner_uid: &str) -> Arc<[PodObservation]> {
         read(&self.pods).of(owner_uid)
     }
 

@@ -99,7 +99,7 @@ pub struct PodIndex {
 
 impl PodIndex {
     /// The pods of the DaemonSet with this UID, in a stable order.
-    pub fn of(&self, owner_uid: &str) -> Vec<PodObservation> {
+    pub fn of(&self, owner_uid: &str) -> Arc<[PodObservation]> {
         self.by_owner
             .get(owner_uid)
             .map(|m| m.iter().map(|p| p.0.clone()).collect())
@@ -265,7 +265,7 @@ mod tests {
         crashing.reason = Some("CrashLoopBackOff".into());
         crashing.restarts = 3;
         assert!(idx.upsert("ds-1", crashing.clone()));
-        assert_eq!(idx.of("ds-1"), vec![crashing]);
+        assert_eq!(idx.of("ds-1").to_vec(), vec![crashing]);
         assert_eq!(idx.len(), 1);
     }
 
@@ -276,10 +276,10 @@ mod tests {
         idx.upsert("ds-1", pod("u1", "n1", "r1", true));
         idx.upsert("ds-2", pod("u2", "n1", "r9", false));
         assert_eq!(
-            idx.of("ds-1"),
+            idx.of("ds-1").to_vec(),
             vec![pod("u1", "n1", "r1", true), pod("u3", "n3", "r1", true)]
         );
-        assert_eq!(idx.of("ds-2"), vec![pod("u2", "n1", "r9", false)]);
+        assert_eq!(idx.of("ds-2").to_vec(), vec![pod("u2", "n1", "r9", false)]);
         assert!(idx.of("ds-3").is_empty());
         assert_eq!(idx.len(), 3);
     }
@@ -307,7 +307,7 @@ mod tests {
         assert_eq!(idx.remove(&"u1".into()).as_deref(), Some("ds-1"));
         assert_eq!(idx.remove(&"u1".into()), None);
         assert_eq!(idx.uids(), vec![PodUid::from("u2")]);
-        assert_eq!(idx.of("ds-1"), vec![pod("u2", "n2", "r1", true)]);
+        assert_eq!(idx.of("ds-1").to_vec(), vec![pod("u2", "n2", "r1", true)]);
     }
 
     #[test]
