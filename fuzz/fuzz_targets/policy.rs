@@ -278,6 +278,7 @@ fuzz_target!(|input: Input| {
             );
         }
     }
-    let expected: BTreeSet<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    let expected: BTreeSet<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+    let seen: BTreeSet<&str> = seen.iter().map(|n: &std::sync::Arc<str>| &**n).collect();
     assert_eq!(seen, expected, "{stages:?}");
 });

@@ -96,6 +96,7 @@ fn plan_for(state: &RecordState, input: &Input<'_>) {
             terminating: false,
         });
     }
+    let pods: std::sync::Arc<[PodObservation]> = pods.into();
     let target = desired("c2");
     let previous = desired("c1");
     let live = LiveDs {
