@@ -174,9 +174,8 @@ impl Decider<'_, '_> {
     }
 
     fn complete(&self, rec: &RecordState, target: &Target, r: &Rollout, mut plan: Plan) -> Plan {
-        let mut st = rec.clone();
+        let mut st = rec.with_work(Work::Idle);
         let secs = secs_between(r.started_at_ms, self.i.now_ms);
-        st.work = Work::Idle;
         match &r.kind {
             RolloutKind::Forward => {
                 st.last_good = Some(r.commit.clone());
@@ -239,10 +238,9 @@ impl Decider<'_, '_> {
                 short(&failed.commit),
                 failure.message
             );
-            let mut st = rec.clone();
+            let mut st = rec.with_work(Work::Idle);
             st.status = SyncStatus::Degraded;
             st.message.clone_from(&msg);
-            st.work = Work::Idle;
             return Ok(Plan::write(st)
                 .warn(msg.clone())
                 .event(true, "RolloutDegraded", msg)
@@ -252,11 +250,7 @@ impl Decider<'_, '_> {
                 })));
         };
         let good_ds = self.rollback_target(good)?;
-        let mut st = rec.clone();
-        st.applied = Some(good_ds.target());
-        st.status = SyncStatus::Progressing;
-        st.message.clear();
-        st.work = Work::Applying {
+        let mut st = rec.with_work(Work::Applying {
             target: good_ds.target(),
             mode: ApplyMode::Rollback {
                 from: Box::new(failed.clone()),
@@ -264,7 +258,10 @@ impl Decider<'_, '_> {
                 reason: failure.message.clone(),
             },
             since_ms: self.i.now_ms,
-        };
+        });
+        st.applied = Some(good_ds.target());
+        st.status = SyncStatus::Progressing;
+        st.message.clear();
         let _ = target;
         Ok(Plan::write(st)
             .warn(format!(

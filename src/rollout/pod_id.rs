@@ -270,6 +270,15 @@ mod tests {
 
     const UUID: &str = "0f8e4a2c-9b1d-4e6f-a3c5-7d2b1e0f9a84";
 
+    /// Sorted, the values made of `texts` print in the texts' sorted order.
+    fn assert_orders_as_text<'a, T: Ord + fmt::Display + From<&'a str>>(texts: &mut [&'a str]) {
+        let mut values: Vec<T> = texts.iter().map(|t| T::from(t)).collect();
+        texts.sort_unstable();
+        values.sort();
+        let printed: Vec<String> = values.iter().map(ToString::to_string).collect();
+        assert_eq!(printed, texts);
+    }
+
     #[test]
     fn a_canonical_uuid_is_kept_as_bytes_and_prints_back_the_same() {
         let uid = PodUid::from(UUID);
@@ -310,11 +319,7 @@ mod tests {
             "a",
             "0",
         ];
-        let mut uids: Vec<PodUid> = texts.iter().map(|t| PodUid::from(*t)).collect();
-        texts.sort_unstable();
-        uids.sort();
-        let printed: Vec<String> = uids.iter().map(ToString::to_string).collect();
-        assert_eq!(printed, texts);
+        assert_orders_as_text::<PodUid>(&mut texts);
     }
 
     #[test]
@@ -345,11 +350,7 @@ mod tests {
     #[test]
     fn names_order_as_their_text() {
         let mut texts = vec!["a-b", "a-", "a", "ab-c", "a-bc", "a-b-c", "b", "a-abcdefgh"];
-        let mut names: Vec<PodName> = texts.iter().map(|t| PodName::from(*t)).collect();
-        texts.sort_unstable();
-        names.sort();
-        let printed: Vec<String> = names.iter().map(ToString::to_string).collect();
-        assert_eq!(printed, texts);
+        assert_orders_as_text::<PodName>(&mut texts);
     }
 
     #[test]
