@@ -36,6 +36,8 @@ cleanup() {
   for pidf in "$work"/*.pid; do
     [ -f "$pidf" ] && kill "$(cat "$pidf")" 2>/dev/null || true
   done
+  # kept for (e)'s timeline: nodewave's requests and the DaemonSet controller's writes
+  [ -n "${cluster_dir:-}" ] && [ -f "$cluster_dir/logs/audit.log" ] && cp "$cluster_dir/logs/audit.log" "$out/audit-$nodes.log"
   [ -n "$cluster_up" ] && hack/cluster.sh down >/dev/null 2>&1 || true
   [ -f "$work/nodewave.log" ] && cp "$work/nodewave.log" "$out/nodewave-$nodes.log"
   rm -rf "$work"
@@ -50,6 +52,14 @@ omitStages: [RequestReceived, ResponseStarted]
 rules:
   - level: Metadata
     users: ["nodewave-bench"]
+  # The DaemonSet controller's writes that nodewave waits for before a first
+  # delete (the new revision, then the observed generation): few, and they
+  # place (e)'s wait on the controller in time.
+  - level: Metadata
+    verbs: ["create", "update", "patch"]
+    resources:
+      - group: apps
+        resources: [controllerrevisions, daemonsets/status]
   - level: None
 YAML
 export NODEWAVE_KUBE_AUDIT_POLICY="$work/audit-policy.yaml"

@@ -31,7 +31,7 @@ use kube::{Client, ResourceExt as _};
 use serde_json::{Value, json};
 
 use crate::ClusterArgs;
-use crate::control_plane::{Audited, ControlPlane, audit_len, read_audit};
+use crate::control_plane::{Audited, ControlPlane, audit_len, read_audit, read_others_writes};
 use crate::git::{Repo, push_webhook};
 use crate::nodewave::{Nodewave, metric_samples};
 use crate::replay::PodRecord;
@@ -154,6 +154,8 @@ struct Bench {
     policy: &'static str,
     extra_files: Vec<(String, Option<String>)>,
     anchor: (Instant, SystemTime),
+    /// Built once: a client's construction (its TLS roots) is not part of (e).
+    http: reqwest::Client,
 }
 
 fn wall(anchor: (Instant, SystemTime), at: Instant) -> SystemTime {
@@ -245,7 +247,7 @@ impl Bench {
     }
 
     async fn webhook(&self, commit: &str) -> anyhow::Result<()> {
-        let status = push_webhook(&self.nw.url("/webhook"), SECRET, commit).await?;
+        let status = push_webhook(&self.http, &self.nw.url("/webhook"), SECRET, commit).await?;
         anyhow::ensure!(status == 202, "webhook answered {status}");
         Ok(())
     }
@@ -312,6 +314,8 @@ impl Bench {
         let profile = analyze(&live0, &recs, t0, &image, self.nodes.len());
         let (applied, _) = self.ds.bumped_after("agent", gen0, t0);
         let (audited, _) = read_audit(&audit_path, &self.a.audit_user, audit0).unwrap_or_default();
+        let controller = read_others_writes(&audit_path, &self.a.audit_user, "agent", audit0)
+            .unwrap_or_default();
         let t0_wall = wall(self.anchor, t0);
         let first_delete_wall = profile
             .first_delete_s
@@ -324,7 +328,7 @@ impl Bench {
             synced_s: Some(secs(synced_at.saturating_duration_since(t0))),
             cpu_s: cpu,
             requests: request_summary(&audited),
-            critical_path: critical_path(&audited, t0_wall, first_delete_wall),
+            critical_path: critical_path(&audited, &controller, t0_wall, first_delete_wall),
             profile,
         })
     }
@@ -578,23 +582,28 @@ fn request_summary(reqs: &[Audited]) -> BTreeMap<String, (usize, f64)> {
         .collect()
 }
 
+/// nodewave's requests (`reqs`) and the DaemonSet controller's writes
+/// (`controller`) from `t0` to `end`, in order: (what, offset ms, duration ms).
 fn critical_path(
     reqs: &[Audited],
+    controller: &[Audited],
     t0: SystemTime,
     end: Option<SystemTime>,
 ) -> Vec<(String, f64, f64)> {
     let Some(end) = end else {
         return Vec::new();
     };
-    let mut v: Vec<&Audited> = reqs
+    let mut v: Vec<(bool, &Audited)> = reqs
         .iter()
-        .filter(|r| {
+        .map(|r| (false, r))
+        .chain(controller.iter().map(|r| (true, r)))
+        .filter(|(_, r)| {
             r.verb != "watch" && r.resource != "leases" && r.received >= t0 && r.received <= end
         })
         .collect();
-    v.sort_by_key(|r| r.received);
+    v.sort_by_key(|(_, r)| r.received);
     v.into_iter()
-        .map(|r| {
+        .map(|(by_controller, r)| {
             let at = r
                 .received
                 .duration_since(t0)
@@ -607,7 +616,12 @@ fn critical_path(
                 .unwrap_or_default()
                 .as_secs_f64()
                 * 1000.0;
-            (request_key(r), at, took)
+            let what = if by_controller {
+                format!("{} (DaemonSet controller)", request_key(r))
+            } else {
+                request_key(r)
+            };
+            (what, at, took)
         })
         .collect()
 }
@@ -698,6 +712,10 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         policy: "all",
         extra_files: Vec::new(),
         anchor: (Instant::now(), SystemTime::now()),
+        // A new connection per webhook, as GitHub makes.
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()?,
         cp,
         a,
     };
@@ -1183,9 +1201,9 @@ fn render(
         }
         let _ = writeln!(
             o,
-            "\nwebhook → first pod delete, nodewave's requests (offset ms, duration ms):"
+            "\nwebhook → first pod delete, nodewave's requests and the DaemonSet controller's writes (offset ms, duration ms):"
         );
-        for (k, at, took) in r.critical_path.iter().take(20) {
+        for (k, at, took) in r.critical_path.iter().take(40) {
             let _ = writeln!(o, "  +{at:>7.1}  {took:>6.1}  {k}");
         }
     }

@@ -209,6 +209,32 @@ pub fn read_audit(
     user: &str,
     offset: u64,
 ) -> anyhow::Result<(Vec<Audited>, u64)> {
+    read_audit_where(path, offset, |v| {
+        v.pointer("/user/username").and_then(Value::as_str) == Some(user)
+    })
+}
+
+/// The writes of anyone but `user` to the object `name` in the audit log from
+/// byte `offset` on: the DaemonSet controller's new revision and status of a
+/// DaemonSet nodewave rolls out (the audit policy records only those).
+pub fn read_others_writes(
+    path: &std::path::Path,
+    user: &str,
+    name: &str,
+    offset: u64,
+) -> anyhow::Result<Vec<Audited>> {
+    let (v, _) = read_audit_where(path, offset, |v| {
+        v.pointer("/user/username").and_then(Value::as_str) != Some(user)
+            && v.pointer("/objectRef/name").and_then(Value::as_str) == Some(name)
+    })?;
+    Ok(v)
+}
+
+fn read_audit_where(
+    path: &std::path::Path,
+    offset: u64,
+    keep: impl Fn(&Value) -> bool,
+) -> anyhow::Result<(Vec<Audited>, u64)> {
     use std::io::{BufRead as _, Seek as _};
     let mut f = std::fs::File::open(path)?;
     f.seek(std::io::SeekFrom::Start(offset))?;
@@ -226,7 +252,7 @@ pub fn read_audit(
         let Ok(v) = serde_json::from_str::<Value>(&line) else {
             continue;
         };
-        if v.pointer("/user/username").and_then(Value::as_str) != Some(user) {
+        if !keep(&v) {
             continue;
         }
         let s = |p: &str| {

@@ -68,12 +68,17 @@ impl Repo {
 }
 
 /// Sends a signed GitHub push webhook for `commit`; returns the HTTP status.
-pub async fn push_webhook(url: &str, secret: &[u8], commit: &str) -> anyhow::Result<u16> {
+pub async fn push_webhook(
+    http: &reqwest::Client,
+    url: &str,
+    secret: &[u8],
+    commit: &str,
+) -> anyhow::Result<u16> {
     let body = serde_json::json!({"ref": "refs/heads/main", "after": commit}).to_string();
     let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret)?;
     mac.update(body.as_bytes());
     let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-    let r = reqwest::Client::new()
+    let r = http
         .post(url)
         .header("X-GitHub-Event", "push")
         .header("X-Hub-Signature-256", sig)
