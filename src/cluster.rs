@@ -5,6 +5,7 @@
 //! watch-fed `store`.
 
 pub mod dynamic;
+pub mod revision;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -203,14 +204,13 @@ impl Cluster {
         }
     }
 
-    /// The revision hash new pods of `ds` get: the newest ControllerRevision the
-    /// DaemonSet controller made for it (`None` when it has made none yet). One
-    /// LIST, made only when a rollout starts: the DaemonSet controller writes the
-    /// revision before it reports the generation observed, so a read after seeing
-    /// the observed generation finds it.
-    pub async fn update_revision(&self, ds: &DaemonSet) -> Result<Option<String>> {
+    /// The revision hash new pods of `ds` get, once the DaemonSet controller
+    /// has made its template current (`None` before; see [`revision`]). One
+    /// LIST, made while a rollout waits to start: the controller writes the
+    /// revision before it reports the generation `observed`, so a read after
+    /// either finds it.
+    pub async fn update_revision(&self, ds: &DaemonSet, observed: bool) -> Result<Option<String>> {
         let ns = ds.namespace().unwrap_or_default();
-        let uid = ds.metadata.uid.clone().unwrap_or_default();
         let selector = ds
             .spec
             .as_ref()
@@ -224,17 +224,7 @@ impl Cluster {
         let r = api.list(&ListParams::default().labels(&selector)).await;
         self.record("list", &r);
         let list = r.map_err(|e| api_err("list", format!("ControllerRevisions in {ns}"), e))?;
-        Ok(list
-            .items
-            .into_iter()
-            .filter(|cr| {
-                cr.metadata
-                    .owner_references
-                    .as_ref()
-                    .is_some_and(|o| o.iter().any(|o| o.uid == uid))
-            })
-            .max_by_key(|cr| cr.revision)
-            .and_then(|cr| cr.labels().get(keys::REVISION_HASH_LABEL).cloned()))
+        Ok(revision::update_revision(&list.items, ds, observed))
     }
 
     /// Deletes a pod only if it is still the one nodewave decided to replace.

@@ -262,3 +262,104 @@ async fn slow_marker_becomes_ready_after_its_delay() {
     )
     .await;
 }
+
+/// The revisions the DaemonSet controller made for `agent`, and the DaemonSet.
+async fn revisions_and_daemonset(
+    env: &TestEnv,
+) -> (
+    Vec<k8s_openapi::api::apps::v1::ControllerRevision>,
+    k8s_openapi::api::apps::v1::DaemonSet,
+) {
+    let crs: Api<k8s_openapi::api::apps::v1::ControllerRevision> = env.api();
+    let list = crs
+        .list(&ListParams::default().labels("app=agent"))
+        .await
+        .unwrap();
+    let ds: Api<k8s_openapi::api::apps::v1::DaemonSet> = env.api();
+    (list.items, ds.get("agent").await.unwrap())
+}
+
+fn observed(ds: &k8s_openapi::api::apps::v1::DaemonSet) -> bool {
+    let g = ds.metadata.generation.unwrap_or(0);
+    ds.status
+        .as_ref()
+        .and_then(|s| s.observed_generation)
+        .is_some_and(|o| o >= g)
+}
+
+/// Applies `image` and follows the controller until it observed the change:
+/// before that the revision read from the live template may be none yet or
+/// `want`, never `never` (the one the template replaced); after it, the same
+/// with or without the observed generation. Returns the revision.
+async fn follow_to_revision(
+    env: &TestEnv,
+    image: &str,
+    want: Option<&str>,
+    never: Option<&str>,
+) -> String {
+    use ::nodewave::cluster::revision::update_revision;
+    env.apply_daemonset(&daemonset(env, "agent", image)).await;
+    let seen_early = std::sync::Mutex::new(0_usize);
+    let rev = wait_for(
+        &format!("the DaemonSet controller to take {image}"),
+        Duration::from_mins(1),
+        || async {
+            let (crs, ds) = revisions_and_daemonset(env).await;
+            let from_template = update_revision(&crs, &ds, false);
+            if !observed(&ds) {
+                if let Some(r) = &from_template {
+                    assert_ne!(Some(r.as_str()), never, "the replaced template's revision");
+                    if let Some(w) = want {
+                        assert_eq!(r, w, "a revision other than the applied template's");
+                    }
+                    *seen_early.lock().unwrap() += 1;
+                }
+                return Err(format!(
+                    "generation not observed; revision {from_template:?}"
+                ));
+            }
+            let newest = update_revision(&crs, &ds, true);
+            assert_eq!(
+                from_template, newest,
+                "the live template must match its revision"
+            );
+            Ok(newest)
+        },
+    )
+    .await;
+    eprintln!(
+        "{image}: revision {rev}; read from the template before the generation was observed {} time(s)",
+        seen_early.lock().unwrap()
+    );
+    if let Some(w) = want {
+        assert_eq!(rev, w);
+    }
+    rev
+}
+
+#[tokio::test]
+async fn the_current_revision_is_read_from_the_controllers_revisions_and_the_live_template() {
+    let mut env = TestEnv::new("smoke-revision").await;
+    let nodes = env.create_nodes(&POOLS, 1).await;
+    let v1 = follow_to_revision(&env, "registry.example/agent:1", None, None).await;
+    // The pods the controller made carry the revision read from the template.
+    wait_for(
+        "a pod of v1 on every node",
+        Duration::from_mins(1),
+        || async {
+            let pods = env.pods_by_node("agent").await;
+            let on_v1 = pods.values().filter(|p| pod_revision(p) == v1).count();
+            if on_v1 == nodes.len() {
+                Ok(Some(()))
+            } else {
+                Err(format!("pods:\n  {}", debug_pods(&pods)))
+            }
+        },
+    )
+    .await;
+    let v2 = follow_to_revision(&env, "registry.example/agent:2", None, Some(&v1)).await;
+    assert_ne!(v2, v1, "a new template gets a new revision");
+    // Back to v1's template: its old revision is re-numbered to be the newest,
+    // and until then v2's (still the newest) must not count for it.
+    follow_to_revision(&env, "registry.example/agent:1", Some(&v1), Some(&v2)).await;
+}

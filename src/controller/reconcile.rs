@@ -154,6 +154,8 @@ fn decoded(
 struct Fetched {
     diff: Option<(String, Arc<Difference>)>,
     revision: Option<String>,
+    /// Looked up, and the controller has not made the live template current yet.
+    revision_pending: bool,
     rollback_target: Option<Arc<DesiredDs>>,
     prometheus: Option<(PromOutcome, usize)>,
     lineage: Option<Lineage>,
@@ -269,6 +271,7 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Option<i64>, Re
                     control: control.clone(),
                     diff: fetched.diff.as_ref().map(|(h, d)| (h.as_str(), d.as_ref())),
                     revision: fetched.revision.as_deref(),
+                    revision_pending: fetched.revision_pending,
                     rollback_target: fetched.rollback_target.as_deref(),
                     prometheus: fetched.prometheus.clone(),
                     lineage: fetched.lineage,
@@ -306,8 +309,13 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Option<i64>, Re
                     )
                     .await?;
                     if matches!(need, Need::Revision) && fetched.revision.is_none() {
-                        // The controller has not recorded the revision yet: look again soon.
-                        return Ok(Some(now_ms() + 1_000));
+                        if live_view.as_ref().is_some_and(LiveDs::observed) {
+                            // Observed, yet no revision recorded: look again soon.
+                            return Ok(Some(now_ms() + 1_000));
+                        }
+                        // Not made current yet: its revision's change or the
+                        // observed generation brings the next look.
+                        fetched.revision_pending = true;
                     }
                 }
             }
@@ -337,6 +345,7 @@ fn inputs_for_invalid<'a>(ctx: &'a Context, key: &'a ObjectKey, e: &'a str) -> I
         control: crate::rollout::Control::default(),
         diff: None,
         revision: None,
+        revision_pending: false,
         rollback_target: None,
         prometheus: None,
         lineage: None,
@@ -397,7 +406,8 @@ async fn supply(
             let Some(live) = live else {
                 return Err(ReconcileError::Invalid("no live DaemonSet".into()));
             };
-            f.revision = ctx.cluster.update_revision(live).await?;
+            let observed = live_view(ctx, live).observed();
+            f.revision = ctx.cluster.update_revision(live, observed).await?;
         }
         Need::RollbackTarget { commit } => {
             let loaded = ctx.loader.load(commit).await?;
@@ -548,51 +558,16 @@ async fn execute(
         final_state = Some(state);
     }
     let uid = live.and_then(|d| d.metadata.uid.clone());
-    let mut actions = plan.actions.into_iter().peekable();
-    while let Some(act) = actions.next() {
-        match act {
-            Act::Apply(object) => {
-                ctx.fence.check()?;
-                apply(ctx, key, &object).await?;
-                crate::failpoint::hit("after-apply");
-            }
-            Act::DeletePod { node, name, uid } => {
-                // The deletions that follow each other in the plan go together.
-                let mut batch = vec![(node, name, uid)];
-                while let Some(Act::DeletePod { node, name, uid }) =
-                    actions.next_if(|a| matches!(a, Act::DeletePod { .. }))
-                {
-                    batch.push((node, name, uid));
-                }
-                delete_pods(ctx, key, batch).await?;
-            }
-            Act::Event {
-                warning,
-                reason,
-                message,
-            } => {
-                ctx.cluster
-                    .event(key, uid.as_deref(), warning, &reason, &message)
-                    .await;
-            }
-            Act::DeleteDaemonSet => {
-                ctx.fence.check()?;
-                info!("deleting DaemonSet {key} (removed from Git)");
-                ctx.cluster.delete_daemonset(key).await?;
-                ctx.stores.forgot_daemonset(key);
-                ctx.status.write().await.daemonsets.remove(&key.to_string());
-            }
-            Act::DeleteRecord => {
-                ctx.fence.check()?;
-                if let Some(r) = rec_obj.take() {
-                    ctx.records.delete(&r).await?;
-                    ctx.stores.forgot_record(key);
-                }
-            }
-            Act::Count(c) => count(ctx, key, &c),
-            Act::Log(line) => log_line(&line),
-        }
+    // Events are posted after the other actions, whatever their outcome: each is
+    // an API round trip, and none should hold back the deletions it reports.
+    let mut events = Vec::new();
+    let done = run_actions(ctx, key, rec_obj, plan.actions, &mut events).await;
+    for (warning, reason, message) in events {
+        ctx.cluster
+            .event(key, uid.as_deref(), warning, &reason, &message)
+            .await;
     }
+    done?;
     // Keep the progress columns current while something is open, without a
     // write per pod event.
     if final_state.is_none()
@@ -619,6 +594,62 @@ async fn execute(
         publish(ctx, key, &s).await;
     }
     Ok(plan.wake_at_ms)
+}
+
+/// What `execute` still has to post as Events: (warning, reason, message).
+type PendingEvents = Vec<(bool, String, String)>;
+
+/// Runs a plan's actions in order, the deletions that follow each other as one
+/// batch, and collects its Events into `events`; stops at the first failure.
+async fn run_actions(
+    ctx: &Context,
+    key: &ObjectKey,
+    rec_obj: &mut Option<Arc<DaemonSetRollout>>,
+    acts: Vec<Act>,
+    events: &mut PendingEvents,
+) -> Result<(), ReconcileError> {
+    let mut actions = acts.into_iter().peekable();
+    while let Some(act) = actions.next() {
+        match act {
+            Act::Apply(object) => {
+                ctx.fence.check()?;
+                apply(ctx, key, &object).await?;
+                crate::failpoint::hit("after-apply");
+            }
+            Act::DeletePod { node, name, uid } => {
+                // The deletions that follow each other in the plan go together.
+                let mut batch = vec![(node, name, uid)];
+                while let Some(Act::DeletePod { node, name, uid }) =
+                    actions.next_if(|a| matches!(a, Act::DeletePod { .. }))
+                {
+                    batch.push((node, name, uid));
+                }
+                delete_pods(ctx, key, batch).await?;
+            }
+            Act::Event {
+                warning,
+                reason,
+                message,
+            } => events.push((warning, reason, message)),
+            Act::DeleteDaemonSet => {
+                ctx.fence.check()?;
+                info!("deleting DaemonSet {key} (removed from Git)");
+                ctx.cluster.delete_daemonset(key).await?;
+                ctx.stores.forgot_daemonset(key);
+                ctx.status.write().await.daemonsets.remove(&key.to_string());
+            }
+            Act::DeleteRecord => {
+                ctx.fence.check()?;
+                if let Some(r) = rec_obj.take() {
+                    ctx.records.delete(&r).await?;
+                    ctx.stores.forgot_record(key);
+                }
+            }
+            Act::Count(c) => count(ctx, key, &c),
+            Act::Log(line) => log_line(&line),
+        }
+    }
+    Ok(())
 }
 
 async fn write_record(

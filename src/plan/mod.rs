@@ -122,7 +122,8 @@ impl LiveDs {
         self.managed && self.same_source
     }
 
-    fn observed(&self) -> bool {
+    /// The DaemonSet controller reported the current generation observed.
+    pub fn observed(&self) -> bool {
         self.observed_generation >= self.generation
     }
 }
@@ -157,8 +158,12 @@ pub struct Inputs<'a> {
     // Inputs supplied on request (see `Need`).
     /// Diff of the object with the given content hash against the live one.
     pub diff: Option<(&'a str, &'a Difference)>,
-    /// The update revision of the live DaemonSet at its current generation.
+    /// The update revision of the live DaemonSet at its current generation:
+    /// the DaemonSet controller has made the live template current.
     pub revision: Option<&'a str>,
+    /// The revision was looked up and the controller has not made the live
+    /// template current yet (nor observed the generation).
+    pub revision_pending: bool,
     /// The DaemonSet as the given last good commit declared it.
     pub rollback_target: Option<&'a DesiredDs>,
     /// Values of the current stage's Prometheus checks, and the stage they are for.
@@ -306,6 +311,20 @@ impl Plan {
             reason: reason.to_string(),
             message: message.into(),
         })
+    }
+
+    /// `self`, then `next`, a plan computed from the state `self` writes: one
+    /// write (`next`'s state, or `self`'s if `next` changed nothing) before the
+    /// actions of both, and `next`'s wake-up. The write never waits: `self`'s
+    /// state is not stored yet.
+    fn then(mut self, next: Plan) -> Self {
+        self.actions.extend(next.actions);
+        Self {
+            write: next.write.or(self.write),
+            write_can_wait: false,
+            actions: self.actions,
+            wake_at_ms: next.wake_at_ms,
+        }
     }
 
     fn wake(mut self, at_ms: i64) -> Self {
@@ -587,24 +606,13 @@ impl Decider<'_, '_> {
                 short(&target.commit)
             )));
         }
-        if !live.observed() {
-            // Normal for a moment after an apply; worth saying after a while.
-            if now - since_ms < CONTROLLER_LAG_WARN_MS {
-                return Ok(Plan::default().wake(since_ms + CONTROLLER_LAG_WARN_MS));
-            }
-            let msg = format!(
-                "waiting for the DaemonSet controller to observe generation {} (observed {}); is kube-controller-manager running?",
-                live.generation, live.observed_generation
-            );
-            let plan = Self::set_status(rec, SyncStatus::Progressing, &msg);
-            let plan = if plan.write.is_some() {
-                plan.warn(msg)
-            } else {
-                plan
-            };
-            return Ok(plan.wake(now + OPEN_WORK_RESYNC_MS));
-        }
-        let revision = self.i.revision.ok_or(Need::Revision)?;
+        // The DaemonSet controller has the template once it made its revision
+        // current, usually before it reports the generation observed.
+        let revision = match self.i.revision {
+            Some(r) => r,
+            None if live.observed() || !self.i.revision_pending => return Err(Need::Revision),
+            None => return Ok(self.controller_lag(rec, live, since_ms)),
+        };
         let nodes_with_pods = self
             .i
             .pods
@@ -704,7 +712,38 @@ impl Decider<'_, '_> {
                     .event(false, "RolloutStarted", msg)
             }
         };
-        Ok(plan.wake(now))
+        // The first step runs on the state just built, so the write that starts
+        // the rollout already holds the first wave: one write, not two, before the
+        // first deletions. A first stage with Prometheus checks is stepped by the
+        // next reconcile instead, which queries them for the stored stage.
+        let first = plan.write.as_ref().and_then(|st| match &st.work {
+            Work::Rolling { target, rollout } => Some(self.rolling(st, desired, target, rollout)),
+            _ => None,
+        });
+        match first {
+            Some(Ok(step)) => Ok(plan.then(step)),
+            _ => Ok(plan.wake(now)),
+        }
+    }
+
+    /// Waiting for the DaemonSet controller to take an applied template: normal
+    /// for a moment, worth saying after a while.
+    fn controller_lag(&self, rec: &RecordState, live: &LiveDs, since_ms: i64) -> Plan {
+        let now = self.i.now_ms;
+        if now - since_ms < CONTROLLER_LAG_WARN_MS {
+            return Plan::default().wake(since_ms + CONTROLLER_LAG_WARN_MS);
+        }
+        let msg = format!(
+            "waiting for the DaemonSet controller to observe generation {} (observed {}); is kube-controller-manager running?",
+            live.generation, live.observed_generation
+        );
+        let plan = Self::set_status(rec, SyncStatus::Progressing, &msg);
+        let plan = if plan.write.is_some() {
+            plan.warn(msg)
+        } else {
+            plan
+        };
+        plan.wake(now + OPEN_WORK_RESYNC_MS)
     }
 
     fn not_in_git(&self, rec: &RecordState) -> Plan {

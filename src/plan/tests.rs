@@ -122,6 +122,7 @@ struct S {
     control: Control,
     diff: Option<(String, Difference)>,
     revision: Option<String>,
+    revision_pending: bool,
     rollback_target: Option<DesiredDs>,
     prometheus: Option<(PromOutcome, usize)>,
     /// Most scenarios move Git forward; the lineage tests set this.
@@ -152,6 +153,7 @@ impl S {
             control: Control::default(),
             diff: None,
             revision: None,
+            revision_pending: false,
             rollback_target: None,
             prometheus: None,
             lineage: Some(Lineage::Ancestor),
@@ -180,6 +182,7 @@ impl S {
             control: self.control.clone(),
             diff: self.diff.as_ref().map(|(h, d)| (h.as_str(), d)),
             revision: self.revision.as_deref(),
+            revision_pending: self.revision_pending,
             rollback_target: self.rollback_target.as_ref(),
             prometheus: self.prometheus.clone(),
             lineage: self.lineage,
@@ -244,6 +247,11 @@ fn events(p: &Plan) -> Vec<String> {
 /// Drives a fresh DaemonSet change up to the first stage: returns the scenario
 /// with the rollout persisted.
 fn rolling_scenario() -> S {
+    rolling_start().0
+}
+
+/// [`rolling_scenario`], and the plan that started the rollout (persisted).
+fn rolling_start() -> (S, Plan) {
     let v1 = desired("c1", "v1");
     let v2 = desired("c2", "v2");
     let mut s = S::new(Some(v2.clone()));
@@ -263,7 +271,7 @@ fn rolling_scenario() -> S {
         s.record.as_ref().unwrap().work,
         Work::Rolling { .. }
     ));
-    s
+    (s, p)
 }
 
 #[test]
@@ -319,10 +327,13 @@ fn a_template_change_is_staged_pool_by_pool_after_the_controller_observed_it() {
     s.persist(&p);
 
     // Crash right after the apply, and the controller-manager is stopped: the
-    // live template matches but its generation is not observed. Nothing is
-    // Synced, nothing is deleted, no rollout is computed yet.
+    // live template matches but its generation is not observed, and the
+    // revision lookup finds none current. Nothing is Synced, nothing is
+    // deleted, no rollout is computed yet.
     s.live = Some(live(2, 1));
     s.diff = Some((v2.hash.clone(), empty_diff()));
+    assert_eq!(s.need(), Need::Revision);
+    s.revision_pending = true;
     let p = s.plan();
     assert_eq!(p.write, None, "a moment of lag is normal");
     assert_eq!(p.wake_at_ms, Some(s.now + CONTROLLER_LAG_WARN_MS));
@@ -339,32 +350,116 @@ fn a_template_change_is_staged_pool_by_pool_after_the_controller_observed_it() {
     );
     assert!(matches!(w.work, Work::Applying { .. }));
 
-    // The controller catches up: the revision is asked for, then stages resolved.
+    // The controller catches up: the revision is asked for, then stages resolved
+    // and the first step taken on them: stage a starts with one deletion, and the
+    // one write that starts the rollout records it first.
     s.live = Some(live(2, 2));
+    s.revision_pending = false;
     assert_eq!(s.need(), Need::Revision);
     s.revision = Some("r2".into());
     let p = s.plan();
-    let Work::Rolling { rollout, target } = &p.write.as_ref().unwrap().work else {
+    assert!(!p.write_can_wait);
+    let w = p
+        .write
+        .as_ref()
+        .expect("the planner's state is written before deleting");
+    let Work::Rolling { rollout, target } = &w.work else {
         panic!("{p:?}");
     };
     assert_eq!(target.hash, v2.hash);
     assert_eq!(rollout.target_revision, "r2");
     let names: Vec<&str> = rollout.stages.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["a", "b", "c"]);
+    assert_eq!(rollout.phase, Phase::Updating);
+    assert_eq!(rollout.replacing.len(), 1);
+    assert_eq!(deletes(&p).len(), 1);
+    assert!(deletes(&p)[0].starts_with('a'));
+    assert_eq!(events(&p), ["RolloutStarted", "StageStarted"]);
+    let position = |pred: fn(&Act) -> bool| p.actions.iter().position(pred);
+    assert!(
+        position(|a| matches!(a, Act::Log(l) if l.message == "rollout started"))
+            < position(|a| matches!(a, Act::DeletePod { .. })),
+        "{:?}",
+        p.actions
+    );
+    assert!(p.wake_at_ms.is_some_and(|w| w > s.now), "{p:?}");
+    s.persist(&p);
+
+    // The next step finds the deletion recorded and deletes nothing more (budget 1).
+    let p = s.plan();
+    assert!(deletes(&p).is_empty(), "{p:?}");
+}
+
+#[test]
+fn a_rollout_starts_once_the_controller_made_the_template_current_before_it_reports_the_generation()
+{
+    let v1 = desired("c1", "v1");
+    let v2 = desired("c2", "v2");
+    let mut s = S::new(Some(v2.clone()));
+    s.record = Some(RecordState {
+        status: SyncStatus::Progressing,
+        applied: Some(v2.target()),
+        last_good: Some(v1.commit.clone()),
+        work: Work::Applying {
+            target: v2.target(),
+            mode: ApplyMode::Forward,
+            since_ms: s.now,
+        },
+        ..RecordState::default()
+    });
+    // Generation 2 not observed yet, but its revision r2 is the newest and
+    // holds the live template: the controller has it, so deleting is safe.
+    s.live = Some(live(2, 1));
+    s.pods = all_pods("r1");
+    s.diff = Some((v2.hash.clone(), empty_diff()));
+    assert_eq!(s.need(), Need::Revision);
+    s.revision = Some("r2".into());
+    let p = s.plan();
+    let Work::Rolling { rollout, .. } = &p.write.as_ref().expect("started").work else {
+        panic!("{p:?}");
+    };
+    assert_eq!(rollout.target_revision, "r2");
+    assert_eq!(deletes(&p).len(), 1);
+}
+
+#[test]
+fn a_first_stage_with_prometheus_checks_is_stepped_after_the_rollout_start_is_stored() {
+    let mut v2 = desired("c2", "v2");
+    v2.policy.health.prometheus = Some(crate::manifest::policy::PrometheusSpec {
+        url: "http://prometheus.invalid:9090".into(),
+        interval: std::time::Duration::from_secs(30),
+        unreachable_grace: std::time::Duration::from_mins(2),
+        checks: Vec::new(),
+    });
+    let v1 = desired("c1", "v1");
+    let mut s = S::new(Some(v2.clone()));
+    s.record = Some(RecordState {
+        status: SyncStatus::Progressing,
+        applied: Some(v2.target()),
+        last_good: Some(v1.commit.clone()),
+        work: Work::Applying {
+            target: v2.target(),
+            mode: ApplyMode::Forward,
+            since_ms: s.now,
+        },
+        ..RecordState::default()
+    });
+    s.live = Some(live(2, 2));
+    s.pods = all_pods("r1");
+    s.diff = Some((v2.hash.clone(), empty_diff()));
+    s.revision = Some("r2".into());
+    // Prometheus is queried for the stage of the stored rollout, so the start is
+    // written alone and the first deletion waits for the next reconcile.
+    let p = s.plan();
+    let Work::Rolling { rollout, .. } = &p.write.as_ref().expect("the start").work else {
+        panic!("{p:?}");
+    };
+    assert_eq!(rollout.phase, Phase::Pending);
+    assert!(deletes(&p).is_empty());
     assert_eq!(events(&p), ["RolloutStarted"]);
     assert_eq!(p.wake_at_ms, Some(s.now));
     s.persist(&p);
-
-    // First step: stage a starts with one deletion, recorded first.
-    let p = s.plan();
-    let w = p
-        .write
-        .as_ref()
-        .expect("the planner's state is written before deleting");
-    assert!(matches!(&w.work, Work::Rolling { rollout, .. } if rollout.replacing.len() == 1));
-    assert_eq!(deletes(&p).len(), 1);
-    assert!(deletes(&p)[0].starts_with('a'));
-    assert!(events(&p).contains(&"StageStarted".to_string()));
+    assert_eq!(s.need(), Need::Prometheus);
 }
 
 #[test]
@@ -396,14 +491,46 @@ fn a_new_daemonset_waits_for_its_pods_before_resolving_stages() {
     s.pods = all_pods("r1").into_iter().take(4).collect();
     let p = s.plan();
     assert!(p.write.is_none());
-    // All six there: the rollout starts and covers them.
+    // All six there (one not Ready yet, so stage a is still open after the
+    // first step): the rollout starts and covers them.
     s.pods = all_pods("r1");
+    s.pods[0].ready = false;
     let p = s.plan();
     let Work::Rolling { rollout, .. } = &p.write.unwrap().work else {
         panic!()
     };
     let covered: usize = rollout.stages.iter().map(|s| s.nodes.len()).sum();
     assert_eq!(covered, 6);
+}
+
+#[test]
+fn a_rollout_with_nothing_to_replace_is_finished_by_the_write_that_starts_it() {
+    let d = desired("c1", "v1");
+    let mut s = S::new(Some(d.clone()));
+    s.record = Some(RecordState {
+        status: SyncStatus::Progressing,
+        applied: Some(d.target()),
+        work: Work::Applying {
+            target: d.target(),
+            mode: ApplyMode::Forward,
+            since_ms: s.now,
+        },
+        ..RecordState::default()
+    });
+    s.live = Some(live(1, 1));
+    s.diff = Some((d.hash.clone(), empty_diff()));
+    s.revision = Some("r1".into());
+    // A new DaemonSet: its pods came up on the target revision, all Ready.
+    s.pods = all_pods("r1");
+    let p = s.plan();
+    let w = p.write.as_ref().expect("one write");
+    assert!(matches!(w.work, Work::Idle), "{w:?}");
+    assert_eq!(w.status, SyncStatus::Synced);
+    assert_eq!(w.last_good.as_deref(), Some("c1"));
+    assert!(deletes(&p).is_empty());
+    let reasons = events(&p);
+    assert_eq!(reasons.first().map(String::as_str), Some("RolloutStarted"));
+    assert_eq!(reasons.last().map(String::as_str), Some("RolloutSucceeded"));
 }
 
 #[test]
@@ -488,11 +615,9 @@ fn a_change_outside_the_template_is_applied_in_place() {
 
 #[test]
 fn a_failed_gate_is_recorded_then_rolled_back_to_the_last_good_commit() {
-    let mut s = rolling_scenario();
+    let (mut s, p) = rolling_start();
     let v1 = desired("c1", "v1");
     // Stage a's first pod came up crash-looping on the new revision.
-    let p = s.plan();
-    s.persist(&p);
     let victim = deletes(&p)[0].clone();
     s.pods.retain(|p| *p.node != *victim);
     let mut bad = pod(&victim, "r2");
@@ -854,14 +979,12 @@ fn deadlines_wake_an_open_rollout_without_events() {
 
 #[test]
 fn bookkeeping_alone_may_wait_but_a_deletion_or_a_new_stage_never_does() {
-    let mut s = rolling_scenario();
-    let p = s.plan();
+    let (mut s, p) = rolling_start();
     assert_eq!(deletes(&p), ["a1"]);
     assert!(
         !p.write_can_wait,
         "the record that justifies a deletion is written before it"
     );
-    s.persist(&p);
 
     // The deleted pod is gone and the other node of stage a lost its pod too
     // (evicted): nodewave tracks it, with nothing to delete (the budget of 1 is

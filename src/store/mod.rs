@@ -13,9 +13,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::Api;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
@@ -273,6 +274,18 @@ impl Watches {
                 on_touch.clone(),
                 readiness.clone(),
             )));
+            // Metadata only, and nothing stored: a new or re-numbered revision
+            // is the DaemonSet controller's first sign that it has a new
+            // template, earlier than the observed generation in its status.
+            let rev_api: Api<PartialObjectMeta<ControllerRevision>> = api(client, ns.as_deref());
+            tasks.push(tokio::spawn(watch_revisions(
+                watcher(
+                    rev_api,
+                    watcher::Config::default().labels(keys::REVISION_HASH_LABEL),
+                ),
+                on_touch.clone(),
+                readiness.clone(),
+            )));
             let rec_api: Api<DaemonSetRollout> = api(client, ns.as_deref());
             tasks.push(tokio::spawn(watch_records(
                 watcher(rec_api, watcher::Config::default().labels(&managed)),
@@ -290,7 +303,7 @@ impl Watches {
             on_touch,
             readiness,
         )));
-        let expected = namespaces.len() * 3 + 1;
+        let expected = namespaces.len() * 4 + 1;
         Self {
             stores,
             ready,
@@ -377,6 +390,43 @@ impl<Id: std::hash::Hash + Eq + Clone> Relist<Id> {
 
 fn warn_watch(what: &str, e: &watcher::Error) {
     tracing::warn!(watch = what, error = %e, "watch interrupted; it resumes with backoff");
+}
+
+/// Touches the DaemonSet that owns a ControllerRevision created or changed
+/// after the first list (the DaemonSet controller made a template current);
+/// StatefulSets' revisions are skipped.
+async fn watch_revisions(
+    stream: impl Stream<Item = watcher::Result<Event<PartialObjectMeta<ControllerRevision>>>>,
+    on_touch: OnTouch,
+    readiness: Readiness,
+) {
+    let mut stream = std::pin::pin!(stream);
+    let mut synced = false;
+    while let Some(ev) = stream.next().await {
+        match ev {
+            Ok(Event::Apply(cr)) => {
+                if let Some(owner) = daemonset_owner(&cr.metadata) {
+                    on_touch(Touched::DaemonSet(owner));
+                }
+            }
+            Ok(Event::InitDone) if !synced => {
+                synced = true;
+                readiness.synced();
+            }
+            Ok(_) => {}
+            Err(e) => warn_watch("controllerrevisions", &e),
+        }
+    }
+}
+
+/// The DaemonSet controlling an object, from its owner references.
+fn daemonset_owner(meta: &ObjectMeta) -> Option<ObjectKey> {
+    let ns = meta.namespace.as_deref()?;
+    meta.owner_references
+        .as_ref()?
+        .iter()
+        .find(|o| o.kind == "DaemonSet" && o.controller == Some(true))
+        .map(|o| ObjectKey::new(ns, &o.name))
 }
 
 async fn watch_daemonsets(

@@ -76,10 +76,11 @@ nodewave uses (tests/rbac.rs runs nodewave with exactly these rules).
 - apiGroups: [apps]
   resources: [daemonsets]
   verbs: [list, watch, create, patch, delete]
-# Which template revision new pods get (one list when a rollout starts).
+# Which template revision new pods get: watched (metadata only) for the
+# DaemonSet controller taking a new template, listed when a rollout starts.
 - apiGroups: [apps]
   resources: [controllerrevisions]
-  verbs: [list]
+  verbs: [list, watch]
 # Observe rollouts and replace pods stage by stage.
 - apiGroups: [""]
   resources: [pods]
