@@ -139,6 +139,7 @@ fn plan_for(state: &RecordState, input: &Input<'_>) {
             },
             diff: diff.as_ref().map(|(h, d): &(String, Difference)| (h.as_str(), d)),
             revision,
+            revision_pending: false,
             rollback_target,
             prometheus: prometheus.clone(),
             lineage,
