@@ -214,18 +214,24 @@ pub fn read_audit(
     })
 }
 
-/// The writes of anyone but `user` to the object `name` in the audit log from
-/// byte `offset` on: the DaemonSet controller's new revision and status of a
-/// DaemonSet nodewave rolls out (the audit policy records only those).
+/// The writes of anyone but `user` to the DaemonSet `name` and its revisions
+/// (`name-HASH`) in the audit log from byte `offset` on: the DaemonSet
+/// controller's new revision and status of a DaemonSet nodewave rolls out (the
+/// audit policy records only those).
 pub fn read_others_writes(
     path: &std::path::Path,
     user: &str,
     name: &str,
     offset: u64,
 ) -> anyhow::Result<Vec<Audited>> {
+    let revision_prefix = format!("{name}-");
     let (v, _) = read_audit_where(path, offset, |v| {
+        let object = v.pointer("/objectRef/name").and_then(Value::as_str);
+        let is_revision =
+            v.pointer("/objectRef/resource").and_then(Value::as_str) == Some("controllerrevisions");
         v.pointer("/user/username").and_then(Value::as_str) != Some(user)
-            && v.pointer("/objectRef/name").and_then(Value::as_str) == Some(name)
+            && (object == Some(name)
+                || (is_revision && object.is_some_and(|o| o.starts_with(&revision_prefix))))
     })?;
     Ok(v)
 }
