@@ -107,6 +107,21 @@ fn synced_at(d: &DesiredDs) -> RecordState {
     }
 }
 
+/// The record of a forward apply of `d` started at `since_ms`, after `last_good`.
+fn applying(d: &DesiredDs, last_good: Option<&str>, since_ms: i64) -> RecordState {
+    RecordState {
+        status: SyncStatus::Progressing,
+        applied: Some(d.target()),
+        last_good: last_good.map(String::from),
+        work: Work::Applying {
+            target: d.target(),
+            mode: ApplyMode::Forward,
+            since_ms,
+        },
+        ..RecordState::default()
+    }
+}
+
 /// A scenario: owned inputs from which `Inputs` are borrowed.
 struct S {
     key: ObjectKey,
@@ -396,17 +411,7 @@ fn a_rollout_starts_once_the_controller_made_the_template_current_before_it_repo
     let v1 = desired("c1", "v1");
     let v2 = desired("c2", "v2");
     let mut s = S::new(Some(v2.clone()));
-    s.record = Some(RecordState {
-        status: SyncStatus::Progressing,
-        applied: Some(v2.target()),
-        last_good: Some(v1.commit.clone()),
-        work: Work::Applying {
-            target: v2.target(),
-            mode: ApplyMode::Forward,
-            since_ms: s.now,
-        },
-        ..RecordState::default()
-    });
+    s.record = Some(applying(&v2, Some(&v1.commit), s.now));
     // Generation 2 not observed yet, but its revision r2 is the newest and
     // holds the live template: the controller has it, so deleting is safe.
     s.live = Some(live(2, 1));
@@ -433,17 +438,7 @@ fn a_first_stage_with_prometheus_checks_is_stepped_after_the_rollout_start_is_st
     });
     let v1 = desired("c1", "v1");
     let mut s = S::new(Some(v2.clone()));
-    s.record = Some(RecordState {
-        status: SyncStatus::Progressing,
-        applied: Some(v2.target()),
-        last_good: Some(v1.commit.clone()),
-        work: Work::Applying {
-            target: v2.target(),
-            mode: ApplyMode::Forward,
-            since_ms: s.now,
-        },
-        ..RecordState::default()
-    });
+    s.record = Some(applying(&v2, Some(&v1.commit), s.now));
     s.live = Some(live(2, 2));
     s.pods = all_pods("r1");
     s.diff = Some((v2.hash.clone(), empty_diff()));
@@ -466,16 +461,7 @@ fn a_first_stage_with_prometheus_checks_is_stepped_after_the_rollout_start_is_st
 fn a_new_daemonset_waits_for_its_pods_before_resolving_stages() {
     let d = desired("c1", "v1");
     let mut s = S::new(Some(d.clone()));
-    s.record = Some(RecordState {
-        status: SyncStatus::Progressing,
-        applied: Some(d.target()),
-        work: Work::Applying {
-            target: d.target(),
-            mode: ApplyMode::Forward,
-            since_ms: s.now,
-        },
-        ..RecordState::default()
-    });
+    s.record = Some(applying(&d, None, s.now));
     s.live = Some(LiveDs {
         desired_scheduled: 0,
         ..live(1, 1)
@@ -507,16 +493,7 @@ fn a_new_daemonset_waits_for_its_pods_before_resolving_stages() {
 fn a_rollout_with_nothing_to_replace_is_finished_by_the_write_that_starts_it() {
     let d = desired("c1", "v1");
     let mut s = S::new(Some(d.clone()));
-    s.record = Some(RecordState {
-        status: SyncStatus::Progressing,
-        applied: Some(d.target()),
-        work: Work::Applying {
-            target: d.target(),
-            mode: ApplyMode::Forward,
-            since_ms: s.now,
-        },
-        ..RecordState::default()
-    });
+    s.record = Some(applying(&d, None, s.now));
     s.live = Some(live(1, 1));
     s.diff = Some((d.hash.clone(), empty_diff()));
     s.revision = Some("r1".into());
