@@ -223,6 +223,8 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Option<i64>, Re
         return Ok(None);
     }
     let live_view = live.as_ref().map(|d| live_view(ctx, d));
+    // The DaemonSet controller reported the live generation observed.
+    let observed = live_view.as_ref().is_some_and(LiveDs::observed);
     let pods: Arc<[PodObservation]> = live
         .as_ref()
         .and_then(|d| d.metadata.uid.as_deref())
@@ -303,13 +305,13 @@ pub async fn reconcile(ctx: &Context, key: &ObjectKey) -> Result<Option<i64>, Re
                         &need,
                         desired.as_ref(),
                         live.as_deref(),
+                        observed,
                         state.as_deref(),
-                        &pods,
                         &mut fetched,
                     )
                     .await?;
                     if matches!(need, Need::Revision) && fetched.revision.is_none() {
-                        if live_view.as_ref().is_some_and(LiveDs::observed) {
+                        if observed {
                             // Observed, yet no revision recorded: look again soon.
                             return Ok(Some(now_ms() + 1_000));
                         }
@@ -360,11 +362,10 @@ async fn supply(
     need: &Need,
     desired: Option<&Arc<DesiredDs>>,
     live: Option<&DaemonSet>,
+    observed: bool,
     state: Option<&RecordState>,
-    pods: &[PodObservation],
     f: &mut Fetched,
 ) -> Result<(), ReconcileError> {
-    let _ = pods;
     match need {
         Need::Diff { hash } => {
             let object = if let Some(d) = desired.filter(|d| d.hash == *hash) {
@@ -406,7 +407,6 @@ async fn supply(
             let Some(live) = live else {
                 return Err(ReconcileError::Invalid("no live DaemonSet".into()));
             };
-            let observed = live_view(ctx, live).observed();
             f.revision = ctx.cluster.update_revision(live, observed).await?;
         }
         Need::RollbackTarget { commit } => {
